@@ -1,0 +1,182 @@
+"""The postern command: serve, api, db upgrade, user create/enable/disable."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .config import Config, ConfigError, load_config, resolve_secret_key
+
+
+class Obj:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+def fail(message: str, code: int = 2):
+    click.echo(f"postern: {message}", err=True)
+    sys.exit(code)
+
+
+def open_database(config: Config, *, upgrade_embedded: bool = True):
+    """The database, upgraded when it is the embedded SQLite default, else checked current."""
+    from models import Database
+    from models.migrate import current_revision, head_revision, upgrade
+
+    resolve_secret_key(config)  # generated now on a first start, so no worker races for it
+    db = Database(config.database.url, pool_size=config.database.pool_size)
+    if config.is_sqlite and upgrade_embedded:
+        upgrade(db.engine)
+    else:
+        current = current_revision(db.engine)
+        if current != head_revision():
+            fail(
+                f"database.url: the database schema is at {current or 'nothing'}, "
+                f"not {head_revision()}: run 'postern db upgrade' first"
+            )
+    return db
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="POSTERN_CONFIG",
+    help="TOML settings file (POSTERN_<SECTION>_<KEY> variables override it).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None):
+    """Postern, a self-hosted transactional email gateway."""
+    ctx.obj = Obj(config_path)
+
+
+@cli.command()
+@click.pass_obj
+def serve(obj: Obj):
+    """Run everything on one machine (upgrades the embedded database first)."""
+    config = obj.config
+    open_database(config).dispose()
+    from .server import GunicornServer
+
+    click.echo(f"postern: serving http://{config.http.host}:{config.http.port}/api.php", err=True)
+    GunicornServer(config).run()
+
+
+@cli.command()
+@click.pass_obj
+def api(obj: Obj):
+    """Run the HTTP API alone (the schema must be current)."""
+    config = obj.config
+    open_database(config, upgrade_embedded=False).dispose()
+    from .server import GunicornServer
+
+    GunicornServer(config).run()
+
+
+@cli.group()
+def db():
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(obj: Obj):
+    """Apply every migration up to the newest."""
+    from models import Database
+    from models.migrate import current_revision, upgrade
+
+    config = obj.config
+    database = Database(config.database.url)
+    try:
+        upgrade(database.engine)
+        click.echo(f"postern: database at revision {current_revision(database.engine)}")
+    finally:
+        database.dispose()
+
+
+@cli.group()
+def user():
+    """User accounts."""
+
+
+@user.command("create")
+@click.argument("username")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="At least 8 characters; asked for when not given.",
+)
+@click.option("--email", default="", help="The user's email address.")
+@click.option("--admin", is_flag=True, help="May run administrator commands (User.Create).")
+@click.pass_obj
+def user_create(obj: Obj, username: str, password: str, email: str, admin: bool):
+    """Add a user and print its UserID and first user API key as JSON."""
+    from commands.users import UserInputError, create_api_key, create_user
+
+    from .crypto import SecretBox
+
+    config = obj.config
+    database = open_database(config)
+    box = SecretBox(resolve_secret_key(config))
+    try:
+        with database.transaction() as s:
+            new = create_user(s, username, password, email, is_admin=admin)
+            _, key = create_api_key(s, box, new, "created with the user")
+            out = {"UserID": new.id, "APIKey": key}
+    except UserInputError as exc:
+        fail(str(exc), 1)
+    finally:
+        database.dispose()
+    click.echo(json.dumps(out))
+
+
+def _set_enabled(obj: Obj, username: str, enabled: bool):
+    from commands.users import set_enabled
+    from models import utcnow
+
+    database = open_database(obj.config)
+    try:
+        with database.transaction() as s:
+            found = set_enabled(s, username, enabled, utcnow())
+    finally:
+        database.dispose()
+    if found is None:
+        fail(f"no user named {username}", 1)
+    click.echo(
+        json.dumps({"UserID": found.id, "AccountStatus": "Enabled" if enabled else "Disabled"})
+    )
+
+
+@user.command("disable")
+@click.argument("username")
+@click.pass_obj
+def user_disable(obj: Obj, username: str):
+    """Refuse the user's logins, sessions and API keys (ends every session)."""
+    _set_enabled(obj, username, False)
+
+
+@user.command("enable")
+@click.argument("username")
+@click.pass_obj
+def user_enable(obj: Obj, username: str):
+    """Let a disabled user in again."""
+    _set_enabled(obj, username, True)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=True)
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")

@@ -1,0 +1,21 @@
+"""GET /healthz: whether the process is up and its database answers."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+bp = Blueprint("health", __name__)
+log = logging.getLogger("postern.http")
+
+
+@bp.route("/healthz", methods=["GET"])
+def healthz():
+    try:
+        current_app.extensions["postern.gateway"].db.ping()
+    except SQLAlchemyError as exc:
+        log.warning("health check: database does not answer", extra={"error": type(exc).__name__})
+        return jsonify({"Status": "error", "Database": "unreachable"}), 503
+    return jsonify({"Status": "ok", "Database": "ok"})

@@ -1,0 +1,30 @@
+"""The one error type the gateway raises; each transport renders it in its own shape."""
+
+from __future__ import annotations
+
+# Generic codes of the /api.php interface.
+AUTH_FAILED = 99998
+NOT_PERMITTED = 99999
+INVALID_JSON = 100000
+UNKNOWN_COMMAND = 100003
+INTERNAL_ERROR = 100500
+
+
+class CommandError(Exception):
+    """A command refused its input: an error code and a text meant for the caller."""
+
+    def __init__(self, code: int, text: str, *, http_status: int = 200):
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+        self.http_status = http_status
+
+
+class AuthenticationFailed(CommandError):
+    def __init__(self, text: str = "Authentication failure or session expired"):
+        super().__init__(AUTH_FAILED, text)
+
+
+class NotPermitted(CommandError):
+    def __init__(self, text: str = "Not enough privileges"):
+        super().__init__(NOT_PERMITTED, text)

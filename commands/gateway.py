@@ -1,0 +1,64 @@
+"""Runs a command: authenticate, validate, handle inside one transaction, return its fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from app.config import Config, resolve_secret_key
+from app.crypto import SecretBox
+from models import Database, User, utcnow
+
+from . import registry
+from .auth import authenticate
+from .context import Context
+from .errors import AUTH_FAILED, CommandError, NotPermitted
+from .schema import load_params
+
+
+class Gateway:
+    """The gateway itself, free of any transport: HTTP, SMTP and workers all call ``run``."""
+
+    def __init__(
+        self, config: Config, db: Database | None = None, clock: Callable[[], datetime] = utcnow
+    ):
+        self.config = config
+        self.db = db or Database(
+            config.database.url, pool_size=config.database.pool_size, echo=config.database.echo
+        )
+        self.box = SecretBox(resolve_secret_key(config))
+        self.clock = clock
+
+    def run(
+        self, cmd: registry.Command, params: Mapping[str, Any], *, remote_addr: str | None = None
+    ) -> dict[str, Any]:
+        """The command's response fields, or CommandError."""
+        now = self.clock()
+        caller = None
+        if cmd.auth is not registry.Auth.PUBLIC:
+            lowered = {str(k).lower(): v for k, v in params.items()}
+            caller = authenticate(
+                self.db,
+                self.config,
+                now,
+                session_id=_text(lowered.get("sessionid")),
+                api_key=_text(lowered.get("apikey")),
+            )
+        values = load_params(cmd.schema(), params)
+        with self.db.transaction(readonly=cmd.readonly) as session:
+            ctx = Context(
+                db=session, config=self.config, box=self.box, now=now, remote_addr=remote_addr
+            )
+            if caller is not None:
+                ctx.user = session.get(User, caller.user_id)
+                if ctx.user is None or not ctx.user.enabled:
+                    raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
+                if cmd.auth is registry.Auth.ADMIN and not ctx.user.is_admin:
+                    raise NotPermitted("Not enough privileges: this command needs an administrator")
+                ctx.session_id = caller.session_id
+            return cmd.handler(ctx, **values)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,66 @@
+"""The command registry: each command registers name, schema and auth rule beside its handler."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema
+
+
+class Auth(enum.Enum):
+    """Who may run a command."""
+
+    PUBLIC = "public"  # no credentials (User.Login)
+    USER = "user"  # a SessionID or user APIKey of an enabled user
+    ADMIN = "admin"  # as USER, and the user is an administrator
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Callable[..., dict[str, Any]]
+    schema: type[Schema]
+    auth: Auth
+    readonly: bool
+
+
+class DuplicateCommand(Exception):
+    pass
+
+
+_REGISTRY: dict[str, Command] = {}
+
+
+def command(name: str, *, schema: type[Schema], auth: Auth, readonly: bool = False):
+    """Register the decorated function as the handler of ``name``.
+
+    ``readonly`` commands run in a read transaction. A second registration of the same
+    name (in any letter case) fails at import.
+    """
+    if not isinstance(auth, Auth):
+        raise TypeError(f"{name}: auth must be an Auth rule")
+    if not (isinstance(schema, type) and issubclass(schema, Schema)):
+        raise TypeError(f"{name}: schema must be a marshmallow Schema class")
+
+    def register(handler):
+        key = name.lower()
+        if key in _REGISTRY:
+            raise DuplicateCommand(f"command {name} is registered twice")
+        _REGISTRY[key] = Command(name, handler, schema, auth, readonly)
+        return handler
+
+    return register
+
+
+def find(name: str | None) -> Command | None:
+    """The command registered under ``name``, matched case-insensitively."""
+    if not name or not isinstance(name, str):
+        return None
+    return _REGISTRY.get(name.strip().lower())
+
+
+def all_commands() -> list[Command]:
+    return sorted(_REGISTRY.values(), key=lambda c: c.name)

@@ -1,0 +1,91 @@
+"""Command schemas: marshmallow at the edge, each failure mapped to the command's error code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
+
+from .errors import CommandError
+
+
+def param(
+    field: fields.Field,
+    *,
+    missing: tuple[int, str] | None = None,
+    invalid: tuple[int, str] | None = None,
+) -> fields.Field:
+    """Attach the command's error codes to a field.
+
+    ``missing`` is the (code, text) answered when the parameter is absent or blank,
+    ``invalid`` when it is present but does not validate (defaults to ``missing``).
+    """
+    field.metadata = {**field.metadata, "missing": missing, "invalid": invalid or missing}
+    return field
+
+
+class CommandSchema(Schema):
+    """Base schema: parameter names match case-insensitively; blank strings count as absent."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    @pre_load
+    def _normalise(self, data: Mapping[str, Any], **_kw) -> dict[str, Any]:
+        by_lower = {
+            (f.data_key or name).lower(): (f.data_key or name) for name, f in self.fields.items()
+        }
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            canonical = by_lower.get(str(key).lower())
+            if canonical is None:
+                continue
+            if isinstance(value, str):
+                value = value.strip()
+                if value == "":
+                    continue
+            out[canonical] = value
+        return out
+
+
+def load_params(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate raw parameters; raise the CommandError of the first failing field.
+
+    Fields are checked in the order the schema declares them, so a command's codes come
+    out in the order its documentation lists them.
+    """
+    try:
+        return schema.load(params)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {}
+        present = {
+            str(k).lower()
+            for k, v in params.items()
+            if not (isinstance(v, str) and v.strip() == "") and v is not None
+        }
+        for name, field in schema.fields.items():
+            key = field.data_key or name
+            if key not in messages:
+                continue
+            kind = "invalid" if key.lower() in present else "missing"
+            code_text = field.metadata.get(kind) or field.metadata.get("missing")
+            if code_text is None:
+                raise AssertionError(
+                    f"field {key} of {type(schema).__name__} has no error code"
+                ) from exc
+            code, text = code_text
+            raise CommandError(code, text) from None
+        raise  # pragma: no cover - every failure belongs to a field
+
+
+class Flag(fields.Boolean):
+    """A boolean that also reads the 1/0, yes/no, on/off strings forms and XML clients send."""
+
+    truthy = {"1", "true", "yes", "on", 1}
+    falsy = {"0", "false", "no", "off", 0}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.strip().lower()
+        return super()._deserialize(value, attr, data, **kwargs)

@@ -1,0 +1,240 @@
+"""Users: creation, User.Login and User.Logout, user API keys, and the admin User.Create."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import fields, validate
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.crypto import SecretBox, new_token, token_digest
+from models import User, UserAPIKey, UserSession
+
+from .context import Context, format_date
+from .errors import CommandError
+from .passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
+from .registry import Auth, command
+from .schema import CommandSchema, Flag, param
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
+
+
+class UserInputError(ValueError):
+    """A username, password or email address that cannot be used; ``field`` names which."""
+
+    def __init__(self, field: str, text: str):
+        super().__init__(text)
+        self.field = field
+
+
+def normalise_email(email: str) -> str:
+    try:
+        return validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise UserInputError("email", f"Invalid email address: {exc}") from None
+
+
+def create_user(
+    db: Session, username: str, password: str, email: str = "", *, is_admin: bool = False
+) -> User:
+    """Add a user; raise UserInputError for a bad or taken username, password or email."""
+    username = username.strip()
+    if not USERNAME_RE.match(username):
+        raise UserInputError(
+            "username",
+            "Invalid username: 1 to 100 letters, digits or . _ @ + -, "
+            "starting with a letter or digit",
+        )
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserInputError(
+            "password", f"Password must be at least {MIN_PASSWORD_LENGTH} characters long"
+        )
+    email = normalise_email(email) if email else ""
+    key = username.lower()
+    if db.scalar(select(User.id).where(User.username_key == key)) is not None:
+        raise UserInputError("username", "Username is already taken")
+    user = User(
+        username=username,
+        username_key=key,
+        email=email,
+        password_hash=hash_password(password),
+        enabled=True,
+        is_admin=is_admin,
+    )
+    db.add(user)
+    db.flush()
+    return user
+
+
+def create_api_key(
+    db: Session, box: SecretBox, user: User, description: str = ""
+) -> tuple[UserAPIKey, str]:
+    """A new user API key; the plain key is returned once and kept only encrypted."""
+    plain = new_token("pu_")
+    row = UserAPIKey(
+        user_id=user.id,
+        key_digest=token_digest(plain),
+        key_encrypted=box.encrypt(plain),
+        description=description,
+    )
+    db.add(row)
+    db.flush()
+    return row, plain
+
+
+def user_info(user: User) -> dict[str, Any]:
+    return {
+        "UserID": user.id,
+        "Username": user.username,
+        "EmailAddress": user.email,
+        "AccountStatus": "Enabled" if user.enabled else "Disabled",
+        "IsAdmin": user.is_admin,
+        "SignUpDate": format_date(user.created_at),
+        "LastLoginDate": format_date(user.last_login_at),
+    }
+
+
+def api_key_info(row: UserAPIKey, plain: str) -> dict[str, Any]:
+    return {
+        "APIKeyID": row.id,
+        "Key": plain,
+        "Description": row.description,
+        "CreationDate": format_date(row.created_at),
+        "LastUsedDate": format_date(row.last_used_at),
+    }
+
+
+class LoginSchema(CommandSchema):
+    Username = param(
+        fields.String(required=True), missing=(1, "Missing required parameter: Username")
+    )
+    Password = param(
+        fields.String(required=True), missing=(2, "Missing required parameter: Password")
+    )
+    DisableCaptcha = fields.Raw(load_default=None)  # accepted and ignored: no captcha is ever asked
+
+
+INVALID_LOGIN = "Invalid login information"
+
+
+@command("User.Login", schema=LoginSchema, auth=Auth.PUBLIC)
+def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any]:
+    user = ctx.db.scalar(select(User).where(User.username_key == Username.strip().lower()))
+    ok = verify_password(user.password_hash if user else None, Password)
+    if not ok or user is None:
+        raise CommandError(3, INVALID_LOGIN)
+    if not user.enabled:
+        raise CommandError(3, f"{INVALID_LOGIN}: the account is disabled")
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(Password)
+    session_id = new_token(nbytes=32)
+    ctx.db.add(
+        UserSession(
+            token_digest=token_digest(session_id),
+            user_id=user.id,
+            created_at=ctx.now,
+            last_seen_at=ctx.now,
+        )
+    )
+    user.last_login_at = ctx.now
+    return {"SessionID": session_id, "UserInfo": user_info(user)}
+
+
+class NoParams(CommandSchema):
+    pass
+
+
+@command("User.Logout", schema=NoParams, auth=Auth.USER)
+def logout(ctx: Context) -> dict[str, Any]:
+    """End the session that authenticated the call (a call by APIKey has none to end)."""
+    if ctx.session_id:
+        ctx.db.execute(
+            delete(UserSession).where(
+                UserSession.token_digest == token_digest(ctx.session_id),
+                UserSession.user_id == ctx.current_user.id,
+            )
+        )
+    return {}
+
+
+class APIKeyCreateSchema(CommandSchema):
+    Description = param(
+        fields.String(load_default="", validate=validate.Length(max=255)),
+        invalid=(1, "Description must be at most 255 characters"),
+    )
+
+
+@command("User.APIKey.Create", schema=APIKeyCreateSchema, auth=Auth.USER)
+def api_key_create(ctx: Context, Description: str) -> dict[str, Any]:
+    row, plain = create_api_key(ctx.db, ctx.box, ctx.current_user, Description)
+    return {"NewAPIKeyID": row.id, "APIKey": api_key_info(row, plain)}
+
+
+@command("User.APIKey.List", schema=NoParams, auth=Auth.USER, readonly=True)
+def api_key_list(ctx: Context) -> dict[str, Any]:
+    rows = ctx.db.scalars(
+        select(UserAPIKey).where(UserAPIKey.user_id == ctx.current_user.id).order_by(UserAPIKey.id)
+    ).all()
+    return {"APIKeys": [api_key_info(r, ctx.box.decrypt(r.key_encrypted)) for r in rows]}
+
+
+class APIKeyDeleteSchema(CommandSchema):
+    APIKeyID = param(
+        fields.Integer(required=True, strict=False),
+        missing=(1, "Missing required parameter: APIKeyID"),
+        invalid=(2, "API key not found"),
+    )
+
+
+@command("User.APIKey.Delete", schema=APIKeyDeleteSchema, auth=Auth.USER)
+def api_key_delete(ctx: Context, APIKeyID: int) -> dict[str, Any]:
+    deleted = ctx.db.execute(
+        delete(UserAPIKey).where(
+            UserAPIKey.id == APIKeyID, UserAPIKey.user_id == ctx.current_user.id
+        )
+    ).rowcount
+    if not deleted:
+        raise CommandError(2, "API key not found")
+    return {}
+
+
+class UserCreateSchema(CommandSchema):
+    Username = param(
+        fields.String(required=True), missing=(1, "Missing required parameter: Username")
+    )
+    Password = param(
+        fields.String(required=True), missing=(2, "Missing required parameter: Password")
+    )
+    EmailAddress = param(fields.String(load_default=""), invalid=(4, "Invalid email address"))
+    IsAdmin = param(Flag(load_default=False), invalid=(6, "IsAdmin must be true or false"))
+
+
+_CREATE_CODES = {"username": 3, "email": 4, "password": 5}
+
+
+@command("User.Create", schema=UserCreateSchema, auth=Auth.ADMIN)
+def user_create(
+    ctx: Context, Username: str, Password: str, EmailAddress: str, IsAdmin: bool
+) -> dict[str, Any]:
+    """Administrators add users; the new user gets a first API key."""
+    try:
+        user = create_user(ctx.db, Username, Password, EmailAddress, is_admin=IsAdmin)
+    except UserInputError as exc:
+        raise CommandError(_CREATE_CODES[exc.field], str(exc)) from None
+    _, plain = create_api_key(ctx.db, ctx.box, user, "created with the user")
+    return {"UserID": user.id, "APIKey": plain, "UserInfo": user_info(user)}
+
+
+def set_enabled(db: Session, username: str, enabled: bool, now: datetime) -> User | None:
+    """Enable or disable a user; disabling ends all of the user's sessions."""
+    user = db.scalar(select(User).where(User.username_key == username.strip().lower()))
+    if user is None:
+        return None
+    user.enabled = enabled
+    if not enabled:
+        db.execute(delete(UserSession).where(UserSession.user_id == user.id))
+    return user

@@ -1,0 +1,79 @@
+"""The engine and the unit of work: one transaction per command, committed or rolled back whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
+    """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(
+            parsed, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    if backend in ("mysql", "mariadb"):
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        kwargs["pool_recycle"] = 3600
+    return create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, a busy timeout, and BEGIN issued by SQLAlchemy itself.
+
+    pysqlite's own transaction handling starts transactions late; Postern turns it off and
+    emits BEGIN (reads) or BEGIN IMMEDIATE (writes, so a transaction never has to upgrade
+    its lock and fail with SQLITE_BUSY) at the start of every unit of work.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        mode = conn.get_execution_options().get("postern_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """Owns the engine and hands out sessions, each inside one transaction."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False):
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size, echo=echo)
+        self.backend = self.engine.dialect.name
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(
+            self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
+        )
+
+    @contextmanager
+    def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session inside one transaction: committed on success, rolled back on any error."""
+        factory = self._reader if readonly else self._writer
+        with factory() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

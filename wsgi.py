@@ -1,0 +1,11 @@
+"""WSGI entry point for gunicorn and other servers: ``gunicorn wsgi:app``.
+
+Settings come from the file named by POSTERN_CONFIG (if any) and POSTERN_* variables.
+"""
+
+import os
+
+from app.config import load_config
+from app.factory import create_app
+
+app = create_app(load_config(os.environ.get("POSTERN_CONFIG")))
