@@ -1,0 +1,156 @@
+"""Fixtures: a real database (SQLite, or PostgreSQL/MariaDB by POSTERN_TEST_DATABASE_URL),
+the app on it with a controllable clock, and helpers to call /api.php."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import make_url
+
+from app.config import load_config
+from app.crypto import SecretBox
+from app.factory import create_app
+from commands import Gateway
+from commands.users import create_api_key, create_user
+from models import Base, Database, utcnow
+from models.migrate import upgrade
+
+SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
+SERVER_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "").strip()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """A database of its own for this test run, dropped at the end."""
+    if not SERVER_URL:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'postern.db'}"
+        return
+    server = make_url(SERVER_URL)
+    name = f"postern_test_{secrets.token_hex(4)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def base_config(database_url):
+    return load_config(environ={}).replace(
+        database__url=database_url, security__secret_key=SECRET_KEY, log__level="INFO"
+    )
+
+
+class Clock:
+    """The gateway's clock: real time plus an offset tests move forward."""
+
+    def __init__(self):
+        self.offset = timedelta()
+
+    def __call__(self):
+        return utcnow() + self.offset
+
+    def advance(self, **kw):
+        self.offset += timedelta(**kw)
+
+
+@pytest.fixture(scope="session")
+def clock():
+    return Clock()
+
+
+@pytest.fixture(scope="session")
+def database(base_config):
+    db = Database(base_config.database.url)
+    upgrade(db.engine)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def gateway(base_config, database, clock):
+    return Gateway(base_config, database, clock=clock)
+
+
+@pytest.fixture(scope="session")
+def flask_app(base_config, gateway):
+    return create_app(base_config, gateway)
+
+
+@pytest.fixture(autouse=True)
+def _clean(request, clock):
+    """Every test starts with empty tables and an unmoved clock."""
+    clock.offset = timedelta()
+    yield
+    if "database" in request.fixturenames:
+        db = request.getfixturevalue("database")
+        with db.transaction() as s:
+            for table in reversed(Base.metadata.sorted_tables):
+                s.execute(delete(table))
+
+
+@pytest.fixture
+def client(flask_app):
+    return flask_app.test_client()
+
+
+@pytest.fixture
+def api(client):
+    """Call /api.php with a JSON body; returns the parsed envelope (status checked by caller)."""
+
+    def call(command, *, expect_status=200, **params):
+        resp = client.post("/api.php", json={"Command": command, **params})
+        assert resp.status_code == expect_status, resp.get_data(as_text=True)
+        return resp.get_json()
+
+    return call
+
+
+@pytest.fixture
+def box():
+    return SecretBox(SECRET_KEY.encode())
+
+
+@pytest.fixture
+def make_user(database, box):
+    """Create users directly through the gateway's own service functions."""
+
+    def make(username="alice", password="correct horse battery", email="", is_admin=False):
+        with database.transaction() as s:
+            user = create_user(s, username, password, email, is_admin=is_admin)
+            _, key = create_api_key(s, box, user, "test")
+            return SimpleNamespace(id=user.id, username=username, password=password, api_key=key)
+
+    return make
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def postern_log():
+    """Records what Postern logs (its logger does not propagate to the root)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    logger = logging.getLogger("postern")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

@@ -1,0 +1,46 @@
+"""The command registry: every command has a schema and an auth rule; names are unique."""
+
+import pytest
+from marshmallow import Schema
+
+import commands
+from commands.registry import Auth, DuplicateCommand, all_commands, command, find
+from commands.schema import CommandSchema
+
+
+def test_every_command_has_a_schema_and_an_auth_rule():
+    found = all_commands()
+    assert {c.name for c in found} >= {
+        "User.Login", "User.Logout", "User.APIKey.Create", "User.APIKey.List",
+        "User.APIKey.Delete", "User.Create",
+    }
+    for cmd in found:
+        assert issubclass(cmd.schema, Schema), cmd.name
+        assert isinstance(cmd.auth, Auth), cmd.name
+        assert callable(cmd.handler), cmd.name
+
+
+def test_every_required_parameter_has_an_error_code():
+    for cmd in all_commands():
+        for name, field in cmd.schema().fields.items():
+            if field.required:
+                assert field.metadata.get("missing"), f"{cmd.name}.{name}"
+
+
+def test_names_match_case_insensitively():
+    assert find("user.login") is find("USER.LOGIN") is find("User.Login")
+    assert find("No.Such") is None
+    assert find(None) is None
+
+
+def test_a_duplicate_name_fails_at_registration():
+    with pytest.raises(DuplicateCommand):
+        command("user.LOGIN", schema=CommandSchema, auth=Auth.PUBLIC)(lambda ctx: {})
+
+
+def test_a_command_needs_a_schema_and_an_auth_rule():
+    with pytest.raises(TypeError):
+        command("Test.NoAuth", schema=CommandSchema, auth="user")
+    with pytest.raises(TypeError):
+        command("Test.NoSchema", schema=dict, auth=Auth.USER)
+    assert commands.find("Test.NoAuth") is None
