@@ -27,8 +27,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def postern(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60):
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @contextmanager
@@ -38,8 +44,13 @@ def running(role: str, cwd: Path, env: dict[str, str]):
     env = {**env, "POSTERN_HTTP_PORT": str(port), "POSTERN_HTTP_WORKERS": "2"}
     log_path = cwd / f"{role}-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app", role], cwd=cwd, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", role],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

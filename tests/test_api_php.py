@@ -30,8 +30,10 @@ def _boom(ctx):
 
 
 def login(client, user, **kw):
-    body = client.post("/api.php", json={"Command": "User.Login", "Username": user.username,
-                                         "Password": user.password, **kw}).get_json()
+    body = client.post(
+        "/api.php",
+        json={"Command": "User.Login", "Username": user.username, "Password": user.password, **kw},
+    ).get_json()
     assert body["Success"] is True, body
     return body["SessionID"]
 
@@ -46,8 +48,9 @@ def test_json_body(client, user):
 
 
 def test_json_body_without_content_type_and_labelled_as_form(client, user):
-    raw = json.dumps({"Command": "User.Login", "Username": user.username,
-                      "Password": user.password})
+    raw = json.dumps(
+        {"Command": "User.Login", "Username": user.username, "Password": user.password}
+    )
     for ctype in (None, "application/x-www-form-urlencoded", "text/plain"):
         resp = client.post("/api.php", data=raw, content_type=ctype)
         assert resp.get_json()["Success"] is True, ctype
@@ -59,35 +62,45 @@ def test_form_body(client, user):
 
 
 def test_form_body_without_content_type(client, user):
-    resp = client.post("/api.php", data=f"Command=User.APIKey.List&APIKey={user.api_key}",
-                       content_type=None)
+    resp = client.post(
+        "/api.php", data=f"Command=User.APIKey.List&APIKey={user.api_key}", content_type=None
+    )
     assert resp.get_json()["Success"] is True
 
 
 def test_multipart_body(client, user):
-    resp = client.post("/api.php", data={"Command": "User.APIKey.List", "APIKey": user.api_key},
-                       content_type="multipart/form-data")
+    resp = client.post(
+        "/api.php",
+        data={"Command": "User.APIKey.List", "APIKey": user.api_key},
+        content_type="multipart/form-data",
+    )
     assert resp.get_json()["Success"] is True
 
 
 def test_get_query_string(client, user):
-    resp = client.get("/api.php", query_string={"Command": "User.APIKey.List",
-                                                "APIKey": user.api_key})
+    resp = client.get(
+        "/api.php", query_string={"Command": "User.APIKey.List", "APIKey": user.api_key}
+    )
     assert resp.get_json()["Success"] is True
 
 
 def test_command_and_parameter_names_are_case_insensitive(client, user):
-    body = client.post("/api.php", json={"command": "user.login", "USERNAME": user.username,
-                                         "password": user.password}).get_json()
+    body = client.post(
+        "/api.php",
+        json={"command": "user.login", "USERNAME": user.username, "password": user.password},
+    ).get_json()
     assert body["Success"] is True
-    body = client.post("/api.php", data={"COMMAND": "USER.APIKEY.LIST",
-                                         "apikey": user.api_key}).get_json()
+    body = client.post(
+        "/api.php", data={"COMMAND": "USER.APIKEY.LIST", "apikey": user.api_key}
+    ).get_json()
     assert body["Success"] is True
 
 
 def test_xml_response(client, user):
-    resp = client.post("/api.php", data={"Command": "User.APIKey.List", "APIKey": user.api_key,
-                                         "ResponseFormat": "XML"})
+    resp = client.post(
+        "/api.php",
+        data={"Command": "User.APIKey.List", "APIKey": user.api_key, "ResponseFormat": "XML"},
+    )
     assert resp.mimetype == "text/xml"
     root = ET.fromstring(resp.data)
     assert root.tag == "response"
@@ -97,8 +110,9 @@ def test_xml_response(client, user):
 
 
 def test_xml_error_response(client):
-    resp = client.get("/api.php", query_string={"Command": "User.Login", "Username": "x",
-                                                "responseformat": "xml"})
+    resp = client.get(
+        "/api.php", query_string={"Command": "User.Login", "Username": "x", "responseformat": "xml"}
+    )
     root = ET.fromstring(resp.data)
     assert root.findtext("Success") == ""
     assert root.findtext("ErrorCode") == "2"
@@ -121,9 +135,12 @@ def test_missing_command_is_http_400(client):
 
 
 def test_unreadable_json_is_http_400(client):
-    for raw, ctype in (('{"Command": "User.Login",', "application/json"),
-                       ("{not json", None), ("[1, 2]", "application/json"),
-                       (b"{\xff\xfe}", "application/json")):
+    for raw, ctype in (
+        ('{"Command": "User.Login",', "application/json"),
+        ("{not json", None),
+        ("[1, 2]", "application/json"),
+        (b"{\xff\xfe}", "application/json"),
+    ):
         resp = client.post("/api.php", data=raw, content_type=ctype)
         assert resp.status_code == 400, raw
         body = resp.get_json()
@@ -131,17 +148,25 @@ def test_unreadable_json_is_http_400(client):
 
 
 def test_authentication_failures(client, user):
-    for creds in ({}, {"SessionID": "nope"}, {"APIKey": "nope"}, {"APIKey": ["a", "b"]},
-                  {"SessionID": "", "APIKey": "  "}):
+    for creds in (
+        {},
+        {"SessionID": "nope"},
+        {"APIKey": "nope"},
+        {"APIKey": ["a", "b"]},
+        {"SessionID": "", "APIKey": "  "},
+    ):
         body = client.post("/api.php", json={"Command": "User.APIKey.List", **creds}).get_json()
         assert body["ErrorCode"] == 99998 and body["Success"] is False, creds
 
 
 def test_either_credential_is_enough(client, user):
     sid = login(client, user)
-    for creds in ({"SessionID": sid}, {"APIKey": user.api_key},
-                  {"SessionID": "stale", "APIKey": user.api_key},
-                  {"SessionID": sid, "APIKey": "wrong"}):
+    for creds in (
+        {"SessionID": sid},
+        {"APIKey": user.api_key},
+        {"SessionID": "stale", "APIKey": user.api_key},
+        {"SessionID": sid, "APIKey": "wrong"},
+    ):
         body = client.post("/api.php", json={"Command": "User.APIKey.List", **creds}).get_json()
         assert body["Success"] is True, creds
 
@@ -160,8 +185,9 @@ def test_unexpected_error_is_a_generic_500_with_request_id(client, postern_log):
 
 
 def test_a_failing_command_leaves_nothing_behind(client, user, database):
-    body = client.post("/api.php", json={"Command": "Test.HalfDone", "APIKey": user.api_key,
-                                         "Username": "ghost"}).get_json()
+    body = client.post(
+        "/api.php", json={"Command": "Test.HalfDone", "APIKey": user.api_key, "Username": "ghost"}
+    ).get_json()
     assert body["ErrorCode"] == 7
     with database.transaction(readonly=True) as s:
         assert s.scalar(select(func.count()).select_from(User)) == 1
@@ -169,9 +195,11 @@ def test_a_failing_command_leaves_nothing_behind(client, user, database):
 
 def test_request_log_line_has_no_secrets(client, user, postern_log):
     sid = login(client, user)
-    client.get("/api.php", query_string={"Command": "User.APIKey.List", "APIKey": user.api_key,
-                                         "SessionID": sid},
-               headers={"X-Request-ID": "req-0123456789"})
+    client.get(
+        "/api.php",
+        query_string={"Command": "User.APIKey.List", "APIKey": user.api_key, "SessionID": sid},
+        headers={"X-Request-ID": "req-0123456789"},
+    )
     lines = [r for r in postern_log if r.getMessage() == "request"]
     assert len(lines) == 2
     last = vars(lines[-1])
@@ -194,9 +222,11 @@ def test_healthz(client):
 def test_oversized_body_is_refused(flask_app, base_config):
     from app.factory import create_app
 
-    small = create_app(base_config.replace(http__max_body_bytes=1000),
-                       flask_app.extensions["postern.gateway"])
-    resp = small.test_client().post("/api.php", data={"Command": "User.Login",
-                                                      "Username": "x" * 5000})
+    small = create_app(
+        base_config.replace(http__max_body_bytes=1000), flask_app.extensions["postern.gateway"]
+    )
+    resp = small.test_client().post(
+        "/api.php", data={"Command": "User.Login", "Username": "x" * 5000}
+    )
     assert resp.status_code == 413
     assert resp.get_json()["Success"] is False

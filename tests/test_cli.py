@@ -14,8 +14,17 @@ def test_user_create_prints_json_and_refuses_bad_input(tmp_path):
     assert again.returncode == 1 and "Username is already taken" in again.stderr
     short = postern("user", "create", "erin", "--password", "short", cwd=tmp_path, env=env)
     assert short.returncode == 1 and "at least 8 characters" in short.stderr
-    bad_email = postern("user", "create", "erin", "--password", "eight chars", "--email", "x@",
-                        cwd=tmp_path, env=env)
+    bad_email = postern(
+        "user",
+        "create",
+        "erin",
+        "--password",
+        "eight chars",
+        "--email",
+        "x@",
+        cwd=tmp_path,
+        env=env,
+    )
     assert bad_email.returncode == 1 and "Invalid email address" in bad_email.stderr
 
 

@@ -33,35 +33,51 @@ def test_example_file_documents_every_setting_with_its_default():
 def test_file_then_environment(tmp_path):
     f = tmp_path / "p.toml"
     f.write_text('[http]\nport = 9000\nhost = "0.0.0.0"\n[log]\nformat = "text"\n')
-    c = load_config(f, environ={"POSTERN_HTTP_PORT": "9100", "POSTERN_DATABASE_ECHO": "yes",
-                                "POSTERN_TEST_WHATEVER": "ignored", "HOME": "/root"})
+    c = load_config(
+        f,
+        environ={
+            "POSTERN_HTTP_PORT": "9100",
+            "POSTERN_DATABASE_ECHO": "yes",
+            "POSTERN_TEST_WHATEVER": "ignored",
+            "HOME": "/root",
+        },
+    )
     assert c.http.port == 9100 and c.http.host == "0.0.0.0"
     assert c.database.echo is True and c.log.format == "text"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"POSTERN_HTTP_PORT": "abc"}, "http.port: must be a whole number, got 'abc' (from POSTERN_HTTP_PORT)"),
-    ({"POSTERN_HTTP_PORT": "70000"}, "http.port: must be a port number"),
-    ({"POSTERN_HTTP_WORKERS": "0"}, "http.workers: must be greater than zero"),
-    ({"POSTERN_DATABASE_ECHO": "maybe"}, "database.echo: must be true or false"),
-    ({"POSTERN_LOG_LEVEL": "LOUD"}, "log.level: must be one of DEBUG, INFO, WARNING, ERROR"),
-    ({"POSTERN_DATABASE_URL": "oracle://x"}, "database.url: must be an SQLite, PostgreSQL"),
-    ({"POSTERN_DATABASE_URL": "not a url"}, "database.url: is not a database URL"),
-    ({"POSTERN_HTTP_PROT": "1"}, "POSTERN_HTTP_PROT: no such setting"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"POSTERN_HTTP_PORT": "abc"},
+            "http.port: must be a whole number, got 'abc' (from POSTERN_HTTP_PORT)",
+        ),
+        ({"POSTERN_HTTP_PORT": "70000"}, "http.port: must be a port number"),
+        ({"POSTERN_HTTP_WORKERS": "0"}, "http.workers: must be greater than zero"),
+        ({"POSTERN_DATABASE_ECHO": "maybe"}, "database.echo: must be true or false"),
+        ({"POSTERN_LOG_LEVEL": "LOUD"}, "log.level: must be one of DEBUG, INFO, WARNING, ERROR"),
+        ({"POSTERN_DATABASE_URL": "oracle://x"}, "database.url: must be an SQLite, PostgreSQL"),
+        ({"POSTERN_DATABASE_URL": "not a url"}, "database.url: is not a database URL"),
+        ({"POSTERN_HTTP_PROT": "1"}, "POSTERN_HTTP_PROT: no such setting"),
+    ],
+)
 def test_invalid_environment_values_name_the_key(env, message):
     with pytest.raises(ConfigError) as err:
         load_config(environ=env)
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("[http]\nprot = 1\n", "http.prot: unknown setting"),
-    ("[htp]\nport = 1\n", "htp: unknown section"),
-    ("[http]\nport = true\n", "http.port: must be a whole number"),
-    ("[http]\nport = \n", "is not valid TOML"),
-    ("http = 3\n", "http: must be a table"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[http]\nprot = 1\n", "http.prot: unknown setting"),
+        ("[htp]\nport = 1\n", "htp: unknown section"),
+        ("[http]\nport = true\n", "http.port: must be a whole number"),
+        ("[http]\nport = \n", "is not valid TOML"),
+        ("http = 3\n", "http: must be a table"),
+    ],
+)
 def test_invalid_file_names_the_key(tmp_path, body, message):
     f = tmp_path / "bad.toml"
     f.write_text(body)
@@ -86,8 +102,12 @@ def test_secret_key_is_generated_once_beside_the_sqlite_database(tmp_path):
 
 
 def test_secret_key_from_configuration(tmp_path):
-    c = load_config(environ={"POSTERN_SECURITY_SECRET_KEY": "k" * 40,
-                             "POSTERN_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"})
+    c = load_config(
+        environ={
+            "POSTERN_SECURITY_SECRET_KEY": "k" * 40,
+            "POSTERN_DATABASE_URL": f"sqlite:///{tmp_path}/p.db",
+        }
+    )
     assert resolve_secret_key(c) == b"k" * 40
     assert not (tmp_path / "p.key").exists()
     with pytest.raises(ConfigError, match="security.secret_key: must be at least 32"):
@@ -103,8 +123,14 @@ def test_server_database_needs_a_configured_secret_key():
 def test_cli_stops_with_one_line_naming_the_key(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
     env["POSTERN_HTTP_PORT"] = "eighty"
-    proc = subprocess.run([sys.executable, "-m", "app", "serve"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "postern: configuration error: http.port: must be a whole number, got 'eighty' "

@@ -11,8 +11,12 @@ from commands.schema import CommandSchema
 def test_every_command_has_a_schema_and_an_auth_rule():
     found = all_commands()
     assert {c.name for c in found} >= {
-        "User.Login", "User.Logout", "User.APIKey.Create", "User.APIKey.List",
-        "User.APIKey.Delete", "User.Create",
+        "User.Login",
+        "User.Logout",
+        "User.APIKey.Create",
+        "User.APIKey.List",
+        "User.APIKey.Delete",
+        "User.Create",
     }
     for cmd in found:
         assert issubclass(cmd.schema, Schema), cmd.name

@@ -11,8 +11,17 @@ from .livesrv import clean_env, postern, running
 
 def test_embedded_default_round_trip(tmp_path):
     env = clean_env()
-    created = postern("user", "create", "alice", "--password", "correct horse",
-                      "--email", "alice@example.com", cwd=tmp_path, env=env)
+    created = postern(
+        "user",
+        "create",
+        "alice",
+        "--password",
+        "correct horse",
+        "--email",
+        "alice@example.com",
+        cwd=tmp_path,
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
     out = json.loads(created.stdout)
     assert set(out) == {"UserID", "APIKey"} and out["APIKey"].startswith("pu_")
@@ -21,9 +30,13 @@ def test_embedded_default_round_trip(tmp_path):
     with running("serve", tmp_path, env) as (base, log_path), httpx.Client(base_url=base) as http:
         api = f"{base}/api.php"
         # JSON, as curl -d sends it (labelled as a form).
-        login = http.post(api, content=json.dumps({"Command": "User.Login", "Username": "alice",
-                                                   "Password": "correct horse"}),
-                          headers={"Content-Type": "application/x-www-form-urlencoded"}).json()
+        login = http.post(
+            api,
+            content=json.dumps(
+                {"Command": "User.Login", "Username": "alice", "Password": "correct horse"}
+            ),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ).json()
         assert login["Success"] is True
         sid = login["SessionID"]
         # An authenticated command as JSON, as a form, and as XML.
@@ -31,12 +44,14 @@ def test_embedded_default_round_trip(tmp_path):
         assert listed["APIKeys"][0]["Key"] == out["APIKey"]
         form = http.post(api, data={"command": "user.apikey.list", "apikey": out["APIKey"]})
         assert form.json()["Success"] is True
-        xml = http.get(api, params={"Command": "User.APIKey.List", "SessionID": sid,
-                                    "ResponseFormat": "XML"})
+        xml = http.get(
+            api, params={"Command": "User.APIKey.List", "SessionID": sid, "ResponseFormat": "XML"}
+        )
         assert ET.fromstring(xml.text).findtext("APIKeys/item/Key") == out["APIKey"]
         # The documented failures.
-        wrong = http.post(api, json={"Command": "User.Login", "Username": "alice",
-                                     "Password": "wrong"}).json()
+        wrong = http.post(
+            api, json={"Command": "User.Login", "Username": "alice", "Password": "wrong"}
+        ).json()
         assert wrong["ErrorCode"] == 3
         bad = http.post(api, json={"Command": "User.APIKey.List", "SessionID": "bad"}).json()
         assert bad["ErrorCode"] == 99998
@@ -44,12 +59,12 @@ def test_embedded_default_round_trip(tmp_path):
         assert unknown.status_code == 400 and unknown.json()["ErrorCode"] == 100003
         assert http.get("/healthz").json() == {"Status": "ok", "Database": "ok"}
 
-    lines = [json.loads(line) for line in log_path.read_text().splitlines()
-             if line.startswith("{")]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     requests = [r for r in lines if r.get("msg") == "request"]
     assert len(requests) >= 7
-    assert all({"method", "path", "status", "duration_ms", "request_id"} <= set(r)
-               for r in requests)
+    assert all(
+        {"method", "path", "status", "duration_ms", "request_id"} <= set(r) for r in requests
+    )
     text = log_path.read_text()
     for secret in (sid, out["APIKey"], "correct horse"):
         assert secret not in text
@@ -57,17 +72,20 @@ def test_embedded_default_round_trip(tmp_path):
 
 def test_api_role_on_the_configured_database(tmp_path, make_user, base_config):
     user = make_user("carol")
-    env = clean_env(POSTERN_DATABASE_URL=base_config.database.url,
-                    POSTERN_SECURITY_SECRET_KEY=SECRET_KEY)
+    env = clean_env(
+        POSTERN_DATABASE_URL=base_config.database.url, POSTERN_SECURITY_SECRET_KEY=SECRET_KEY
+    )
     with running("api", tmp_path, env) as (base, _log):
         api = f"{base}/api.php"
-        login = httpx.post(api, data={"Command": "User.Login", "Username": "carol",
-                                      "Password": user.password}).json()
+        login = httpx.post(
+            api, data={"Command": "User.Login", "Username": "carol", "Password": user.password}
+        ).json()
         assert login["Success"] is True
         # Several workers share the database: every call sees the same session.
         for _ in range(10):
-            body = httpx.post(api, json={"Command": "User.APIKey.List",
-                                         "SessionID": login["SessionID"]}).json()
+            body = httpx.post(
+                api, json={"Command": "User.APIKey.List", "SessionID": login["SessionID"]}
+            ).json()
             assert body["APIKeys"][0]["Key"] == user.api_key
 
 

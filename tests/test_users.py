@@ -29,8 +29,7 @@ def test_login_error_codes(api, user):
         ({}, 1, "Missing required parameter: Username"),
         ({"Username": "  "}, 1, "Missing required parameter: Username"),
         ({"Username": user.username}, 2, "Missing required parameter: Password"),
-        ({"Username": user.username, "Password": "wrong password"}, 3,
-         "Invalid login information"),
+        ({"Username": user.username, "Password": "wrong password"}, 3, "Invalid login information"),
         ({"Username": "nobody", "Password": user.password}, 3, "Invalid login information"),
     ]
     for params, code, text in cases:
@@ -44,7 +43,8 @@ def test_disabled_user_cannot_log_in_or_call(api, user, database, clock):
         set_enabled(s, user.username, False, clock())
     assert api("User.Login", Username=user.username, Password=user.password)["ErrorCode"] == 3
     assert api("User.Login", Username=user.username, Password="bad password")["ErrorText"] == (
-        "Invalid login information")
+        "Invalid login information"
+    )
     assert api("User.APIKey.List", SessionID=sid)["ErrorCode"] == 99998
     assert api("User.APIKey.List", APIKey=user.api_key)["ErrorCode"] == 99998
     with database.transaction() as s:
@@ -82,14 +82,14 @@ def test_api_key_lifecycle(api, user, clock):
     listed = api("User.APIKey.List", APIKey=new["Key"])["APIKeys"]
     assert [k["Key"] for k in listed] == [user.api_key, new["Key"]]
     assert listed[1]["LastUsedDate"] is not None
-    assert api("User.APIKey.Delete", APIKey=user.api_key,
-               APIKeyID=new["APIKeyID"])["Success"] is True
+    assert (
+        api("User.APIKey.Delete", APIKey=user.api_key, APIKeyID=new["APIKeyID"])["Success"] is True
+    )
     assert api("User.APIKey.List", APIKey=new["Key"])["ErrorCode"] == 99998
 
 
 def test_api_key_errors(api, user, make_user):
-    assert api("User.APIKey.Create", APIKey=user.api_key,
-               Description="x" * 256)["ErrorCode"] == 1
+    assert api("User.APIKey.Create", APIKey=user.api_key, Description="x" * 256)["ErrorCode"] == 1
     assert api("User.APIKey.Delete", APIKey=user.api_key)["ErrorCode"] == 1
     assert api("User.APIKey.Delete", APIKey=user.api_key, APIKeyID="abc")["ErrorCode"] == 2
     assert api("User.APIKey.Delete", APIKey=user.api_key, APIKeyID=999999)["ErrorCode"] == 2
@@ -110,8 +110,13 @@ def test_user_create_needs_an_administrator(api, user, make_user):
     body = api("User.Create", APIKey=user.api_key, Username="eve", Password="long enough")
     assert body["ErrorCode"] == 99999
     admin = make_user("root", is_admin=True)
-    body = api("User.Create", APIKey=admin.api_key, Username="eve", Password="long enough pw",
-               EmailAddress="eve@example.com")
+    body = api(
+        "User.Create",
+        APIKey=admin.api_key,
+        Username="eve",
+        Password="long enough pw",
+        EmailAddress="eve@example.com",
+    )
     assert body["Success"] is True and body["UserInfo"]["Username"] == "eve"
     assert api("User.APIKey.List", APIKey=body["APIKey"])["Success"] is True
     assert api("User.Login", Username="eve", Password="long enough pw")["Success"] is True
@@ -120,7 +125,8 @@ def test_user_create_needs_an_administrator(api, user, make_user):
 def test_user_create_errors(api, make_user):
     admin = make_user("root", is_admin=True)
     cases = [
-        ({}, 1), ({"Username": "eve"}, 2),
+        ({}, 1),
+        ({"Username": "eve"}, 2),
         ({"Username": "Root", "Password": "long enough"}, 3),
         ({"Username": "bad name", "Password": "long enough"}, 3),
         ({"Username": "eve", "Password": "long enough", "EmailAddress": "not-an-email"}, 4),
