@@ -54,6 +54,13 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def _one_of_int(*choices: int) -> Callable[[int], str | None]:
+    def check(v: int) -> str | None:
+        return None if v in choices else "must be one of " + ", ".join(map(str, choices))
+
+    return check
+
+
 def _database_url(v: str) -> str | None:
     try:
         url = make_url(v)
@@ -64,6 +71,43 @@ def _database_url(v: str) -> str | None:
     if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
         return "must be an SQLite, PostgreSQL or MariaDB/MySQL URL"
     return None
+
+
+def _port_list(v: list) -> str | None:
+    return (
+        None
+        if all(isinstance(p, int) and 1 <= p <= 65535 for p in v)
+        else ("must be a list of port numbers")
+    )
+
+
+def _http_url(v: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v)
+    return (
+        None
+        if parts.scheme in ("http", "https") and parts.hostname
+        else ("must be an http:// or https:// URL")
+    )
+
+
+def _subdomain_label(v: str) -> str | None:
+    import re
+
+    return (
+        None
+        if re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", v)
+        else ("must be one DNS label (a-z, 0-9, -)")
+    )
+
+
+def _ratelimit_storage(v: str) -> str | None:
+    return (
+        None
+        if v == "database" or v.startswith(("redis://", "rediss://"))
+        else ('must be "database" or a redis:// URL')
+    )
 
 
 # Every setting Postern reads. config.example.toml documents each one (a test keeps them in step).
@@ -77,8 +121,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http", "threads", int, 4, _positive),
     Setting("http", "timeout", int, 30, _positive),
     Setting("http", "max_body_bytes", int, 26_214_400, _positive),
+    Setting("http", "public_url", str, "http://127.0.0.1:8080", _http_url),
     Setting("security", "secret_key", str, ""),
     Setting("security", "session_idle_timeout", int, 86_400, _positive),
+    Setting("domains", "max_per_user", int, 50, _positive),
+    Setting("domains", "require_verification", bool, True),
+    Setting("domains", "subdomain", str, "sl", _subdomain_label),
+    Setting("domains", "dkim_selector", str, "key1", _subdomain_label),
+    Setting("domains", "dkim_rsa_bits", int, 2048, _one_of_int(1024, 2048, 3072, 4096)),
+    Setting("domains", "dkim_ed25519", bool, False),
+    Setting("domains", "dkim_ed25519_selector", str, "key2", _subdomain_label),
+    Setting("domains", "spf_value", str, "v=spf1 a:{hostname} ~all"),
+    Setting("dns", "nameservers", list, [], None),
+    Setting("dns", "port", int, 53, _port),
+    Setting("dns", "timeout", float, 5.0, _positive),
+    Setting("smtp", "hostname", str, "localhost"),
+    Setting("smtp", "ports", list, [2525, 2587, 2465], _port_list),
+    Setting("webhooks", "allow_private", bool, False),
+    Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
+    Setting("ratelimit", "requests", int, 100, _positive),
+    Setting("ratelimit", "period", int, 60, _positive),
     Setting("log", "level", str, "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log", "format", str, "json", _one_of("json", "text")),
 )
@@ -111,6 +173,22 @@ def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
             raise ConfigError(
                 f"{setting.name}: must be a whole number, got {raw!r}{where}"
             ) from None
+    elif kind is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}") from None
+    elif kind is list:
+        # A TOML array, or a comma-separated string (environment variables).
+        if isinstance(raw, str):
+            items = [p.strip() for p in raw.split(",") if p.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise ConfigError(f"{setting.name}: must be a list, got {raw!r}{where}")
+        value = [_list_item(i) for i in items]
     elif kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"{setting.name}: must be a string, got {raw!r}{where}")
@@ -122,6 +200,12 @@ def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
         if problem:
             raise ConfigError(f"{setting.name}: {problem}, got {raw!r}{where}")
     return value
+
+
+def _list_item(item: Any) -> Any:
+    if isinstance(item, str) and item.isdigit():
+        return int(item)
+    return item
 
 
 class Config:

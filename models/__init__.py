@@ -2,6 +2,21 @@
 
 from .base import Base, UTCDateTime, utcnow
 from .database import Database
+from .domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
 from .users import User, UserAPIKey, UserSession
 
-__all__ = ["Base", "Database", "User", "UserAPIKey", "UserSession", "UTCDateTime", "utcnow"]
+__all__ = [
+    "Base",
+    "Database",
+    "DKIMKey",
+    "Domain",
+    "RateCounter",
+    "SenderAPIKey",
+    "SMTPCredential",
+    "Webhook",
+    "User",
+    "UserAPIKey",
+    "UserSession",
+    "UTCDateTime",
+    "utcnow",
+]
