@@ -16,6 +16,7 @@ bp = Blueprint("api_php", __name__)
 @bp.route("/api.php", methods=["GET", "POST"])
 def api_php():
     fmt = request.args.get("ResponseFormat") or request.args.get("responseformat")
+    cmd = None
     try:
         params = read_params(request)
         lowered = {str(k).lower(): v for k, v in params.items()}
@@ -33,5 +34,6 @@ def api_php():
             cmd, params, remote_addr=request.remote_addr
         )
     except CommandError as exc:
-        return envelope.render(envelope.failure(exc.code, exc.text), fmt, exc.http_status)
+        code = [exc.code] if cmd is not None and cmd.error_list else exc.code
+        return envelope.render(envelope.failure(code, exc.text), fmt, exc.http_status)
     return envelope.render(envelope.success(fields), fmt)

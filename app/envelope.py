@@ -13,7 +13,7 @@ def success(fields: dict[str, Any]) -> dict[str, Any]:
     return {"Success": True, "ErrorCode": 0, **fields}
 
 
-def failure(code: int, text: str, **extra: Any) -> dict[str, Any]:
+def failure(code: int | list[int], text: str, **extra: Any) -> dict[str, Any]:
     # ErrorMessage repeats ErrorText: seed 003 shows both names in its examples.
     return {"Success": False, "ErrorCode": code, "ErrorText": text, "ErrorMessage": text, **extra}
 

@@ -3,7 +3,13 @@
 Importing this package registers every command.
 """
 
-from . import users  # noqa: F401  (registers the User.* commands)
+from . import (  # noqa: F401  (importing a module registers its commands)
+    domains,
+    sender_keys,
+    smtp_credentials,
+    users,
+    webhooks,
+)
 from .errors import CommandError
 from .gateway import Gateway
 from .registry import Auth, all_commands, command, find

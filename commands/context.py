@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.crypto import SecretBox
-from models import User
+from models import Domain, User
 
 
 @dataclass
@@ -21,6 +22,15 @@ class Context:
     user: User | None = None
     session_id: str | None = None  # the SessionID that authenticated the call, if any
     remote_addr: str | None = None
+    sender: Any = None  # the SenderCaller of /api/v1 commands
+
+    @property
+    def sender_domain(self) -> Domain:
+        """The domain of the sender API key that authenticated the call."""
+        domain = self.db.get(Domain, self.sender.domain_id)
+        if domain is None:  # pragma: no cover - a key is deleted with its domain
+            raise RuntimeError("sender key without a domain")
+        return domain
 
     @property
     def current_user(self) -> User:

@@ -11,10 +11,18 @@ from app.crypto import SecretBox
 from models import Database, User, utcnow
 
 from . import registry
-from .auth import authenticate
+from .auth import Caller, authenticate
 from .context import Context
 from .errors import AUTH_FAILED, CommandError, NotPermitted
+from .ratelimit import make_limiter
 from .schema import load_params
+from .sender_keys import (
+    INVALID_ACCOUNT,
+    INVALID_KEY,
+    SenderCaller,
+    authenticate_sender,
+    unauthorised,
+)
 
 
 class Gateway:
@@ -29,14 +37,28 @@ class Gateway:
         )
         self.box = SecretBox(resolve_secret_key(config))
         self.clock = clock
+        self.limiter = make_limiter(config, self.db)
 
     def run(
-        self, cmd: registry.Command, params: Mapping[str, Any], *, remote_addr: str | None = None
+        self,
+        cmd: registry.Command,
+        params: Mapping[str, Any],
+        *,
+        remote_addr: str | None = None,
+        sender: SenderCaller | None = None,
     ) -> dict[str, Any]:
-        """The command's response fields, or CommandError."""
+        """The command's response fields, or CommandError.
+
+        SENDER commands are given the ``sender`` that authenticate_sender returned (the
+        /api/v1 transport authenticates first, to count the request against the key).
+        """
         now = self.clock()
         caller = None
-        if cmd.auth is not registry.Auth.PUBLIC:
+        if cmd.auth is registry.Auth.SENDER:
+            if sender is None:
+                raise unauthorised(INVALID_KEY)
+            caller = Caller(sender.user_id, None)
+        elif cmd.auth is not registry.Auth.PUBLIC:
             lowered = {str(k).lower(): v for k, v in params.items()}
             caller = authenticate(
                 self.db,
@@ -48,16 +70,27 @@ class Gateway:
         values = load_params(cmd.schema(), params)
         with self.db.transaction(readonly=cmd.readonly) as session:
             ctx = Context(
-                db=session, config=self.config, box=self.box, now=now, remote_addr=remote_addr
+                db=session,
+                config=self.config,
+                box=self.box,
+                now=now,
+                remote_addr=remote_addr,
+                sender=sender,
             )
             if caller is not None:
                 ctx.user = session.get(User, caller.user_id)
                 if ctx.user is None or not ctx.user.enabled:
+                    if sender is not None:
+                        raise unauthorised(INVALID_ACCOUNT)
                     raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
                 if cmd.auth is registry.Auth.ADMIN and not ctx.user.is_admin:
                     raise NotPermitted("Not enough privileges: this command needs an administrator")
                 ctx.session_id = caller.session_id
             return cmd.handler(ctx, **values)
+
+    def authenticate_sender(self, key: str | None) -> SenderCaller:
+        """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""
+        return authenticate_sender(self.db, key, self.clock())
 
 
 def _text(value: Any) -> str | None:

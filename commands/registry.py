@@ -16,6 +16,7 @@ class Auth(enum.Enum):
     PUBLIC = "public"  # no credentials (User.Login)
     USER = "user"  # a SessionID or user APIKey of an enabled user
     ADMIN = "admin"  # as USER, and the user is an administrator
+    SENDER = "sender"  # a sender-domain API key (the /api/v1 routes)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Command:
     schema: type[Schema]
     auth: Auth
     readonly: bool
+    # "api.php" commands are reachable through /api.php; "v1" ones only through /api/v1 routes.
+    transport: str = "api.php"
+    # Octeth answers some commands' errors with ErrorCode as a one-element list.
+    error_list: bool = False
 
 
 class DuplicateCommand(Exception):
@@ -34,12 +39,22 @@ class DuplicateCommand(Exception):
 _REGISTRY: dict[str, Command] = {}
 
 
-def command(name: str, *, schema: type[Schema], auth: Auth, readonly: bool = False):
+def command(
+    name: str,
+    *,
+    schema: type[Schema],
+    auth: Auth,
+    readonly: bool = False,
+    transport: str = "api.php",
+    error_list: bool = False,
+):
     """Register the decorated function as the handler of ``name``.
 
     ``readonly`` commands run in a read transaction. A second registration of the same
     name (in any letter case) fails at import.
     """
+    if transport not in ("api.php", "v1"):
+        raise ValueError(f"{name}: unknown transport {transport!r}")
     if not isinstance(auth, Auth):
         raise TypeError(f"{name}: auth must be an Auth rule")
     if not (isinstance(schema, type) and issubclass(schema, Schema)):
@@ -49,17 +64,18 @@ def command(name: str, *, schema: type[Schema], auth: Auth, readonly: bool = Fal
         key = name.lower()
         if key in _REGISTRY:
             raise DuplicateCommand(f"command {name} is registered twice")
-        _REGISTRY[key] = Command(name, handler, schema, auth, readonly)
+        _REGISTRY[key] = Command(name, handler, schema, auth, readonly, transport, error_list)
         return handler
 
     return register
 
 
-def find(name: str | None) -> Command | None:
-    """The command registered under ``name``, matched case-insensitively."""
+def find(name: str | None, transport: str = "api.php") -> Command | None:
+    """The command registered under ``name`` for ``transport``, matched case-insensitively."""
     if not name or not isinstance(name, str):
         return None
-    return _REGISTRY.get(name.strip().lower())
+    cmd = _REGISTRY.get(name.strip().lower())
+    return cmd if cmd is not None and cmd.transport == transport else None
 
 
 def all_commands() -> list[Command]:

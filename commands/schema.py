@@ -79,6 +79,32 @@ def load_params(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
         raise  # pragma: no cover - every failure belongs to a field
 
 
+MAX_ID = 2**31 - 1
+
+
+def parse_row_id(value) -> int | None:
+    """A row id from a raw value (a whole number, or its digits as text), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if 1 <= number <= MAX_ID else None
+
+
+class RowID(fields.Field):
+    """A row id parameter: a whole number (or its digits) within the id columns' range."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> int:
+        number = parse_row_id(value)
+        if number is None:
+            raise ValidationError("not a row id")
+        return number
+
+
 class Flag(fields.Boolean):
     """A boolean that also reads the 1/0, yes/no, on/off strings forms and XML clients send."""
 

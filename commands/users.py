@@ -18,7 +18,7 @@ from .context import Context, format_date
 from .errors import CommandError
 from .passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
 from .registry import Auth, command
-from .schema import CommandSchema, Flag, param
+from .schema import CommandSchema, Flag, RowID, param
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 
@@ -184,7 +184,7 @@ def api_key_list(ctx: Context) -> dict[str, Any]:
 
 class APIKeyDeleteSchema(CommandSchema):
     APIKeyID = param(
-        fields.Integer(required=True, strict=False),
+        RowID(required=True),
         missing=(1, "Missing required parameter: APIKeyID"),
         invalid=(2, "API key not found"),
     )

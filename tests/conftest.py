@@ -21,6 +21,8 @@ from commands.users import create_api_key, create_user
 from models import Base, Database, utcnow
 from models.migrate import upgrade
 
+from .dnsserver import DNSServer
+
 SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
 SERVER_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "").strip()
 
@@ -46,9 +48,32 @@ def database_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def base_config(database_url):
+def dns_session():
+    """One loopback DNS server for the run: the resolver every test configuration uses."""
+    with DNSServer() as server:
+        yield server
+
+
+@pytest.fixture
+def dns_server(dns_session):
+    """The loopback DNS server, emptied for this test."""
+    dns_session.clear()
+    dns_session.queries.clear()
+    yield dns_session
+    dns_session.clear()
+
+
+@pytest.fixture(scope="session")
+def base_config(database_url, dns_session):
     return load_config(environ={}).replace(
-        database__url=database_url, security__secret_key=SECRET_KEY, log__level="INFO"
+        database__url=database_url,
+        security__secret_key=SECRET_KEY,
+        log__level="INFO",
+        dns__nameservers=[dns_session.host],
+        dns__port=dns_session.port,
+        dns__timeout=1.0,
+        webhooks__allow_private=True,
+        smtp__hostname="mx.postern.test",
     )
 
 
@@ -154,3 +179,41 @@ def postern_log():
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def make_app(database, clock, base_config):
+    """An app on the same database with some settings changed (``section__key=value``)."""
+
+    def make(**changes):
+        config = base_config.replace(**changes)
+        return create_app(config, Gateway(config, database, clock=clock)).test_client()
+
+    return make
+
+
+@pytest.fixture
+def add_domain(api, user):
+    """Add a domain through EmailGateway.AddDomain; returns its DomainID."""
+
+    def add(name="example.com", key=None):
+        body = api("EmailGateway.AddDomain", APIKey=key or user.api_key, DomainName=name)
+        assert body["Success"] is True, body
+        return body["NewSenderDomainID"]
+
+    return add
+
+
+@pytest.fixture
+def publish(api, user, dns_server):
+    """Publish a domain's DNS records, as GetDomain gives them, in the loopback DNS."""
+
+    def do(domain_id, key=None, skip=()):
+        body = api("EmailGateway.GetDomain", APIKey=key or user.api_key, DomainID=domain_id)
+        records = body["Domain"]["DNSRecords"]
+        for r in records:
+            if r["Purpose"] not in skip:
+                dns_server.add(r["Host"], r["Type"], r["Value"])
+        return records
+
+    return do

@@ -1,0 +1,247 @@
+"""Rate limits for the /api/v1 routes: so many requests per period per bucket (a sender API key).
+
+The counts live where every API process can see them: in the application database (fixed
+windows aligned to multiples of the period, one ``rate_counters`` row per bucket and window),
+or in Redis through the ``limits`` library. Both answer a ``Decision``; the HTTP layer turns a
+refusal into a 429 with ``too_many_requests_text``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from app.config import Config
+from models import Database, RateCounter
+
+log = logging.getLogger("postern.ratelimit")
+
+MAX_BUCKET_LENGTH = 100  # rate_counters.bucket is String(100)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one hit.
+
+    ``retry_after`` is the whole number of seconds (at least 1) until the caller may try
+    again when the hit was refused, and 0 when it was allowed.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: int
+
+
+def too_many_requests_text(decision: Decision) -> str:
+    return (
+        f"Too many requests. Wait for {decision.retry_after} seconds "
+        f"for another {decision.limit} attempts."
+    )
+
+
+class RateLimiter(ABC):
+    """Counts requests per bucket: at most ``requests`` per ``period`` seconds."""
+
+    requests: int
+    period: int
+
+    @abstractmethod
+    def hit(self, bucket: str, now: float | None = None) -> Decision:
+        """Count one request against ``bucket`` (at most 100 characters) and decide on it."""
+
+    def clear(self, bucket: str) -> None:  # noqa: B027 - optional for subclasses
+        """Forget every count kept for ``bucket``."""
+
+    def close(self) -> None:  # noqa: B027 - optional for subclasses
+        """Release connections the limiter holds of its own."""
+
+
+def _check(requests: int, period: int) -> None:
+    if requests < 1 or period < 1:
+        raise ValueError("requests and period must be positive")
+
+
+def _check_bucket(bucket: str) -> None:
+    if not bucket or len(bucket) > MAX_BUCKET_LENGTH:
+        raise ValueError(f"a rate limit bucket must be 1 to {MAX_BUCKET_LENGTH} characters")
+
+
+class DatabaseLimiter(RateLimiter):
+    """Fixed windows counted in ``rate_counters``, one short transaction per hit.
+
+    The count is incremented by a single upsert (atomic on every backend: the row is locked
+    by the statement itself) and read back in the same transaction, so concurrent processes
+    never lose or double-count a hit. When a hit opens a new window for its bucket, that
+    bucket's old windows are deleted; every ``sweep_every`` hits of this process, old
+    windows of every bucket are deleted too (buckets that went quiet).
+    """
+
+    RETRIES = 5  # deadlocks and lock timeouts are retried this many times
+
+    def __init__(self, db: Database, requests: int, period: int, *, sweep_every: int = 100):
+        _check(requests, period)
+        self.db = db
+        self.requests = requests
+        self.period = period
+        self.sweep_every = max(1, sweep_every)
+        self._hits = itertools.count(1)
+        self._insert = _insert_for(db.backend)
+
+    def hit(self, bucket: str, now: float | None = None) -> Decision:
+        _check_bucket(bucket)
+        now = time.time() if now is None else now
+        window_start = int(now // self.period) * self.period
+        for attempt in range(self.RETRIES + 1):
+            try:
+                hits = self._count(bucket, window_start, now)
+                break
+            except DBAPIError as exc:
+                if attempt == self.RETRIES or not _is_transient(exc):
+                    raise
+                log.debug("rate limit: retrying after %s", exc.orig)
+        if next(self._hits) % self.sweep_every == 0:
+            self.sweep(now)
+        if hits <= self.requests:
+            return Decision(True, self.requests, self.requests - hits, 0)
+        retry_after = max(1, math.ceil(window_start + self.period - now))
+        return Decision(False, self.requests, 0, retry_after)
+
+    def _count(self, bucket: str, window_start: int, now: float) -> int:
+        """Add one hit to the bucket's window and return the window's count, in one transaction."""
+        with self.db.transaction() as session:
+            session.execute(self._insert(bucket, window_start))
+            hits = session.execute(
+                select(RateCounter.hits).where(
+                    RateCounter.bucket == bucket, RateCounter.window_start == window_start
+                )
+            ).scalar_one()
+            if hits == 1:  # this hit opened the window: drop the bucket's old ones
+                session.execute(
+                    delete(RateCounter).where(
+                        RateCounter.bucket == bucket,
+                        RateCounter.window_start < self._cutoff(now),
+                    )
+                )
+            return hits
+
+    def _cutoff(self, now: float) -> int:
+        """Windows starting before this ended more than one period before ``now``."""
+        return math.floor(now) - 2 * self.period
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the windows of every bucket that ended more than one period ago.
+
+        Housekeeping only: a failure is logged and left for the next sweep.
+        """
+        now = time.time() if now is None else now
+        try:
+            with self.db.transaction() as session:
+                result = session.execute(
+                    delete(RateCounter).where(RateCounter.window_start < self._cutoff(now))
+                )
+                return result.rowcount or 0
+        except SQLAlchemyError as exc:
+            log.warning("rate limit: sweeping old windows failed: %s", exc)
+            return 0
+
+    def clear(self, bucket: str) -> None:
+        with self.db.transaction() as session:
+            session.execute(delete(RateCounter).where(RateCounter.bucket == bucket))
+
+
+def _insert_for(backend: str):
+    """The dialect's atomic "insert hits=1, or add 1 to the existing row" statement."""
+    table = RateCounter.__table__
+    if backend in ("sqlite", "postgresql"):
+        insert = sqlite_insert if backend == "sqlite" else postgresql_insert
+
+        def upsert(bucket: str, window_start: int):
+            stmt = insert(table).values(bucket=bucket, window_start=window_start, hits=1)
+            return stmt.on_conflict_do_update(
+                index_elements=[table.c.bucket, table.c.window_start],
+                set_={"hits": table.c.hits + 1},
+            )
+
+        return upsert
+    if backend in ("mysql", "mariadb"):
+
+        def upsert(bucket: str, window_start: int):
+            stmt = mysql_insert(table).values(bucket=bucket, window_start=window_start, hits=1)
+            return stmt.on_duplicate_key_update(hits=table.c.hits + 1)
+
+        return upsert
+    raise ValueError(f"rate limiting does not support the {backend} database")
+
+
+# PostgreSQL SQLSTATEs and MySQL/MariaDB error numbers worth a retry.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
+_TRANSIENT_MYSQL = {1205, 1213}  # lock wait timeout, deadlock
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _TRANSIENT_MYSQL
+
+
+class RedisLimiter(RateLimiter):
+    """Fixed windows in Redis through ``limits`` (FixedWindowRateLimiter on RedisStorage).
+
+    The window starts at a bucket's first hit and Redis expires it, so nothing piles up.
+    Redis keeps the time: ``now`` is accepted for the interface's sake and ignored.
+    """
+
+    KEY_PREFIX = "postern"
+
+    def __init__(self, url: str, requests: int, period: int, **redis_options):
+        _check(requests, period)
+        # Imported here: a database-backed deployment never touches the redis modules.
+        from limits import RateLimitItemPerSecond
+        from limits.storage import RedisStorage
+        from limits.strategies import FixedWindowRateLimiter
+
+        self.url = url
+        self.requests = requests
+        self.period = period
+        options = {"socket_connect_timeout": 5, "socket_timeout": 5, **redis_options}
+        self._storage = RedisStorage(url, key_prefix=self.KEY_PREFIX, **options)
+        self._limiter = FixedWindowRateLimiter(self._storage)
+        self._item = RateLimitItemPerSecond(requests, period)
+
+    def hit(self, bucket: str, now: float | None = None) -> Decision:
+        _check_bucket(bucket)
+        allowed = self._limiter.hit(self._item, bucket)
+        stats = self._limiter.get_window_stats(self._item, bucket)
+        if allowed:
+            return Decision(True, self.requests, stats.remaining, 0)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        return Decision(False, self.requests, 0, retry_after)
+
+    def clear(self, bucket: str) -> None:
+        self._limiter.clear(self._item, bucket)
+
+    def close(self) -> None:
+        client = self._storage.storage
+        client.close()
+        client.connection_pool.disconnect()
+
+
+def make_limiter(config: Config, db: Database) -> RateLimiter:
+    """The limiter ``config.ratelimit`` asks for: the database's, or Redis's."""
+    rl = config.ratelimit
+    if rl.storage == "database":
+        return DatabaseLimiter(db, rl.requests, rl.period)
+    return RedisLimiter(rl.storage, rl.requests, rl.period)

@@ -1,0 +1,176 @@
+"""Sender-domain API keys: AddAPI, GetAPIs, DeleteAPI, and Bearer authentication with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from marshmallow import fields, validate
+from sqlalchemy import delete, select, update
+
+from app.crypto import digests_match, new_token, token_digest
+from models import Database, Domain, SenderAPIKey, User
+
+from .context import Context, format_date
+from .domains import domain_id_param, owned_domain
+from .errors import CommandError
+from .registry import Auth, command
+from .schema import CommandSchema, RowID, param
+
+PERMISSIONS = "Send,Events,Webhooks"
+TOUCH_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class SenderCaller:
+    key_id: int
+    key_digest: str
+    domain_id: int
+    user_id: int
+
+
+MISSING_KEY = (1, "Missing SenderAPIKey")
+INVALID_KEY = (13, "Invalid SenderAPIKey")
+INVALID_ACCOUNT = (2, "Invalid user account")
+
+
+def unauthorised(code_text: tuple[int, str]) -> CommandError:
+    """A sender-key failure: HTTP 403 for a disabled account, 401 otherwise."""
+    return CommandError(*code_text, http_status=403 if code_text == INVALID_ACCOUNT else 401)
+
+
+def authenticate_sender(db: Database, key: str | None, now: datetime) -> SenderCaller:
+    """The sender key's domain and user; CommandError 13 for a bad key, 2 for a disabled user."""
+    if not isinstance(key, str) or not key.strip():
+        raise unauthorised(MISSING_KEY)
+    digest = token_digest(key.strip())
+    with db.transaction(readonly=True) as s:
+        row = s.execute(
+            select(
+                SenderAPIKey.id,
+                SenderAPIKey.key_digest,
+                SenderAPIKey.domain_id,
+                SenderAPIKey.user_id,
+                SenderAPIKey.last_used_at,
+                User.enabled,
+            )
+            .join(User, User.id == SenderAPIKey.user_id)
+            .where(SenderAPIKey.key_digest == digest)
+        ).first()
+    if row is None or not digests_match(row.key_digest, digest):
+        raise unauthorised(INVALID_KEY)
+    if not row.enabled:
+        raise unauthorised(INVALID_ACCOUNT)
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > TOUCH_SECONDS:
+        with db.transaction() as s:
+            s.execute(
+                update(SenderAPIKey).where(SenderAPIKey.id == row.id).values(last_used_at=now)
+            )
+    return SenderCaller(row.id, digest, row.domain_id, row.user_id)
+
+
+def key_view(ctx: Context, row: SenderAPIKey) -> dict[str, Any]:
+    return {
+        "KeyID": str(row.id),
+        "DomainID": str(row.domain_id),
+        "UserID": str(row.user_id),
+        "Key": ctx.box.decrypt(row.key_encrypted),
+        "Permissions": row.permissions,
+        "Description": row.description,
+        "CreationDate": format_date(row.created_at),
+        "LastUsedDate": format_date(row.last_used_at),
+    }
+
+
+class AddAPISchema(CommandSchema):
+    Description = param(
+        fields.String(required=True, validate=validate.Length(max=255)),
+        missing=(1, "Missing or invalid 'Description' parameter"),
+    )
+    DomainID = domain_id_param(
+        (2, "Missing or invalid 'DomainID' parameter"),
+        (2, "Missing or invalid 'DomainID' parameter"),
+    )
+    ListID = fields.String(load_default=None)
+    SubscriberID = fields.String(load_default=None)
+    JourneyID = fields.String(load_default=None)
+    ActionID = fields.String(load_default=None)
+
+
+@command("EmailGateway.AddAPI", schema=AddAPISchema, auth=Auth.USER)
+def add_api(
+    ctx: Context,
+    Description: str,
+    DomainID: int,
+    ListID: str | None,
+    SubscriberID: str | None,
+    JourneyID: str | None,
+    ActionID: str | None,
+) -> dict:
+    domain = owned_domain(
+        ctx, DomainID, 3, "Unable to retrieve sender domain with provided 'DomainID'"
+    )
+    plain = new_token("ps_", nbytes=24)
+    row = SenderAPIKey(
+        domain_id=domain.id,
+        user_id=domain.user_id,
+        key_digest=token_digest(plain),
+        key_encrypted=ctx.box.encrypt(plain),
+        description=Description,
+        permissions=PERMISSIONS,
+        list_id=_short(ListID),
+        subscriber_id=_short(SubscriberID),
+        journey_id=_short(JourneyID),
+        action_id=_short(ActionID),
+        created_at=ctx.now,
+    )
+    ctx.db.add(row)
+    ctx.db.flush()
+    return {
+        "NewAPIKeyID": str(row.id),
+        "APIKey": {
+            "Key": plain,
+            "Permissions": PERMISSIONS,
+            "DomainID": str(domain.id),
+            "Description": Description,
+        },
+    }
+
+
+def _short(value: str | None) -> str | None:
+    return value[:64] if value else None
+
+
+class GetAPIsSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter: DomainID"), (2, "Unable to retrieve sender domain")
+    )
+
+
+@command("EmailGateway.GetAPIs", schema=GetAPIsSchema, auth=Auth.USER, readonly=True)
+def get_apis(ctx: Context, DomainID: int) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve sender domain")
+    rows = ctx.db.scalars(
+        select(SenderAPIKey).where(SenderAPIKey.domain_id == domain.id).order_by(SenderAPIKey.id)
+    ).all()
+    return {"APIKeys": [key_view(ctx, r) for r in rows]}
+
+
+class DeleteAPISchema(CommandSchema):
+    ApiKeyId = param(
+        RowID(required=True),
+        missing=(1, "Missing required parameter: ApiKeyId"),
+        invalid=(2, "Invalid API key or API key not found"),
+    )
+
+
+@command("EmailGateway.DeleteAPI", schema=DeleteAPISchema, auth=Auth.USER)
+def delete_api(ctx: Context, ApiKeyId: int) -> dict[str, Any]:
+    owned = select(Domain.id).where(Domain.user_id == ctx.current_user.id)
+    deleted = ctx.db.execute(
+        delete(SenderAPIKey).where(SenderAPIKey.id == ApiKeyId, SenderAPIKey.domain_id.in_(owned))
+    ).rowcount
+    if not deleted:
+        raise CommandError(2, "Invalid API key or API key not found")
+    return {}

@@ -1,0 +1,179 @@
+"""SMTP credentials: AddSMTP, GetSMTPs, DeleteSMTP, ResetSMTPPassword."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from marshmallow import fields, validate
+from sqlalchemy import select
+
+from app.crypto import token_digest
+from models import Domain, SMTPCredential
+
+from .context import Context, format_date
+from .domains import domain_id_param, owned_domain
+from .errors import CommandError
+from .registry import Auth, command
+from .schema import CommandSchema, RowID, param
+
+MASKED = "********"
+
+
+def new_password() -> str:
+    """A generated password (192 random bits); only its SHA-256 digest is stored."""
+    return secrets.token_urlsafe(24)
+
+
+def smtp_ports(ctx: Context) -> list[str]:
+    return [str(p) for p in ctx.config.smtp.ports]
+
+
+def submission_port(ctx: Context) -> int:
+    """The STARTTLS submission port: the second configured port (587 in production)."""
+    ports = ctx.config.smtp.ports
+    return ports[1] if len(ports) > 1 else ports[0]
+
+
+def other_info(ctx: Context) -> str:
+    ports = ctx.config.smtp.ports
+    parts = [f"AUTH PLAIN or LOGIN over TLS; STARTTLS on {ports[0]}"]
+    if len(ports) > 1:
+        parts.append(f"STARTTLS on {ports[1]}")
+    if len(ports) > 2:
+        parts.append(f"implicit TLS on {ports[2]}")
+    return ", ".join(parts)
+
+
+def credential_view(ctx: Context, row: SMTPCredential) -> dict[str, Any]:
+    return {
+        "SMTPID": str(row.id),
+        "SMTPHost": ctx.config.smtp.hostname,
+        "SMTPPorts": smtp_ports(ctx),
+        "Username": row.username,
+        "Password": MASKED,  # never revealed again: ResetSMTPPassword makes a new one
+        "FromEmail": row.from_email,
+        "FromName": row.from_name,
+        "ReplyToEmail": row.reply_to_email,
+        "ReplyToName": row.reply_to_name,
+        "IsActive": row.active,
+        "CreationDate": format_date(row.created_at),
+    }
+
+
+class AddSMTPSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Required field 'DomainID' is missing."), (2, "Unable to retrieve the sender domain.")
+    )
+    FromEmail = param(fields.Email(load_default=""), invalid=(3, "Invalid FromEmail"))
+    FromName = param(
+        fields.String(load_default="", validate=validate.Length(max=255)),
+        invalid=(4, "FromName must be at most 255 characters"),
+    )
+    ReplyToEmail = param(fields.Email(load_default=""), invalid=(5, "Invalid ReplyToEmail"))
+    ReplyToName = param(
+        fields.String(load_default="", validate=validate.Length(max=255)),
+        invalid=(6, "ReplyToName must be at most 255 characters"),
+    )
+
+
+@command("EmailGateway.AddSMTP", schema=AddSMTPSchema, auth=Auth.USER)
+def add_smtp(
+    ctx: Context, DomainID: int, FromEmail: str, FromName: str, ReplyToEmail: str, ReplyToName: str
+) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve the sender domain.")
+    password = new_password()
+    username = f"smtp-{secrets.token_hex(5)}@{domain.name}"
+    row = SMTPCredential(
+        domain_id=domain.id,
+        user_id=domain.user_id,
+        username=username,
+        password_digest=token_digest(password),
+        from_email=FromEmail,
+        from_name=FromName,
+        reply_to_email=ReplyToEmail,
+        reply_to_name=ReplyToName,
+        created_at=ctx.now,
+    )
+    ctx.db.add(row)
+    ctx.db.flush()
+    return {
+        "NewSMTPID": str(row.id),
+        "SMTP": {
+            "SMTPID": str(row.id),
+            "SMTPHost": ctx.config.smtp.hostname,
+            "SMTPPorts": smtp_ports(ctx),
+            "Username": username,
+            "Password": password,
+            "OtherSMTPInfo": other_info(ctx),
+        },
+    }
+
+
+class GetSMTPsSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter 'DomainID'."),
+        (2, "Unable to retrieve sender domain details."),
+    )
+
+
+@command("EmailGateway.GetSMTPs", schema=GetSMTPsSchema, auth=Auth.USER, readonly=True)
+def get_smtps(ctx: Context, DomainID: int) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve sender domain details.")
+    rows = ctx.db.scalars(
+        select(SMTPCredential)
+        .where(SMTPCredential.domain_id == domain.id)
+        .order_by(SMTPCredential.id)
+    ).all()
+    return {"SMTPs": [credential_view(ctx, r) for r in rows]}
+
+
+def owned_credential(ctx: Context, smtp_id: int, code: int, text: str) -> SMTPCredential:
+    row = ctx.db.get(SMTPCredential, smtp_id)
+    if row is None:
+        raise CommandError(code, text)
+    domain = ctx.db.get(Domain, row.domain_id)
+    if domain is None or domain.user_id != ctx.current_user.id:
+        raise CommandError(code, text)
+    return row
+
+
+class DeleteSMTPSchema(CommandSchema):
+    smtpid = param(
+        RowID(required=True),
+        missing=(1, "Required field is missing"),
+        invalid=(2, "SMTP configuration not found or user does not have permission"),
+    )
+
+
+@command("EmailGateway.DeleteSMTP", schema=DeleteSMTPSchema, auth=Auth.USER)
+def delete_smtp(ctx: Context, smtpid: int) -> dict[str, Any]:
+    row = owned_credential(
+        ctx, smtpid, 2, "SMTP configuration not found or user does not have permission"
+    )
+    ctx.db.delete(row)
+    return {}
+
+
+class ResetSMTPPasswordSchema(CommandSchema):
+    smtpid = param(
+        RowID(required=True),
+        missing=(1, "Missing required parameter 'smtpid'"),
+        invalid=(2, "SMTP configuration not found or access denied"),
+    )
+
+
+@command("EmailGateway.ResetSMTPPassword", schema=ResetSMTPPasswordSchema, auth=Auth.USER)
+def reset_smtp_password(ctx: Context, smtpid: int) -> dict[str, Any]:
+    row = owned_credential(ctx, smtpid, 2, "SMTP configuration not found or access denied")
+    password = new_password()
+    row.password_digest = token_digest(password)
+    return {
+        "SMTP": {
+            "SMTPID": str(row.id),
+            "Server": ctx.config.smtp.hostname,
+            "Port": submission_port(ctx),
+            "Username": row.username,
+            "Password": password,
+        }
+    }

@@ -1,0 +1,215 @@
+"""Webhooks: AddWebhook, GetWebhooks, DeleteWebhook, RegenerateSigningKey, and /api/v1/webhooks."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import fields
+from sqlalchemy import select
+
+from app.config import Config
+from models import Domain, Webhook
+
+from .context import Context
+from .domains import domain_id_param, new_signing_key, owned_domain
+from .errors import CommandError
+from .registry import Auth, command
+from .schema import CommandSchema, RowID, param, parse_row_id
+
+# Both vocabularies: Octeth's first names and the past-tense ones.
+EVENTS = {
+    "delivery": "delivered",
+    "bounce": "bounced",
+    "open": "opened",
+    "click": "clicked",
+    "unsubscribe": "unsubscribed",
+    "complaint": "complained",
+}
+ALL_EVENTS = set(EVENTS) | set(EVENTS.values())
+
+
+def parse_events(raw: Any) -> list[str] | None:
+    """Event names from a string (comma-separated) or a list; None when any is unknown."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    names = []
+    for item in items:
+        name = str(item).strip().lower()
+        if name not in ALL_EVENTS:
+            return None
+        if name not in names:
+            names.append(name)
+    return names or None
+
+
+def url_problem(url: str, config: Config) -> str | None:
+    """Why ``url`` cannot be a webhook URL, or None when it can."""
+    if len(url) > 2048:
+        return "the URL is longer than 2048 characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "the URL cannot be parsed"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "the URL must start with http:// or https:// and name a host"
+    if config.webhooks.allow_private:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    own = {config.smtp.hostname.lower(), (urlsplit(config.http.public_url).hostname or "").lower()}
+    if host == "localhost" or host.endswith(".localhost") or host in own:
+        return "the URL points at this gateway or at localhost"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not ip.is_global:
+        return "the URL points at a loopback, private or reserved address"
+    return None
+
+
+def add_webhook(ctx: Context, domain: Domain, events: list[str], url: str) -> Webhook:
+    row = Webhook(domain_id=domain.id, url=url, events=",".join(events), created_at=ctx.now)
+    ctx.db.add(row)
+    ctx.db.flush()
+    return row
+
+
+def domain_webhooks(ctx: Context, domain: Domain) -> list[Webhook]:
+    return list(
+        ctx.db.scalars(select(Webhook).where(Webhook.domain_id == domain.id).order_by(Webhook.id))
+    )
+
+
+class AddWebhookSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter DomainID"), (4, "Domain not found or access denied")
+    )
+    Event = param(fields.Raw(required=True), missing=(2, "Missing required parameter Event"))
+    WebhookURL = param(
+        fields.String(required=True), missing=(5, "Missing required parameter WebhookURL")
+    )
+
+
+@command("EmailGateway.AddWebhook", schema=AddWebhookSchema, auth=Auth.USER, error_list=True)
+def add_webhook_command(ctx: Context, DomainID: int, Event: Any, WebhookURL: str) -> dict:
+    events = parse_events(Event)
+    if events is None:
+        raise CommandError(3, "Invalid event type specified")
+    domain = owned_domain(ctx, DomainID, 4, "Domain not found or access denied")
+    problem = url_problem(WebhookURL, ctx.config)
+    if problem:
+        raise CommandError(6, f"Invalid WebhookURL: {problem}")
+    return {"NewWebhookID": str(add_webhook(ctx, domain, events, WebhookURL).id)}
+
+
+class GetWebhooksSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter DomainID"),
+        (2, "Invalid domain or domain does not belong to the user"),
+    )
+
+
+@command("EmailGateway.GetWebhooks", schema=GetWebhooksSchema, auth=Auth.USER, readonly=True)
+def get_webhooks(ctx: Context, DomainID: int) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 2, "Invalid domain or domain does not belong to the user")
+    return {
+        "SigningKey": ctx.box.decrypt(domain.signing_key_encrypted),
+        "Webhooks": [
+            {
+                "WebhookID": str(w.id),
+                "URL": w.url,
+                "Events": w.events.split(","),
+                "Status": "Active" if w.active else "Inactive",
+            }
+            for w in domain_webhooks(ctx, domain)
+        ],
+    }
+
+
+class DeleteWebhookSchema(CommandSchema):
+    WebhookID = param(
+        RowID(required=True),
+        missing=(1, "Missing required parameter: WebhookID or DomainID"),
+        invalid=(4, "Webhook not found or user does not have permission to access it"),
+    )
+    DomainID = param(
+        RowID(required=True),
+        missing=(1, "Missing required parameter: WebhookID or DomainID"),
+        invalid=(2, "Invalid DomainID or DomainID not found"),
+    )
+
+
+@command("EmailGateway.DeleteWebhook", schema=DeleteWebhookSchema, auth=Auth.USER)
+def delete_webhook(ctx: Context, WebhookID: int, DomainID: int) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 3, "Domain validation failed")
+    row = ctx.db.get(Webhook, WebhookID)
+    if row is None or row.domain_id != domain.id:
+        raise CommandError(4, "Webhook not found or user does not have permission to access it")
+    ctx.db.delete(row)
+    return {}
+
+
+class RegenerateSigningKeySchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter DomainID"),
+        (2, "Invalid domain or domain does not belong to the user"),
+    )
+
+
+@command("EmailGateway.RegenerateSigningKey", schema=RegenerateSigningKeySchema, auth=Auth.USER)
+def regenerate_signing_key(ctx: Context, DomainID: int) -> dict[str, Any]:
+    domain = owned_domain(ctx, DomainID, 2, "Invalid domain or domain does not belong to the user")
+    key = new_signing_key()
+    domain.signing_key_encrypted = ctx.box.encrypt(key)
+    return {"SigningKey": key}
+
+
+# /api/v1/webhooks: the same operations for the sender key's own domain.
+
+
+class V1CreateSchema(CommandSchema):
+    Event = param(fields.Raw(required=True), missing=(2, "Event is missing"))
+    WebhookURL = param(fields.String(required=True), missing=(5, "WebhookURL is missing"))
+
+
+@command("v1.Webhooks.Create", schema=V1CreateSchema, auth=Auth.SENDER, transport="v1")
+def v1_create(ctx: Context, Event: Any, WebhookURL: str) -> dict[str, Any]:
+    events = parse_events(Event)
+    if events is None:
+        raise CommandError(3, "Invalid Event value")
+    problem = url_problem(WebhookURL, ctx.config)
+    if problem:
+        raise CommandError(6, f"Invalid WebhookURL: {problem}")
+    return {"NewWebhookID": str(add_webhook(ctx, ctx.sender_domain, events, WebhookURL).id)}
+
+
+@command("v1.Webhooks.List", schema=CommandSchema, auth=Auth.SENDER, transport="v1", readonly=True)
+def v1_list(ctx: Context) -> dict[str, Any]:
+    return {
+        "Webhooks": [
+            {
+                "WebhookID": str(w.id),
+                "Event": w.events,
+                "Events": w.events.split(","),
+                "URL": w.url,
+                "Status": "Active" if w.active else "Inactive",
+            }
+            for w in domain_webhooks(ctx, ctx.sender_domain)
+        ]
+    }
+
+
+class V1DeleteSchema(CommandSchema):
+    WebhookID = param(fields.Raw(required=True), missing=(1, "WebhookID is missing"))
+
+
+@command("v1.Webhooks.Delete", schema=V1DeleteSchema, auth=Auth.SENDER, transport="v1")
+def v1_delete(ctx: Context, WebhookID: Any) -> dict[str, Any]:
+    webhook_id = parse_row_id(WebhookID)
+    row = ctx.db.get(Webhook, webhook_id) if webhook_id else None
+    if row is None or row.domain_id != ctx.sender.domain_id:
+        raise CommandError(4, "Invalid WebhookID", http_status=404)
+    ctx.db.delete(row)
+    return {"Message": "Webhook successfully deleted."}

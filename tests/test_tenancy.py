@@ -1,0 +1,130 @@
+"""Tenancy: another user's ids get exactly the answer of ids that do not exist."""
+
+import pytest
+
+MISSING = 987654
+
+
+@pytest.fixture
+def victim(api, make_user, add_domain):
+    """A user with one of everything."""
+    owner = make_user("victim")
+    domain_id = add_domain("victim.example", key=owner.api_key)
+    k = owner.api_key
+    key_id = api("EmailGateway.AddAPI", APIKey=k, DomainID=domain_id, Description="d")[
+        "NewAPIKeyID"
+    ]
+    smtp_id = api("EmailGateway.AddSMTP", APIKey=k, DomainID=domain_id)["NewSMTPID"]
+    hook_id = api(
+        "EmailGateway.AddWebhook",
+        APIKey=k,
+        DomainID=domain_id,
+        Event="open",
+        WebhookURL="http://127.0.0.1:9/h",
+    )["NewWebhookID"]
+    return {
+        "user": owner,
+        "DomainID": domain_id,
+        "ApiKeyId": key_id,
+        "smtpid": smtp_id,
+        "WebhookID": hook_id,
+    }
+
+
+def snapshot(api, victim):
+    k = victim["user"].api_key
+    d = victim["DomainID"]
+    return (
+        api("EmailGateway.GetDomain", APIKey=k, DomainID=d),
+        api("EmailGateway.GetAPIs", APIKey=k, DomainID=d),
+        api("EmailGateway.GetSMTPs", APIKey=k, DomainID=d),
+        api("EmailGateway.GetWebhooks", APIKey=k, DomainID=d),
+    )
+
+
+# (command, the id parameter to aim at the victim, other parameters)
+ID_COMMANDS = [
+    ("EmailGateway.GetDomain", "DomainID", {}),
+    ("EmailGateway.UpdateDomain", "DomainID", {"LinkTracking": "1", "Subdomain": "evil"}),
+    ("EmailGateway.VerifyDomain", "DomainID", {}),
+    ("EmailGateway.DeleteDomain", "DomainID", {}),
+    ("EmailGateway.AddAPI", "DomainID", {"Description": "x"}),
+    ("EmailGateway.GetAPIs", "DomainID", {}),
+    ("EmailGateway.DeleteAPI", "ApiKeyId", {}),
+    ("EmailGateway.AddSMTP", "DomainID", {}),
+    ("EmailGateway.GetSMTPs", "DomainID", {}),
+    ("EmailGateway.DeleteSMTP", "smtpid", {}),
+    ("EmailGateway.ResetSMTPPassword", "smtpid", {}),
+    ("EmailGateway.AddWebhook", "DomainID", {"Event": "open", "WebhookURL": "http://1.2.3.4/"}),
+    ("EmailGateway.GetWebhooks", "DomainID", {}),
+    ("EmailGateway.RegenerateSigningKey", "DomainID", {}),
+]
+
+
+@pytest.mark.parametrize("command, id_param, extra", ID_COMMANDS)
+def test_other_users_ids_look_like_missing_ones(api, user, victim, command, id_param, extra):
+    before = snapshot(api, victim)
+    theirs = api(command, APIKey=user.api_key, **{id_param: victim[id_param]}, **extra)
+    missing = api(command, APIKey=user.api_key, **{id_param: MISSING}, **extra)
+    assert theirs["Success"] is False
+    assert theirs == missing
+    assert snapshot(api, victim) == before
+
+
+def test_delete_webhook_of_another_user(api, user, victim, add_domain):
+    mine = add_domain("mine.example")
+    # Their domain with their webhook, and my domain with their webhook id.
+    for domain_id, webhook_id in (
+        (victim["DomainID"], victim["WebhookID"]),
+        (mine, victim["WebhookID"]),
+    ):
+        theirs = api(
+            "EmailGateway.DeleteWebhook",
+            APIKey=user.api_key,
+            DomainID=domain_id,
+            WebhookID=webhook_id,
+        )
+        assert theirs["Success"] is False
+    hooks = api(
+        "EmailGateway.GetWebhooks", APIKey=victim["user"].api_key, DomainID=victim["DomainID"]
+    )["Webhooks"]
+    assert [h["WebhookID"] for h in hooks] == [victim["WebhookID"]]
+    assert api(
+        "EmailGateway.DeleteWebhook",
+        APIKey=user.api_key,
+        DomainID=victim["DomainID"],
+        WebhookID=victim["WebhookID"],
+    ) == api(
+        "EmailGateway.DeleteWebhook",
+        APIKey=user.api_key,
+        DomainID=MISSING,
+        WebhookID=victim["WebhookID"],
+    )
+
+
+def test_lists_hold_only_the_callers_own(api, user, victim, add_domain):
+    add_domain("mine.example")
+    names = [
+        d["DomainName"] for d in api("EmailGateway.GetDomains", APIKey=user.api_key)["Domains"]
+    ]
+    assert names == ["mine.example"]
+
+
+@pytest.mark.parametrize("command, id_param, extra", ID_COMMANDS)
+def test_malformed_and_out_of_range_ids_look_like_missing_ones(api, user, command, id_param,
+                                                              extra):
+    # AddAPI's contract answers a malformed DomainID (2) apart from an unknown one (3).
+    reference = "abc" if command == "EmailGateway.AddAPI" else MISSING
+    expected = api(command, APIKey=user.api_key, **{id_param: reference}, **extra)
+    assert expected["Success"] is False
+    for bad in (2**40, 2**31, 0, -1, "12abc", 1.5):
+        assert api(command, APIKey=user.api_key, **{id_param: bad}, **extra) == expected, bad
+
+
+def test_huge_webhook_id_on_api_v1(client, api, user, add_domain):
+    domain_id = add_domain()
+    key = api("EmailGateway.AddAPI", APIKey=user.api_key, DomainID=domain_id,
+              Description="d")["APIKey"]["Key"]
+    resp = client.delete("/api/v1/webhooks", headers={"Authorization": f"Bearer {key}"},
+                         json={"WebhookID": 2**40})
+    assert resp.status_code == 404 and resp.get_json()["Errors"][0]["Code"] == 4
