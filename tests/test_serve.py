@@ -96,3 +96,67 @@ def test_api_role_refuses_an_old_schema(tmp_path):
     assert "run 'postern db upgrade' first" in proc.stderr
     upgraded = postern("db", "upgrade", cwd=tmp_path, env=env)
     assert upgraded.returncode == 0 and "revision" in upgraded.stdout
+
+
+def test_domain_round_trip_through_a_running_server(tmp_path):
+    """Add a domain, publish its records in DNS, verify it, then use a sender key on /api/v1."""
+    from .dnsserver import DNSServer
+
+    env = clean_env()
+    key = json.loads(
+        postern(
+            "user", "create", "dana", "--password", "correct horse", cwd=tmp_path, env=env
+        ).stdout
+    )["APIKey"]
+    with (
+        DNSServer() as dns,
+        running(
+            "serve",
+            tmp_path,
+            {
+                **env,
+                "POSTERN_DNS_NAMESERVERS": dns.host,
+                "POSTERN_DNS_PORT": str(dns.port),
+                "POSTERN_DNS_TIMEOUT": "2",
+                "POSTERN_WEBHOOKS_ALLOW_PRIVATE": "true",
+                "POSTERN_SMTP_HOSTNAME": "mx.postern.test",
+            },
+        ) as (base, _log),
+        httpx.Client(base_url=base) as http,
+    ):
+
+        def call(command, **params):
+            return http.post("/api.php", json={"Command": command, "APIKey": key, **params}).json()
+
+        added = call("EmailGateway.AddDomain", DomainName="shop.example")
+        domain_id = added["NewSenderDomainID"]
+        assert added["Domain"]["VerificationStatus"] == "Pending"
+        pending = call("EmailGateway.VerifyDomain", DomainID=domain_id)
+        assert pending["Domain"]["Status"] == "Pending"
+        for record in added["Domain"]["DNSRecords"]:
+            dns.add(record["Host"], record["Type"], record["Value"])
+        verified = call("EmailGateway.VerifyDomain", DomainID=domain_id)
+        assert verified["Domain"]["Status"] == "Enabled"
+        assert all(r["Verified"] for r in verified["DNSVerificationResults"])
+        assert call("EmailGateway.GetDomains")["Domains"][0]["Active"] is True
+
+        sender = call("EmailGateway.AddAPI", DomainID=domain_id, Description="shop")["APIKey"][
+            "Key"
+        ]
+        auth = {"Authorization": f"Bearer {sender}"}
+        made = http.post(
+            "/api/v1/webhooks",
+            headers=auth,
+            json={"Event": "delivered", "WebhookURL": "http://127.0.0.1:9/h"},
+        )
+        assert made.status_code == 200
+        listed = http.get("/api/v1/webhooks", headers=auth).json()["Webhooks"]
+        assert [w["Event"] for w in listed] == ["delivered"]
+        smtp = call("EmailGateway.AddSMTP", DomainID=domain_id)["SMTP"]
+        assert smtp["SMTPHost"] == "mx.postern.test" and smtp["Password"]
+        assert call(
+            "EmailGateway.DeleteAPI",
+            ApiKeyId=call("EmailGateway.GetAPIs", DomainID=domain_id)["APIKeys"][0]["KeyID"],
+        )["Success"]
+        gone = http.get("/api/v1/webhooks", headers=auth)
+        assert gone.status_code == 401 and gone.json()["Errors"][0]["Code"] == 13

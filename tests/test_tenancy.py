@@ -111,8 +111,7 @@ def test_lists_hold_only_the_callers_own(api, user, victim, add_domain):
 
 
 @pytest.mark.parametrize("command, id_param, extra", ID_COMMANDS)
-def test_malformed_and_out_of_range_ids_look_like_missing_ones(api, user, command, id_param,
-                                                              extra):
+def test_malformed_and_out_of_range_ids_look_like_missing_ones(api, user, command, id_param, extra):
     # AddAPI's contract answers a malformed DomainID (2) apart from an unknown one (3).
     reference = "abc" if command == "EmailGateway.AddAPI" else MISSING
     expected = api(command, APIKey=user.api_key, **{id_param: reference}, **extra)
@@ -123,8 +122,10 @@ def test_malformed_and_out_of_range_ids_look_like_missing_ones(api, user, comman
 
 def test_huge_webhook_id_on_api_v1(client, api, user, add_domain):
     domain_id = add_domain()
-    key = api("EmailGateway.AddAPI", APIKey=user.api_key, DomainID=domain_id,
-              Description="d")["APIKey"]["Key"]
-    resp = client.delete("/api/v1/webhooks", headers={"Authorization": f"Bearer {key}"},
-                         json={"WebhookID": 2**40})
+    key = api("EmailGateway.AddAPI", APIKey=user.api_key, DomainID=domain_id, Description="d")[
+        "APIKey"
+    ]["Key"]
+    resp = client.delete(
+        "/api/v1/webhooks", headers={"Authorization": f"Bearer {key}"}, json={"WebhookID": 2**40}
+    )
     assert resp.status_code == 404 and resp.get_json()["Errors"][0]["Code"] == 4
