@@ -48,11 +48,11 @@ def normalise_domain_name(raw: str) -> str | None:
     return ascii_name
 
 
-def owned_domain(ctx: Context, domain_id: int | None, code: int, text: str) -> Domain:
+def owned_domain(ctx: Context, domain_id: int | None, not_found: tuple[int, str]) -> Domain:
     """The caller's domain ``domain_id``; anyone else's answers exactly like a missing one."""
     domain = ctx.db.get(Domain, domain_id) if domain_id is not None else None
     if domain is None or domain.user_id != ctx.current_user.id:
-        raise CommandError(code, text)
+        raise CommandError(*not_found)
     return domain
 
 
@@ -140,15 +140,16 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     return {"NewSenderDomainID": domain.id, "Domain": domain_view(ctx, domain)}
 
 
+_GET_DOMAIN_NOT_FOUND = (2, "Unable to retrieve domain information")
+
+
 class DomainIDSchema(CommandSchema):
-    DomainID = domain_id_param(
-        (1, "Required parameter missing: DomainID"), (2, "Unable to retrieve domain information")
-    )
+    DomainID = domain_id_param((1, "Required parameter missing: DomainID"), _GET_DOMAIN_NOT_FOUND)
 
 
 @command("EmailGateway.GetDomain", schema=DomainIDSchema, auth=Auth.USER, readonly=True)
 def get_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve domain information")
+    domain = owned_domain(ctx, DomainID, _GET_DOMAIN_NOT_FOUND)
     return {"Domain": domain_view(ctx, domain)}
 
 
@@ -173,10 +174,13 @@ def _flag_text(value: bool) -> str:
     return "1" if value else "0"
 
 
+_UPDATE_DOMAIN_NOT_FOUND = (5, "Unable to retrieve sender domain information.")
+
+
 class UpdateDomainSchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Required field 'DomainID' is missing."),
-        (5, "Unable to retrieve sender domain information."),
+        _UPDATE_DOMAIN_NOT_FOUND,
     )
     LinkTracking = param(Flag(), invalid=(6, "LinkTracking must be 1 or 0"))
     OpenTracking = param(Flag(), invalid=(7, "OpenTracking must be 1 or 0"))
@@ -193,7 +197,7 @@ class UpdateDomainSchema(CommandSchema):
 
 @command("EmailGateway.UpdateDomain", schema=UpdateDomainSchema, auth=Auth.USER)
 def update_domain(ctx: Context, DomainID: int, **changes: Any) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 5, "Unable to retrieve sender domain information.")
+    domain = owned_domain(ctx, DomainID, _UPDATE_DOMAIN_NOT_FOUND)
     if "LinkTracking" in changes:
         domain.link_tracking = changes["LinkTracking"]
     if "OpenTracking" in changes:
@@ -223,27 +227,34 @@ def update_domain(ctx: Context, DomainID: int, **changes: Any) -> dict[str, Any]
     }
 
 
+_DELETE_DOMAIN_NOT_FOUND = (
+    2,
+    "Domain not found or user does not have permission to delete the domain",
+)
+
+
 class DeleteDomainSchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Missing required parameter: DomainID"),
-        (2, "Domain not found or user does not have permission to delete the domain"),
+        _DELETE_DOMAIN_NOT_FOUND,
     )
 
 
 @command("EmailGateway.DeleteDomain", schema=DeleteDomainSchema, auth=Auth.USER)
 def delete_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
     """Remove the domain with its DKIM keys, sender keys, SMTP credentials and webhooks."""
-    domain = owned_domain(
-        ctx, DomainID, 2, "Domain not found or user does not have permission to delete the domain"
-    )
+    domain = owned_domain(ctx, DomainID, _DELETE_DOMAIN_NOT_FOUND)
     ctx.db.delete(domain)
     return {}
+
+
+_VERIFY_DOMAIN_NOT_FOUND = (2, "Unable to retrieve the sender domain information.")
 
 
 class VerifyDomainSchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Required field 'DomainID' is missing."),
-        (2, "Unable to retrieve the sender domain information."),
+        _VERIFY_DOMAIN_NOT_FOUND,
     )
 
 
@@ -253,7 +264,7 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
 
     A timeout or server failure leaves the domain as it was and says so per record.
     """
-    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve the sender domain information.")
+    domain = owned_domain(ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
     records = required_records(domain, ctx.config)
     results = check_records(records, make_resolver(ctx.config))
     required = [r for r in results if r.record.required]

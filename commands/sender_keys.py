@@ -98,6 +98,9 @@ class AddAPISchema(CommandSchema):
     ActionID = fields.String(load_default=None)
 
 
+_ADD_API_NOT_FOUND = (3, "Unable to retrieve sender domain with provided 'DomainID'")
+
+
 @command("EmailGateway.AddAPI", schema=AddAPISchema, auth=Auth.USER)
 def add_api(
     ctx: Context,
@@ -108,9 +111,7 @@ def add_api(
     JourneyID: str | None,
     ActionID: str | None,
 ) -> dict:
-    domain = owned_domain(
-        ctx, DomainID, 3, "Unable to retrieve sender domain with provided 'DomainID'"
-    )
+    domain = owned_domain(ctx, DomainID, _ADD_API_NOT_FOUND)
     plain = new_token("ps_", nbytes=24)
     row = SenderAPIKey(
         domain_id=domain.id,
@@ -142,15 +143,16 @@ def _short(value: str | None) -> str | None:
     return value[:64] if value else None
 
 
+_GET_APIS_NOT_FOUND = (2, "Unable to retrieve sender domain")
+
+
 class GetAPIsSchema(CommandSchema):
-    DomainID = domain_id_param(
-        (1, "Missing required parameter: DomainID"), (2, "Unable to retrieve sender domain")
-    )
+    DomainID = domain_id_param((1, "Missing required parameter: DomainID"), _GET_APIS_NOT_FOUND)
 
 
 @command("EmailGateway.GetAPIs", schema=GetAPIsSchema, auth=Auth.USER, readonly=True)
 def get_apis(ctx: Context, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve sender domain")
+    domain = owned_domain(ctx, DomainID, _GET_APIS_NOT_FOUND)
     rows = ctx.db.scalars(
         select(SenderAPIKey).where(SenderAPIKey.domain_id == domain.id).order_by(SenderAPIKey.id)
     ).all()

@@ -61,10 +61,11 @@ def credential_view(ctx: Context, row: SMTPCredential) -> dict[str, Any]:
     }
 
 
+_ADD_SMTP_NOT_FOUND = (2, "Unable to retrieve the sender domain.")
+
+
 class AddSMTPSchema(CommandSchema):
-    DomainID = domain_id_param(
-        (1, "Required field 'DomainID' is missing."), (2, "Unable to retrieve the sender domain.")
-    )
+    DomainID = domain_id_param((1, "Required field 'DomainID' is missing."), _ADD_SMTP_NOT_FOUND)
     FromEmail = param(fields.Email(load_default=""), invalid=(3, "Invalid FromEmail"))
     FromName = param(
         fields.String(load_default="", validate=validate.Length(max=255)),
@@ -81,7 +82,7 @@ class AddSMTPSchema(CommandSchema):
 def add_smtp(
     ctx: Context, DomainID: int, FromEmail: str, FromName: str, ReplyToEmail: str, ReplyToName: str
 ) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve the sender domain.")
+    domain = owned_domain(ctx, DomainID, _ADD_SMTP_NOT_FOUND)
     password = new_password()
     username = f"smtp-{secrets.token_hex(5)}@{domain.name}"
     row = SMTPCredential(
@@ -110,16 +111,19 @@ def add_smtp(
     }
 
 
+_GET_SMTPS_NOT_FOUND = (2, "Unable to retrieve sender domain details.")
+
+
 class GetSMTPsSchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Missing required parameter 'DomainID'."),
-        (2, "Unable to retrieve sender domain details."),
+        _GET_SMTPS_NOT_FOUND,
     )
 
 
 @command("EmailGateway.GetSMTPs", schema=GetSMTPsSchema, auth=Auth.USER, readonly=True)
 def get_smtps(ctx: Context, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Unable to retrieve sender domain details.")
+    domain = owned_domain(ctx, DomainID, _GET_SMTPS_NOT_FOUND)
     rows = ctx.db.scalars(
         select(SMTPCredential)
         .where(SMTPCredential.domain_id == domain.id)
@@ -128,44 +132,47 @@ def get_smtps(ctx: Context, DomainID: int) -> dict[str, Any]:
     return {"SMTPs": [credential_view(ctx, r) for r in rows]}
 
 
-def owned_credential(ctx: Context, smtp_id: int, code: int, text: str) -> SMTPCredential:
+def owned_credential(ctx: Context, smtp_id: int, not_found: tuple[int, str]) -> SMTPCredential:
+    """The caller's SMTP credential ``smtp_id``; anyone else's answers like a missing one."""
     row = ctx.db.get(SMTPCredential, smtp_id)
-    if row is None:
-        raise CommandError(code, text)
-    domain = ctx.db.get(Domain, row.domain_id)
+    domain = ctx.db.get(Domain, row.domain_id) if row is not None else None
     if domain is None or domain.user_id != ctx.current_user.id:
-        raise CommandError(code, text)
+        raise CommandError(*not_found)
     return row
+
+
+_DELETE_SMTP_NOT_FOUND = (2, "SMTP configuration not found or user does not have permission")
 
 
 class DeleteSMTPSchema(CommandSchema):
     smtpid = param(
         RowID(required=True),
         missing=(1, "Required field is missing"),
-        invalid=(2, "SMTP configuration not found or user does not have permission"),
+        invalid=_DELETE_SMTP_NOT_FOUND,
     )
 
 
 @command("EmailGateway.DeleteSMTP", schema=DeleteSMTPSchema, auth=Auth.USER)
 def delete_smtp(ctx: Context, smtpid: int) -> dict[str, Any]:
-    row = owned_credential(
-        ctx, smtpid, 2, "SMTP configuration not found or user does not have permission"
-    )
+    row = owned_credential(ctx, smtpid, _DELETE_SMTP_NOT_FOUND)
     ctx.db.delete(row)
     return {}
+
+
+_RESET_SMTP_PASSWORD_NOT_FOUND = (2, "SMTP configuration not found or access denied")
 
 
 class ResetSMTPPasswordSchema(CommandSchema):
     smtpid = param(
         RowID(required=True),
         missing=(1, "Missing required parameter 'smtpid'"),
-        invalid=(2, "SMTP configuration not found or access denied"),
+        invalid=_RESET_SMTP_PASSWORD_NOT_FOUND,
     )
 
 
 @command("EmailGateway.ResetSMTPPassword", schema=ResetSMTPPasswordSchema, auth=Auth.USER)
 def reset_smtp_password(ctx: Context, smtpid: int) -> dict[str, Any]:
-    row = owned_credential(ctx, smtpid, 2, "SMTP configuration not found or access denied")
+    row = owned_credential(ctx, smtpid, _RESET_SMTP_PASSWORD_NOT_FOUND)
     password = new_password()
     row.password_digest = token_digest(password)
     return {

@@ -82,10 +82,11 @@ def domain_webhooks(ctx: Context, domain: Domain) -> list[Webhook]:
     )
 
 
+_ADD_WEBHOOK_NOT_FOUND = (4, "Domain not found or access denied")
+
+
 class AddWebhookSchema(CommandSchema):
-    DomainID = domain_id_param(
-        (1, "Missing required parameter DomainID"), (4, "Domain not found or access denied")
-    )
+    DomainID = domain_id_param((1, "Missing required parameter DomainID"), _ADD_WEBHOOK_NOT_FOUND)
     Event = param(fields.Raw(required=True), missing=(2, "Missing required parameter Event"))
     WebhookURL = param(
         fields.String(required=True), missing=(5, "Missing required parameter WebhookURL")
@@ -97,23 +98,26 @@ def add_webhook_command(ctx: Context, DomainID: int, Event: Any, WebhookURL: str
     events = parse_events(Event)
     if events is None:
         raise CommandError(3, "Invalid event type specified")
-    domain = owned_domain(ctx, DomainID, 4, "Domain not found or access denied")
+    domain = owned_domain(ctx, DomainID, _ADD_WEBHOOK_NOT_FOUND)
     problem = url_problem(WebhookURL, ctx.config)
     if problem:
         raise CommandError(6, f"Invalid WebhookURL: {problem}")
     return {"NewWebhookID": str(add_webhook(ctx, domain, events, WebhookURL).id)}
 
 
+_GET_WEBHOOKS_NOT_FOUND = (2, "Invalid domain or domain does not belong to the user")
+
+
 class GetWebhooksSchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Missing required parameter DomainID"),
-        (2, "Invalid domain or domain does not belong to the user"),
+        _GET_WEBHOOKS_NOT_FOUND,
     )
 
 
 @command("EmailGateway.GetWebhooks", schema=GetWebhooksSchema, auth=Auth.USER, readonly=True)
 def get_webhooks(ctx: Context, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Invalid domain or domain does not belong to the user")
+    domain = owned_domain(ctx, DomainID, _GET_WEBHOOKS_NOT_FOUND)
     return {
         "SigningKey": ctx.box.decrypt(domain.signing_key_encrypted),
         "Webhooks": [
@@ -141,9 +145,12 @@ class DeleteWebhookSchema(CommandSchema):
     )
 
 
+_DELETE_WEBHOOK_NOT_FOUND = (3, "Domain validation failed")
+
+
 @command("EmailGateway.DeleteWebhook", schema=DeleteWebhookSchema, auth=Auth.USER)
 def delete_webhook(ctx: Context, WebhookID: int, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 3, "Domain validation failed")
+    domain = owned_domain(ctx, DomainID, _DELETE_WEBHOOK_NOT_FOUND)
     row = ctx.db.get(Webhook, WebhookID)
     if row is None or row.domain_id != domain.id:
         raise CommandError(4, "Webhook not found or user does not have permission to access it")
@@ -154,13 +161,13 @@ def delete_webhook(ctx: Context, WebhookID: int, DomainID: int) -> dict[str, Any
 class RegenerateSigningKeySchema(CommandSchema):
     DomainID = domain_id_param(
         (1, "Missing required parameter DomainID"),
-        (2, "Invalid domain or domain does not belong to the user"),
+        _GET_WEBHOOKS_NOT_FOUND,
     )
 
 
 @command("EmailGateway.RegenerateSigningKey", schema=RegenerateSigningKeySchema, auth=Auth.USER)
 def regenerate_signing_key(ctx: Context, DomainID: int) -> dict[str, Any]:
-    domain = owned_domain(ctx, DomainID, 2, "Invalid domain or domain does not belong to the user")
+    domain = owned_domain(ctx, DomainID, _GET_WEBHOOKS_NOT_FOUND)
     key = new_signing_key()
     domain.signing_key_encrypted = ctx.box.encrypt(key)
     return {"SigningKey": key}

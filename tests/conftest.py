@@ -183,11 +183,21 @@ def postern_log():
 
 @pytest.fixture
 def make_app(database, clock, base_config):
-    """An app on the same database with some settings changed (``section__key=value``)."""
+    """An app on the same database with some settings changed (``section__key=value``).
+
+    Returns a function that calls /api.php on it; ``.client`` is its test client.
+    """
 
     def make(**changes):
         config = base_config.replace(**changes)
-        return create_app(config, Gateway(config, database, clock=clock)).test_client()
+        client = create_app(config, Gateway(config, database, clock=clock)).test_client()
+
+        def call(command, **params):
+            """Call /api.php on this app with a JSON body; the parsed envelope."""
+            return client.post("/api.php", json={"Command": command, **params}).get_json()
+
+        call.client = client
+        return call
 
     return make
 

@@ -126,7 +126,7 @@ def test_unreadable_json(client, sender_key):
 def test_rate_limit_per_key(make_app, sender_key, make_user):
     key, _ = sender_key()
     other_key, _ = sender_key("b.example")
-    client = make_app(ratelimit__requests=5)
+    client = make_app(ratelimit__requests=5).client
     for i in range(5):
         resp = client.get("/api/v1/webhooks", headers=bearer(key))
         assert resp.status_code == 200 and resp.headers["X-RateLimit-Remaining"] == str(4 - i)

@@ -3,7 +3,12 @@
 import base64
 
 import pytest
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_private_key,
+)
 from sqlalchemy import func, select
 
 from commands.domains import normalise_domain_name
@@ -50,16 +55,9 @@ def test_add_domain_answers_as_the_seed_shows_with_the_records_to_publish(api, u
 
 
 def test_tracking_host_is_a_cname_when_the_public_url_has_a_name(make_app, user):
-    client = make_app(http__public_url="https://mail.postern.example")
-    body = client.post(
-        "/api.php",
-        json={
-            "Command": "EmailGateway.AddDomain",
-            "APIKey": user.api_key,
-            "DomainName": "a.example",
-        },
-    )
-    recs = records_by_purpose(body.get_json()["Domain"]["DNSRecords"])
+    call = make_app(http__public_url="https://mail.postern.example")
+    body = call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="a.example")
+    recs = records_by_purpose(body["Domain"]["DNSRecords"])
     assert (recs["tracking"]["Type"], recs["tracking"]["Value"]) == (
         "CNAME",
         "mail.postern.example",
@@ -102,13 +100,10 @@ def test_add_domain_errors(api, user, add_domain):
 
 
 def test_add_domain_limit(make_app, user):
-    client = make_app(domains__max_per_user=2)
+    call = make_app(domains__max_per_user=2)
 
     def add(name):
-        return client.post(
-            "/api.php",
-            json={"Command": "EmailGateway.AddDomain", "APIKey": user.api_key, "DomainName": name},
-        ).get_json()
+        return call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName=name)
 
     assert add("a.example")["Success"] and add("b.example")["Success"]
     body = add("c.example")
@@ -117,16 +112,9 @@ def test_add_domain_limit(make_app, user):
 
 
 def test_ed25519_key_as_well(make_app, user):
-    client = make_app(domains__dkim_ed25519=True)
-    body = client.post(
-        "/api.php",
-        json={
-            "Command": "EmailGateway.AddDomain",
-            "APIKey": user.api_key,
-            "DomainName": "e.example",
-        },
-    )
-    dkim = [r for r in body.get_json()["Domain"]["DNSRecords"] if r["Purpose"] == "dkim"]
+    call = make_app(domains__dkim_ed25519=True)
+    body = call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="e.example")
+    dkim = [r for r in body["Domain"]["DNSRecords"] if r["Purpose"] == "dkim"]
     assert [r["Host"] for r in dkim] == [
         "key1._domainkey.sl.e.example",
         "key2._domainkey.sl.e.example",
@@ -136,16 +124,9 @@ def test_ed25519_key_as_well(make_app, user):
 
 
 def test_domain_enabled_at_once_when_verification_is_not_required(make_app, user):
-    client = make_app(domains__require_verification=False)
-    body = client.post(
-        "/api.php",
-        json={
-            "Command": "EmailGateway.AddDomain",
-            "APIKey": user.api_key,
-            "DomainName": "n.example",
-        },
-    )
-    d = body.get_json()["Domain"]
+    call = make_app(domains__require_verification=False)
+    body = call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="n.example")
+    d = body["Domain"]
     assert d["Status"] == "Enabled" and d["IsActive"] is True and d["Verified"] is False
 
 
@@ -155,16 +136,8 @@ def test_dkim_private_key_is_stored_encrypted(api, user, add_domain, database, b
         key = s.scalar(select(DKIMKey).where(DKIMKey.domain_id == domain_id))
     assert "PRIVATE KEY" not in key.private_key_encrypted
     private = load_pem_private_key(box.decrypt(key.private_key_encrypted).encode(), None)
-    public = base64.b64encode(
-        private.public_key().public_bytes(
-            encoding=__import__(
-                "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
-            ).Encoding.DER,
-            format=__import__(
-                "cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]
-            ).PublicFormat.SubjectPublicKeyInfo,
-        )
-    ).decode()
+    der = private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    public = base64.b64encode(der).decode()
     assert public == key.public_key
 
 

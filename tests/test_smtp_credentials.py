@@ -52,21 +52,11 @@ def test_add_smtp_shows_the_password_once(api, user, add_domain, database):
 
 def test_ports_come_from_the_configuration(make_app, user, add_domain):
     domain_id = add_domain()
-    client = make_app(smtp__ports=[25, 587, 465], smtp__hostname="smtp.example.net")
-    body = client.post(
-        "/api.php",
-        json={"Command": "EmailGateway.AddSMTP", "APIKey": user.api_key, "DomainID": domain_id},
-    ).get_json()
+    call = make_app(smtp__ports=[25, 587, 465], smtp__hostname="smtp.example.net")
+    body = call("EmailGateway.AddSMTP", APIKey=user.api_key, DomainID=domain_id)
     assert body["SMTP"]["SMTPPorts"] == ["25", "587", "465"]
     assert body["SMTP"]["SMTPHost"] == "smtp.example.net"
-    reset = client.post(
-        "/api.php",
-        json={
-            "Command": "EmailGateway.ResetSMTPPassword",
-            "APIKey": user.api_key,
-            "smtpid": body["NewSMTPID"],
-        },
-    ).get_json()
+    reset = call("EmailGateway.ResetSMTPPassword", APIKey=user.api_key, smtpid=body["NewSMTPID"])
     assert reset["SMTP"]["Port"] == 587 and reset["SMTP"]["Server"] == "smtp.example.net"
 
 
