@@ -10,11 +10,13 @@ from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.crypto import SecretBox
-from models import Domain, User
+from models import Database, Domain, User
 
 
 @dataclass
 class Context:
+    # The command's own transaction. It begins at the first statement, so slow work
+    # (DNS, key generation) done before touching it holds no lock.
     db: Session
     config: Config
     box: SecretBox
@@ -23,6 +25,13 @@ class Context:
     session_id: str | None = None  # the SessionID that authenticated the call, if any
     remote_addr: str | None = None
     sender: Any = None  # the SenderCaller of /api/v1 commands
+    database: Database | None = None  # for a short read transaction of its own
+
+    def read(self):
+        """A separate, short read transaction (to read before slow work, then write in db)."""
+        if self.database is None:  # pragma: no cover - the runner always sets it
+            raise RuntimeError("context without a database")
+        return self.database.transaction(readonly=True)
 
     @property
     def sender_domain(self) -> Domain:

@@ -116,13 +116,17 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     name = normalise_domain_name(DomainName)
     if name is None:
         raise CommandError(2, "Invalid domain name provided")
+    cfg = ctx.config.domains
+    # Keys first: generating them takes a while and must not happen while holding a lock.
+    keys = [dkim.new_key(ctx.box, cfg.dkim_selector, "rsa", cfg.dkim_rsa_bits)]
+    if cfg.dkim_ed25519:
+        keys.append(dkim.new_key(ctx.box, cfg.dkim_ed25519_selector, "ed25519"))
     user = ctx.current_user
     if ctx.db.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == name)):
         raise CommandError(2, "Invalid domain name provided: it is already in your account")
     count = ctx.db.scalar(select(func.count()).select_from(Domain).where(Domain.user_id == user.id))
     if count >= ctx.config.domains.max_per_user:
         raise CommandError(3, "User has reached the maximum number of sender domains allowed")
-    cfg = ctx.config.domains
     domain = Domain(
         user_id=user.id,
         name=name,
@@ -132,9 +136,7 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
         signing_key_encrypted=ctx.box.encrypt(new_signing_key()),
         created_at=ctx.now,
     )
-    domain.dkim_keys.append(dkim.new_key(ctx.box, cfg.dkim_selector, "rsa", cfg.dkim_rsa_bits))
-    if cfg.dkim_ed25519:
-        domain.dkim_keys.append(dkim.new_key(ctx.box, cfg.dkim_ed25519_selector, "ed25519"))
+    domain.dkim_keys.extend(keys)
     ctx.db.add(domain)
     ctx.db.flush()
     return {"NewSenderDomainID": domain.id, "Domain": domain_view(ctx, domain)}
@@ -262,11 +264,21 @@ class VerifyDomainSchema(CommandSchema):
 def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
     """Query DNS for every record; enable the domain when all required ones are there.
 
-    A timeout or server failure leaves the domain as it was and says so per record.
+    The records are read in a short transaction of their own and DNS is asked with no
+    transaction open; only the outcome is written. A timeout or server failure leaves the
+    domain as it was and says so per record.
     """
-    domain = owned_domain(ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
-    records = required_records(domain, ctx.config)
+    with ctx.read() as s:
+        read_ctx = Context(db=s, config=ctx.config, box=ctx.box, now=ctx.now, user=ctx.user)
+        domain = owned_domain(read_ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
+        records = required_records(domain, ctx.config)
     results = check_records(records, make_resolver(ctx.config))
+
+    domain = owned_domain(ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
+    if required_records(domain, ctx.config) != records:
+        raise CommandError(
+            11, "The domain changed while it was being checked (Subdomain or keys); try again"
+        )
     required = [r for r in results if r.record.required]
     unknown = any(r.error for r in required)
     all_verified = all(r.verified for r in required)

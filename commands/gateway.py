@@ -68,24 +68,30 @@ class Gateway:
                 api_key=_text(lowered.get("apikey")),
             )
         values = load_params(cmd.schema(), params)
+        user = None
+        if caller is not None:
+            # Read in a transaction of its own: the command's transaction begins only at its
+            # handler's first statement, so a handler can do slow work before taking locks.
+            with self.db.transaction(readonly=True) as s:
+                user = s.get(User, caller.user_id)
+            if user is None or not user.enabled:
+                if sender is not None:
+                    raise unauthorised(INVALID_ACCOUNT)
+                raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
+            if cmd.auth is registry.Auth.ADMIN and not user.is_admin:
+                raise NotPermitted("Not enough privileges: this command needs an administrator")
         with self.db.transaction(readonly=cmd.readonly) as session:
             ctx = Context(
                 db=session,
                 config=self.config,
                 box=self.box,
                 now=now,
+                user=user,
+                session_id=caller.session_id if caller else None,
                 remote_addr=remote_addr,
                 sender=sender,
+                database=self.db,
             )
-            if caller is not None:
-                ctx.user = session.get(User, caller.user_id)
-                if ctx.user is None or not ctx.user.enabled:
-                    if sender is not None:
-                        raise unauthorised(INVALID_ACCOUNT)
-                    raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
-                if cmd.auth is registry.Auth.ADMIN and not ctx.user.is_admin:
-                    raise NotPermitted("Not enough privileges: this command needs an administrator")
-                ctx.session_id = caller.session_id
             return cmd.handler(ctx, **values)
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:

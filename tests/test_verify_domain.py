@@ -128,3 +128,38 @@ def test_verify_domain_errors(api, user):
     assert (body["ErrorCode"], body["ErrorText"]) == (1, "Required field 'DomainID' is missing.")
     body = api("EmailGateway.VerifyDomain", APIKey=user.api_key, DomainID=4242)
     assert body["ErrorCode"] == 2
+
+
+def test_waiting_for_dns_holds_no_lock(flask_app, api, user, make_user, add_domain, dns_server):
+    """While VerifyDomain waits on DNS timeouts, other users' writes go through."""
+    import threading
+
+    domain_id = add_domain()
+    other = make_user("bob")
+    dns_server.silence("example.com")
+    dns_server.silence("sl.example.com")
+    finished = []
+
+    def slow():
+        body = (
+            flask_app.test_client()
+            .post(
+                "/api.php",
+                json={
+                    "Command": "EmailGateway.VerifyDomain",
+                    "APIKey": user.api_key,
+                    "DomainID": domain_id,
+                },
+            )
+            .get_json()
+        )
+        finished.append(("verify", body["Success"]))
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    while len(dns_server.queries) == 0:  # the check is under way
+        threading.Event().wait(0.01)
+    created = api("EmailGateway.AddDomain", APIKey=other.api_key, DomainName="other.example")
+    finished.append(("write", created["Success"]))
+    thread.join(timeout=60)
+    assert finished == [("write", True), ("verify", True)]
