@@ -29,8 +29,12 @@ def sender_key(params: dict) -> str | None:
     return None
 
 
-def run_v1(command_name: str) -> Response:
-    """Authenticate the sender key, count the request against it, run the command."""
+def run_v1(command_name: str, account_error: tuple[int, str] | None = None) -> Response:
+    """Authenticate the sender key, count the request against it, run the command.
+
+    ``account_error`` replaces the answer for a disabled account where a route's contract
+    gives it another code (the email route: 12).
+    """
     gateway = current_app.extensions["postern.gateway"]
     try:
         params = read_params(request)
@@ -46,6 +50,8 @@ def run_v1(command_name: str) -> Response:
             find(command_name, "v1"), params, remote_addr=request.remote_addr, sender=sender
         )
     except CommandError as exc:
+        if account_error and exc.http_status == 403:
+            return errors(*account_error, 403)
         # Errors raised with an HTTP status keep it (401, 403, 404); the rest are bad requests.
         return errors(exc.code, exc.text, exc.http_status if exc.http_status != 200 else 400)
     resp = jsonify(fields)
@@ -61,3 +67,8 @@ def webhooks():
             request.method
         ]
     )
+
+
+@bp.route("/email", methods=["POST"])
+def email():
+    return run_v1("v1.Email.Send", account_error=(12, "Invalid or deactivated user account"))

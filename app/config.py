@@ -47,6 +47,10 @@ def _positive(v: int | float) -> str | None:
     return None if v > 0 else "must be greater than zero"
 
 
+def _not_negative(v: int) -> str | None:
+    return None if v >= 0 else "must be zero or more"
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in choices else "must be one of " + ", ".join(choices)
@@ -137,6 +141,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dns", "timeout", float, 5.0, _positive),
     Setting("smtp", "hostname", str, "localhost"),
     Setting("smtp", "ports", list, [2525, 2587, 2465], _port_list),
+    Setting("sending", "quota", int, 0, _not_negative),
+    Setting("sending", "quota_period", int, 86_400, _positive),
+    Setting("sending", "max_recipients", int, 50, _positive),
+    Setting("sending", "max_bcc", int, 50, _not_negative),
+    Setting("sending", "max_reply_to", int, 5, _not_negative),
+    Setting("sending", "max_message_bytes", int, 10_485_760, _positive),
+    Setting("sending", "max_schedule_seconds", int, 2_592_000, _positive),
+    Setting("delivery", "mx_port", int, 25, _port),
+    Setting("delivery", "tls", str, "opportunistic", _one_of("opportunistic", "required", "none")),
+    Setting("delivery", "smarthost", str, ""),
+    Setting("delivery", "smarthost_port", int, 587, _port),
+    Setting("delivery", "smarthost_username", str, ""),
+    Setting("delivery", "smarthost_password", str, ""),
+    Setting("delivery", "smarthost_tls", str, "starttls", _one_of("starttls", "implicit", "none")),
+    Setting("delivery", "concurrency_per_host", int, 4, _positive),
+    Setting("delivery", "batch_size", int, 200, _positive),
+    Setting("delivery", "claim_timeout", int, 600, _positive),
+    Setting("delivery", "max_age", int, 259_200, _positive),
+    Setting("delivery", "retry_base", int, 60, _positive),
+    Setting("delivery", "retry_max", int, 21_600, _positive),
+    Setting("delivery", "timeout", float, 60.0, _positive),
+    Setting("delivery", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "allow_private", bool, False),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
     Setting("ratelimit", "requests", int, 100, _positive),

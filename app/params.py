@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Request
@@ -52,14 +53,43 @@ def _parse_qs(raw: bytes):
     return MultiDict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
 
+_PATH = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])+)$")
+
+
 def _multidict(md) -> dict[str, Any]:
+    """Form fields as a dict; PHP-style keys (``To[0][email]``, ``Tags[]``) become nested."""
     out: dict[str, Any] = {}
     for key in md:
         values = md.getlist(key)
-        if key.endswith("[]"):
-            out[key[:-2]] = values
-        elif len(values) > 1:
-            out[key] = values
-        else:
-            out[key] = values[0]
-    return out
+        match = _PATH.match(key)
+        if match is None:
+            out[key] = values if len(values) > 1 else values[0]
+            continue
+        path = [match.group(1)] + re.findall(r"\[([^\[\]]*)\]", match.group(2))
+        for value in values:
+            _put(out, path, value)
+    return {k: _listify(v) for k, v in out.items()}
+
+
+def _put(node: dict, path: list[str], value: str) -> None:
+    for part in path[:-1]:
+        if part == "":
+            part = str(len(node))
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    last = path[-1]
+    node[str(len(node)) if last == "" else last] = value
+
+
+def _listify(value: Any) -> Any:
+    """Dicts whose keys are 0..n-1 become lists, at every depth."""
+    if not isinstance(value, dict):
+        return value
+    value = {k: _listify(v) for k, v in value.items()}
+    if value and all(k.isdigit() for k in value):
+        keys = sorted(value, key=int)
+        if [int(k) for k in keys] == list(range(len(keys))):
+            return [value[k] for k in keys]
+    return value

@@ -5,8 +5,11 @@ Importing this package registers every command.
 
 from . import (  # noqa: F401  (importing a module registers its commands)
     domains,
+    queue,
     sender_keys,
+    sending,
     smtp_credentials,
+    suppression,
     users,
     webhooks,
 )

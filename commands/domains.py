@@ -244,8 +244,12 @@ class DeleteDomainSchema(CommandSchema):
 
 @command("EmailGateway.DeleteDomain", schema=DeleteDomainSchema, auth=Auth.USER)
 def delete_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
-    """Remove the domain with its DKIM keys, sender keys, SMTP credentials and webhooks."""
+    """Remove the domain with its keys, credentials and webhooks; fail its queued mail."""
     domain = owned_domain(ctx, DomainID, _DELETE_DOMAIN_NOT_FOUND)
+    from .queue import fail_pending
+
+    # Its messages and events stay (for statistics); what was still queued fails.
+    fail_pending(ctx.db, domain.id, "The sending domain was deleted", ctx.now)
     ctx.db.delete(domain)
     return {}
 

@@ -13,11 +13,13 @@ INTERNAL_ERROR = 100500
 class CommandError(Exception):
     """A command refused its input: an error code and a text meant for the caller."""
 
-    def __init__(self, code: int, text: str, *, http_status: int = 200):
+    def __init__(self, code: int, text: str, *, http_status: int = 200, commit: bool = False):
         super().__init__(f"{code}: {text}")
         self.code = code
         self.text = text
         self.http_status = http_status
+        # Keep what the command wrote before refusing (event rows that record the refusal).
+        self.commit = commit
 
 
 class AuthenticationFailed(CommandError):

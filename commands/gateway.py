@@ -92,7 +92,13 @@ class Gateway:
                 sender=sender,
                 database=self.db,
             )
-            return cmd.handler(ctx, **values)
+            try:
+                return cmd.handler(ctx, **values)
+            except CommandError as exc:
+                if not exc.commit:
+                    raise
+                refused = exc  # leaving the block normally commits what was written
+        raise refused
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""

@@ -26,7 +26,10 @@ def param(
 
 
 class CommandSchema(Schema):
-    """Base schema: parameter names match case-insensitively; blank strings count as absent."""
+    """Base schema: names match case-insensitively; blank strings count as absent.
+
+    Strings are stripped, except in ``fields.Raw`` fields (message bodies), which stay as sent.
+    """
 
     class Meta:
         unknown = EXCLUDE
@@ -36,12 +39,13 @@ class CommandSchema(Schema):
         by_lower = {
             (f.data_key or name).lower(): (f.data_key or name) for name, f in self.fields.items()
         }
+        raw = {f.data_key or name for name, f in self.fields.items() if type(f) is fields.Raw}
         out: dict[str, Any] = {}
         for key, value in data.items():
             canonical = by_lower.get(str(key).lower())
             if canonical is None:
                 continue
-            if isinstance(value, str):
+            if isinstance(value, str) and canonical not in raw:  # Raw fields stay as sent
                 value = value.strip()
                 if value == "":
                     continue

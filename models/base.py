@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -42,3 +43,10 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+# Large text (message bodies): LONGTEXT on MariaDB/MySQL, whose TEXT stops at 64 KB.
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+# 64-bit ids for tables that grow without bound; SQLite only autoincrements INTEGER.
+BigID = BigInteger().with_variant(Integer(), "sqlite")

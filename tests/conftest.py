@@ -227,3 +227,22 @@ def publish(api, user, dns_server):
         return records
 
     return do
+
+
+@pytest.fixture
+def active_domain(api, user, add_domain, database):
+    """An enabled domain of ``user`` with a sender API key (its DNS taken as verified)."""
+    from models import Domain
+    from models.domains import ENABLED
+
+    def make(name="example.com", key=None):
+        key = key or user.api_key
+        domain_id = add_domain(name, key=key)
+        with database.transaction() as s:
+            s.get(Domain, domain_id).status = ENABLED
+        sender = api("EmailGateway.AddAPI", APIKey=key, DomainID=domain_id, Description="app")[
+            "APIKey"
+        ]["Key"]
+        return SimpleNamespace(id=domain_id, name=name, key=sender, user_key=key)
+
+    return make

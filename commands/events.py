@@ -1,0 +1,65 @@
+"""Writing event rows: every stage of a delivery leaves one."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models import Delivery, Event, Message
+
+# Event types written by sending and delivery.
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+FAILED = "failed"
+SUPPRESSED = "suppressed"
+
+
+def event_row(
+    kind: str,
+    message: Message,
+    delivery: Delivery | None,
+    recipient: str,
+    now: datetime,
+    *,
+    code: int | None = None,
+    enhanced: str | None = None,
+    text: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Event:
+    return Event(
+        uid=str(uuid.uuid4()),
+        type=kind,
+        created_at=now,
+        user_id=message.user_id,
+        domain_id=message.domain_id,
+        domain_name=message.domain_name,
+        message_id=message.id,
+        delivery_id=delivery.id if delivery is not None else None,
+        recipient=recipient,
+        tags=message.tags,
+        smtp_code=code,
+        enhanced_code=enhanced,
+        smtp_text=text,
+        details=json.dumps(details or {}),
+    )
+
+
+def record(
+    db: Session,
+    kind: str,
+    message: Message,
+    delivery: Delivery | None,
+    recipient: str,
+    now: datetime,
+    **kw: Any,
+) -> Event:
+    row = event_row(kind, message, delivery, recipient, now, **kw)
+    db.add(row)
+    return row

@@ -1,0 +1,208 @@
+"""The suppression list: who is not sent to, and Suppression.Browse/Check/Add/Delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from marshmallow import fields, validate
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import Domain, Suppression
+
+from .context import Context, format_date
+from .errors import CommandError
+from .registry import Auth, command
+from .schema import CommandSchema, RowID, param
+
+ALL_DOMAINS = 0
+SOURCES = ("bounce", "complaint", "unsubscribe", "manual")
+
+
+def suppressed_among(db: Session, user_id: int, domain_id: int, emails: Iterable[str]) -> set[str]:
+    """The lower-cased addresses among ``emails`` that this user's mail must not go to."""
+    wanted = {e.lower() for e in emails}
+    if not wanted:
+        return set()
+    rows = db.scalars(
+        select(Suppression.email).where(
+            Suppression.user_id == user_id,
+            Suppression.email.in_(wanted),
+            Suppression.domain_id.in_((ALL_DOMAINS, domain_id)),
+        )
+    )
+    return set(rows)
+
+
+def suppress(
+    db: Session,
+    user_id: int,
+    email: str,
+    source: str,
+    reason: str,
+    now: datetime,
+    domain_id: int = ALL_DOMAINS,
+) -> bool:
+    """Add an address (idempotent); True when it was not suppressed yet."""
+    email = email.strip().lower()
+    exists = db.scalar(
+        select(Suppression.id).where(
+            Suppression.user_id == user_id,
+            Suppression.email == email,
+            Suppression.domain_id == domain_id,
+        )
+    )
+    if exists:
+        return False
+    try:
+        with db.begin_nested():
+            db.add(
+                Suppression(
+                    user_id=user_id,
+                    email=email,
+                    domain_id=domain_id,
+                    source=source,
+                    reason=reason[:2000],
+                    created_at=now,
+                )
+            )
+    except IntegrityError:  # added at the same moment elsewhere
+        return False
+    return True
+
+
+def entry_view(row: Suppression) -> dict[str, Any]:
+    return {
+        "EmailAddress": row.email,
+        "SuppressionSource": row.source.capitalize(),
+        "Reason": row.reason,
+        "DomainID": str(row.domain_id),
+        "DateAdded": format_date(row.created_at),
+    }
+
+
+def _domain_scope(ctx: Context, domain_id: int | None, code: int) -> int:
+    if domain_id is None:
+        return ALL_DOMAINS
+    domain = ctx.db.get(Domain, domain_id)
+    if domain is None or domain.user_id != ctx.current_user.id:
+        raise CommandError(code, "Domain not found or access denied")
+    return domain.id
+
+
+class BrowseSchema(CommandSchema):
+    SearchPattern = fields.String(load_default="")
+    Source = param(
+        fields.String(validate=validate.OneOf(SOURCES)),
+        invalid=(1, "Source must be one of " + ", ".join(SOURCES)),
+    )
+    DomainID = param(RowID(), invalid=(2, "Domain not found or access denied"))
+    StartFrom = param(
+        fields.Integer(load_default=0, validate=validate.Range(min=0)),
+        invalid=(3, "StartFrom must be a whole number, 0 or more"),
+    )
+    RetrieveCount = param(
+        fields.Integer(load_default=100, validate=validate.Range(1, 1000)),
+        invalid=(4, "RetrieveCount must be from 1 to 1000"),
+    )
+
+
+@command("Suppression.Browse", schema=BrowseSchema, auth=Auth.USER, readonly=True)
+def browse(
+    ctx: Context,
+    SearchPattern: str,
+    StartFrom: int,
+    RetrieveCount: int,
+    Source: str | None = None,
+    DomainID: int | None = None,
+) -> dict[str, Any]:
+    """The user's suppressed addresses, newest first; ``*`` in SearchPattern matches anything."""
+    query = select(Suppression).where(Suppression.user_id == ctx.current_user.id)
+    if SearchPattern:
+        like = (
+            SearchPattern.lower()
+            .replace("\\", "\\\\")
+            .replace("%", "\\%")
+            .replace("_", "\\_")
+            .replace("*", "%")
+        )
+        if "*" not in SearchPattern:
+            like = f"%{like}%"
+        query = query.where(Suppression.email.like(like, escape="\\"))
+    if Source:
+        query = query.where(Suppression.source == Source)
+    if DomainID is not None:
+        scope = _domain_scope(ctx, DomainID, 2)
+        query = query.where(Suppression.domain_id.in_((ALL_DOMAINS, scope)))
+    total = ctx.db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = ctx.db.scalars(
+        query.order_by(Suppression.created_at.desc(), Suppression.id.desc())
+        .offset(StartFrom)
+        .limit(RetrieveCount)
+    ).all()
+    return {"TotalRecords": total, "SuppressedEmails": [entry_view(r) for r in rows]}
+
+
+class CheckSchema(CommandSchema):
+    EmailAddress = param(
+        fields.String(required=True), missing=(1, "Missing required parameter: EmailAddress")
+    )
+    DomainID = param(RowID(), invalid=(2, "Domain not found or access denied"))
+
+
+@command("Suppression.Check", schema=CheckSchema, auth=Auth.USER, readonly=True)
+def check(ctx: Context, EmailAddress: str, DomainID: int | None = None) -> dict[str, Any]:
+    query = select(Suppression).where(
+        Suppression.user_id == ctx.current_user.id,
+        Suppression.email == EmailAddress.strip().lower(),
+    )
+    if DomainID is not None:
+        scope = _domain_scope(ctx, DomainID, 2)
+        query = query.where(Suppression.domain_id.in_((ALL_DOMAINS, scope)))
+    rows = ctx.db.scalars(query.order_by(Suppression.id)).all()
+    return {"Suppressed": bool(rows), "Entries": [entry_view(r) for r in rows]}
+
+
+class AddSchema(CommandSchema):
+    EmailAddress = param(
+        fields.Email(required=True),
+        missing=(1, "Missing required parameter: EmailAddress"),
+        invalid=(2, "Invalid email address"),
+    )
+    DomainID = param(RowID(), invalid=(3, "Domain not found or access denied"))
+    Reason = param(
+        fields.String(load_default="", validate=validate.Length(max=2000)),
+        invalid=(4, "Reason must be at most 2000 characters"),
+    )
+
+
+@command("Suppression.Add", schema=AddSchema, auth=Auth.USER)
+def add(ctx: Context, EmailAddress: str, Reason: str, DomainID: int | None = None) -> dict:
+    scope = _domain_scope(ctx, DomainID, 3)
+    added = suppress(ctx.db, ctx.current_user.id, EmailAddress, "manual", Reason, ctx.now, scope)
+    return {"Added": added}
+
+
+class DeleteSchema(CommandSchema):
+    EmailAddress = param(
+        fields.String(required=True), missing=(1, "Missing required parameter: EmailAddress")
+    )
+    DomainID = param(RowID(), invalid=(3, "Domain not found or access denied"))
+
+
+@command("Suppression.Delete", schema=DeleteSchema, auth=Auth.USER)
+def remove(ctx: Context, EmailAddress: str, DomainID: int | None = None) -> dict[str, Any]:
+    """Remove the address (for one domain when DomainID is given, else everywhere)."""
+    where = [
+        Suppression.user_id == ctx.current_user.id,
+        Suppression.email == EmailAddress.strip().lower(),
+    ]
+    if DomainID is not None:
+        where.append(Suppression.domain_id == _domain_scope(ctx, DomainID, 3))
+    deleted = ctx.db.execute(delete(Suppression).where(*where)).rowcount
+    if not deleted:
+        raise CommandError(2, "Email address is not in the suppression list")
+    return {"Deleted": deleted}

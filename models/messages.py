@@ -1,0 +1,114 @@
+"""Messages, their per-recipient deliveries (the queue), events, and the suppression list."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .base import Base, BigID, LongText, UTCDateTime, utcnow
+
+# Delivery.status values. A delivery is pending while its due_at is set.
+QUEUED = "queued"
+SENDING = "sending"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+FAILED = "failed"
+SUPPRESSED = "suppressed"
+
+
+class Message(Base):
+    """One accepted message; what to build and send is kept as JSON in ``payload``."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # No foreign key: a deleted domain's messages and events stay for statistics.
+    domain_id: Mapped[int] = mapped_column(Integer, index=True)
+    domain_name: Mapped[str] = mapped_column(String(253))
+    sender_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # "api", "api.php", "smtp"
+    from_email: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(1000))
+    tags: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    payload: Mapped[str] = mapped_column(LongText)  # JSON: parts, headers, attachments
+    size: Mapped[int] = mapped_column(Integer)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Delivery(Base):
+    """The message to one recipient: the unit the worker claims, sends and retries."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(Integer)
+    domain_id: Mapped[int] = mapped_column(Integer, index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    recipient_domain: Mapped[str] = mapped_column(String(253))
+    kind: Mapped[str] = mapped_column(String(3))  # "to", "cc", "bcc"
+    # Unguessable: names the delivery in its VERP return path and tracking links.
+    token: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    # When the worker should take it up; NULL once final, so the index holds only the queue.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_enhanced: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    message: Mapped[Message] = relationship(back_populates="deliveries")
+
+
+class Event(Base):
+    """Something that happened to a delivery; ``uid`` is stable for webhook receivers."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    user_id: Mapped[int] = mapped_column(Integer)
+    domain_id: Mapped[int] = mapped_column(Integer, index=True)
+    domain_name: Mapped[str] = mapped_column(String(253))
+    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(BigID, nullable=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    tags: Mapped[str] = mapped_column(Text, default="[]")
+    smtp_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    enhanced_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    smtp_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+class Suppression(Base):
+    """An address the user's mail is not sent to: for one domain, or all (domain_id 0)."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("user_id", "email", "domain_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))  # lower-cased
+    domain_id: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(16))  # bounce, complaint, unsubscribe, manual
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,368 @@
+"""Building the RFC 5322/MIME message for a send, and checking custom headers at acceptance."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address as _HeaderAddress
+from email.headerregistry import HeaderRegistry
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP
+from html.parser import HTMLParser
+
+import idna
+
+# CRLF line ends; 7bit so bodies are quoted-printable or base64 whenever they are not plain
+# short-lined ASCII; "none" so the raw header values we fold ourselves are written untouched.
+POLICY = SMTP.clone(cte_type="7bit", refold_source="none")
+
+MAX_LINE = 998  # RFC 5322 2.1.1: octets per line, CRLF excluded
+FOLD_AT = 78  # ...and the line length it recommends
+
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "dkim-signature",
+        "return-path",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "received",
+        "sender",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    }
+)
+RESERVED_PREFIX = "x-postern-"
+
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # printable ASCII except ":"
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+_UNSTRUCTURED = HeaderRegistry(use_default_map=False)  # RFC 2047 encoding, no parsing
+
+
+@dataclass(frozen=True)
+class Address:
+    email: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content: bytes
+    content_type: str = "application/octet-stream"  # "type/subtype"
+    disposition: str = "attachment"  # "attachment" or "inline"
+    content_id: str | None = None  # for inline parts referenced as cid:...
+
+
+@dataclass
+class MessageSpec:
+    sender: Address  # the From
+    to: list[Address]
+    cc: list[Address]
+    reply_to: list[Address]
+    subject: str
+    html: str | None
+    text: str | None
+    attachments: list[Attachment]
+    headers: dict[str, str]  # custom headers, already validated
+    tags: list[str]
+    message_id: str  # complete, e.g. "<0b7c...@example.com>"
+    date: datetime  # aware
+    extra_headers: dict[str, str] = field(default_factory=dict)  # headers Postern itself adds
+
+
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` is a header Postern writes itself."""
+    lower = name.lower()
+    return lower in RESERVED_HEADERS or lower.startswith(RESERVED_PREFIX)
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why the custom header ``name: value`` is not acceptable (a sentence that does not
+    repeat the name), or None when it is."""
+    problem = _syntax_problem(name, value)
+    if problem:
+        return problem
+    if is_reserved(name):
+        return "Postern sets this header itself, so it cannot be given as a custom header"
+    return None
+
+
+def _syntax_problem(name: str, value: str) -> str | None:
+    for what, text in (("name", name), ("value", value)):
+        if any(c in text for c in "\r\n\0"):
+            return f"the {what} must not contain CR, LF or NUL characters"
+    if not name:
+        return "the name is empty"
+    if len(name) > 76:
+        return "the name is longer than 76 characters"
+    if not _FIELD_NAME.fullmatch(name):
+        return "the name may only contain printable ASCII characters other than the colon"
+    if len(value) > MAX_LINE:
+        return f"the value is longer than {MAX_LINE} characters"
+    if any(len(word) >= MAX_LINE for word in re.split(r"[ \t]+", value)):
+        return f"the value has a word too long to fit on a {MAX_LINE}-character line"
+    return None
+
+
+def build_message(spec: MessageSpec) -> bytes:
+    """The message for ``spec``: CRLF line ends, 7-bit clean, no line over 998 octets."""
+    if spec.date.tzinfo is None or spec.date.utcoffset() is None:
+        raise ValueError("MessageSpec.date must be timezone-aware")
+    if not _MESSAGE_ID.fullmatch(spec.message_id):
+        raise ValueError(f"malformed Message-ID {spec.message_id!r}")
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = _address(spec.sender)
+    for header, addresses in (("To", spec.to), ("Cc", spec.cc), ("Reply-To", spec.reply_to)):
+        if addresses:
+            msg[header] = [_address(a) for a in addresses]
+    msg["Subject"] = _one_line(spec.subject)
+    msg["Date"] = spec.date
+    msg.set_raw("Message-ID", spec.message_id)
+    msg.set_raw("MIME-Version", "1.0")
+    if spec.tags:
+        _add_header(msg, "X-Postern-Tags", ", ".join(spec.tags))
+    for name, value in spec.headers.items():
+        problem = header_problem(name, value)
+        if problem:
+            raise ValueError(problem)
+        _add_header(msg, name, value)
+    for name, value in spec.extra_headers.items():
+        _add_header(msg, name, value)
+
+    body = MIMEPart(policy=POLICY)
+    _body_filler(spec)(body)
+    # Move the body in below the headers above (filling ``msg`` directly would reorder them
+    # and drop any custom Content-* header, which set_content clears).
+    for name, value in body.items():
+        msg[name] = value
+    msg.set_payload(body.get_payload())
+    return msg.as_bytes()
+
+
+# -- headers -------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _address(a: Address) -> _HeaderAddress:
+    local, at, domain = a.email.strip().rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"not an email address: {a.email!r}")
+    if not local.isascii():
+        raise ValueError(f"non-ASCII local part needs SMTPUTF8, which is not used: {a.email!r}")
+    if not domain.isascii():
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    return _HeaderAddress(display_name=_one_line(a.name), addr_spec=f"{local}@{domain}")
+
+
+def _add_header(msg: EmailMessage, name: str, value: str) -> None:
+    """Add a header of no particular syntax: folded at whitespace, and never re-encoded when
+    ASCII, so a List-Unsubscribe URL reaches the reader as written."""
+    problem = _syntax_problem(name, value)
+    if problem:
+        raise ValueError(problem)
+    if value.isascii():
+        # The email package would turn an unbreakable ASCII token longer than a line
+        # (a long List-Unsubscribe URL) into encoded-words; write it as given instead.
+        msg.set_raw(name, fold(name, value))
+    else:
+        msg[name] = _UNSTRUCTURED(name, value)
+
+
+def fold(name: str, value: str, width: int = FOLD_AT) -> str:
+    """``value`` folded (CRLF before a space or tab) so that ``name: value`` lines fit
+    ``width`` where the words allow; no line exceeds 998 characters if no word does."""
+    words = re.split(r"(?<=\S)(?=[ \t])", value.strip(" \t"))
+    lines: list[str] = []
+    used = len(name) + 2
+    if words[0] and used + len(words[0]) > MAX_LINE:
+        lines.append("")  # the value starts on a continuation line
+        words[0] = " " + words[0]
+        used = 0
+    line = ""
+    for word in words:
+        if line and used + len(word) > width:
+            lines.append(line)
+            line, used = "", 0
+        line += word
+        used += len(word)
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+# -- body ----------------------------------------------------------------------------------
+
+Filler = Callable[[MIMEPart], None]
+
+
+def _body_filler(spec: MessageSpec) -> Filler:
+    inline = [a for a in spec.attachments if _is_inline(a) and a.content_id]
+    if spec.html is None:
+        inline = []  # nothing refers to them: they go along with the other attachments
+    others = [a for a in spec.attachments if a not in inline]
+
+    text = spec.text
+    if text is None:
+        text = html_to_text(spec.html) if spec.html is not None else ""
+    main = _text(text, "plain")
+    if spec.html is not None:
+        html = _text(spec.html, "html")
+        if inline:
+            html = _multipart("related", [html, *(_attachment(a) for a in inline)])
+        main = _multipart("alternative", [main, html])
+    if others:
+        main = _multipart("mixed", [main, *(_attachment(a) for a in others)])
+    return main
+
+
+def _text(content: str, subtype: str) -> Filler:
+    def fill(part: MIMEPart) -> None:
+        part.set_content(content, subtype=subtype, charset="utf-8")
+
+    return fill
+
+
+def _multipart(subtype: str, children: list[Filler]) -> Filler:
+    def fill(part: MIMEPart) -> None:
+        getattr(part, f"make_{subtype}")()
+        for child in children:
+            sub = MIMEPart(policy=POLICY)
+            child(sub)
+            part.attach(sub)
+
+    return fill
+
+
+def _is_inline(a: Attachment) -> bool:
+    return a.disposition.strip().lower() == "inline"
+
+
+def _attachment(a: Attachment) -> Filler:
+    maintype, _, subtype = a.content_type.strip().lower().partition("/")
+    if (
+        not _MIME_TYPE.fullmatch(maintype)
+        or not _MIME_TYPE.fullmatch(subtype)
+        or maintype in ("multipart", "message")  # these may not be base64-encoded
+    ):
+        maintype, subtype = "application", "octet-stream"
+    disposition = "inline" if _is_inline(a) else "attachment"
+    filename = _one_line(a.filename)
+    cid = f"<{a.content_id.strip().strip('<>')}>" if a.content_id else None
+
+    def fill(part: MIMEPart) -> None:
+        part.set_content(
+            a.content,
+            maintype,
+            subtype,
+            cte="base64",
+            disposition=disposition,
+            filename=filename,
+            cid=cid,
+            params={"name": filename},
+        )
+
+    return fill
+
+
+# -- HTML to plain text --------------------------------------------------------------------
+
+_SKIP = frozenset({"script", "style", "head", "title", "template"})
+_LINE = frozenset(
+    {"div", "li", "tr", "dt", "dd", "hr", "ul", "ol", "dl", "table", "section", "article"}
+    | {"header", "footer", "nav", "aside", "address", "figure", "figcaption", "center"}
+)
+_PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre"})
+
+
+_SOFT, _HARD = "\x01", "\x02"  # a line break and a paragraph break, before they are merged
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the readable text of an HTML document, marking where lines break."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0
+        self.links: list[tuple[str, int]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP:
+            self.skip += 1
+        elif not self.skip:
+            self._tag(tag, attrs)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if not self.skip and tag not in _SKIP:
+            self._tag(tag, attrs)
+
+    def _tag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "br":
+            self.out.append("\n")  # explicit: <br><br> leaves a blank line
+        elif tag in _PARAGRAPH:
+            self.out.append(_HARD)
+        elif tag in _LINE:
+            self.out.append(_SOFT)
+        elif tag in ("td", "th"):
+            self.out.append(" ")
+        elif tag == "a":
+            self.links.append(((dict(attrs).get("href") or "").strip(), len(self.out)))
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt:
+                self.out.append(f" {alt} ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif self.skip:
+            return
+        elif tag in _PARAGRAPH:
+            self.out.append(_HARD)
+        elif tag in _LINE:
+            self.out.append(_SOFT)
+        elif tag == "a" and self.links:
+            url, start = self.links.pop()
+            label = " ".join(re.sub(r"[\x01\x02\n]", " ", "".join(self.out[start:])).split())
+            if _worth_showing(url, label):
+                self.out.append(f" ({url})" if label else url)
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.out.append(re.sub(r"[\x00-\x1f\x7f]", " ", data))
+
+
+def _worth_showing(url: str, label: str) -> bool:
+    """Whether a link's target adds anything to its text."""
+    if not url or url.lower().startswith(("#", "javascript:")):
+        return False
+    return url not in (label, f"mailto:{label}")
+
+
+def _merge_breaks(run: re.Match[str]) -> str:
+    return "\n\n" if _HARD in run.group() else "\n"
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text rendering of ``html`` for the text/plain alternative."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    text = re.sub(r"\s+", lambda ws: "\n" * ws.group().count("\n") or " ", "".join(parser.out))
+    text = re.sub(r"[\x01\x02](?:[ \x01\x02])*", _merge_breaks, text)
+    lines = (" ".join(line.split()) for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
