@@ -63,13 +63,42 @@ def cli(ctx: click.Context, config_path: str | None):
 @cli.command()
 @click.pass_obj
 def serve(obj: Obj):
-    """Run everything on one machine (upgrades the embedded database first)."""
+    """Run everything on one machine: the API and the delivery worker.
+
+    Upgrades the embedded database first.
+    """
     config = obj.config
     open_database(config).dispose()
     from .server import GunicornServer
 
     click.echo(f"postern: serving http://{config.http.host}:{config.http.port}/api.php", err=True)
-    GunicornServer(config).run()
+    companion = [sys.executable, "-m", "app"]
+    if obj.config_path:
+        companion += ["--config", obj.config_path]
+    GunicornServer(config, companions=[[*companion, "worker"]]).run()
+
+
+@cli.command()
+@click.pass_obj
+def worker(obj: Obj):
+    """Run the delivery worker (any number of them on PostgreSQL or MariaDB)."""
+    import signal
+
+    from mta.worker import Worker
+
+    from .crypto import SecretBox
+    from .logs import configure_logging
+
+    config = obj.config
+    configure_logging(config.log.level, config.log.format)
+    database = open_database(config, upgrade_embedded=False)
+    runner = Worker(config, database, SecretBox(resolve_secret_key(config)))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    try:
+        runner.run()  # finishes the batch in hand, then returns
+    finally:
+        database.dispose()
 
 
 @cli.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from gunicorn.app.base import BaseApplication
 
 from .config import Config
@@ -10,8 +12,12 @@ from .config import Config
 class GunicornServer(BaseApplication):
     """Gunicorn with Postern's settings; each worker builds its own app (and engine) after fork."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, companions: list[list[str]] | None = None):
         self.postern_config = config
+        # Commands run beside the API (the delivery worker under `postern serve`): started
+        # when gunicorn is ready, stopped when it exits.
+        self.companions = companions or []
+        self._children: list[subprocess.Popen] = []
         super().__init__()
 
     def load_config(self):
@@ -51,8 +57,24 @@ class GunicornServer(BaseApplication):
                 "root": {"handlers": [], "level": "WARNING"},
             },
         }
+        if self.companions:
+            settings["when_ready"] = self._start_companions
+            settings["on_exit"] = self._stop_companions
         for key, value in settings.items():
             self.cfg.set(key, value)
+
+    def _start_companions(self, _server) -> None:
+        self._children = [subprocess.Popen(cmd) for cmd in self.companions]  # noqa: S603
+
+    def _stop_companions(self, _server) -> None:
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def load(self):
         from .factory import create_app

@@ -1,0 +1,629 @@
+"""Delivery over SMTP: many envelopes over one connection, pipelined when the server allows.
+
+``deliver`` connects to the first address that greets with 220 (a refused or timed-out
+connection, or any other greeting, moves on to the next), says EHLO (HELO if refused),
+STARTTLS and AUTH as the settings ask, then runs one MAIL/RCPT/DATA transaction per
+envelope, RSET after a failed one. Outcomes: 2xx to the end of DATA is "delivered"; 5xx
+to MAIL, RCPT or DATA "bounced" (but 530, AUTH needed, is about our session: deferred);
+4xx, timeouts and network errors "deferred". A 421, or a connection that breaks, defers
+every envelope not yet finished. Bounces decided here without sending: a message over
+the server's SIZE, 8-bit data without 8BITMIME, non-ASCII addresses without SMTPUTF8.
+
+A compact client of its own on ``asyncio`` rather than aiosmtplib: aiosmtplib's protocol
+parses one reply per chunk received and ignores data that arrives while no command is
+pending, so replies that arrive together, as pipelined ones do, are stranded; PIPELINING
+(RFC 2920) cannot be built on its primitives, and its exception per reply would have to
+be mapped back to codes for every outcome anyway. Here ``_Channel`` (an
+``asyncio.Protocol``) buffers what the server sends and hands it out line by line, so
+replies are read in turn however they arrive; STARTTLS is ``loop.start_tls`` on that
+same protocol once its buffer is emptied (RFC 3207: nothing received before the
+handshake may be read after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import os
+import re
+import ssl
+from dataclasses import dataclass
+
+TLS_MODES = ("opportunistic", "required", "none", "implicit")
+MAX_LINE = 8192  # the longest reply line accepted (RFC 5321 allows 512)
+MAX_REPLY_LINES = 200
+CLOSE_TIMEOUT = 5.0  # for QUIT's reply and the connection to close
+
+_REPLY_LINE = re.compile(r"([2-5]\d\d)([ -]|$)(.*)", re.ASCII | re.DOTALL)
+_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)", re.ASCII)
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
+_WANTED = (2, 2, 3)  # the reply class that lets MAIL FROM, RCPT TO and DATA go on
+
+
+@dataclass
+class Envelope:
+    mail_from: str
+    rcpt_to: str
+    data: bytes  # the complete signed message, CRLF line endings
+    ref: object  # the caller's handle (delivery id), returned in the Outcome
+
+
+@dataclass
+class Outcome:
+    ref: object
+    status: str  # "delivered" | "deferred" | "bounced"
+    code: int | None  # the reply code that decided it (None: network error, timeout, local)
+    enhanced: str | None  # enhanced status code such as "5.1.1" if there was one
+    text: str  # the reply text, or a description of the problem
+    host: str | None  # the "host:port" it was about
+
+
+@dataclass
+class ClientSettings:
+    helo_name: str
+    port: int = 25
+    # "opportunistic" (STARTTLS when offered), "required" (defer unless STARTTLS works),
+    # "none", or "implicit" (TLS from the first byte, for smarthosts on 465)
+    tls: str = "opportunistic"
+    verify_certificates: bool = False
+    username: str | None = None  # AUTH PLAIN/LOGIN, only over TLS unless tls == "none"
+    password: str | None = None
+    connect_timeout: float = 30
+    command_timeout: float = 60  # per reply; the reply to the end of DATA gets data_timeout
+    data_timeout: float = 600
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One server reply: its code and the text of each of its lines."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def enhanced(self) -> str | None:
+        """The enhanced status code (RFC 3463) opening the first line, if its class fits."""
+        match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        if match and match[1][0] == str(self.code)[0]:
+            return match[1]
+        return None
+
+    @property
+    def text(self) -> str:
+        """The lines joined by spaces, without the enhanced code repeated on later lines."""
+        enhanced = self.enhanced
+        parts = []
+        for i, line in enumerate(self.lines):
+            if i and enhanced:
+                match = _ENHANCED.match(line)
+                if match and match[1] == enhanced:
+                    line = line[match.end() :]
+            if line.strip():
+                parts.append(line.strip())
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".rstrip()
+
+
+async def deliver(
+    addresses: list[str],
+    envelopes: list[Envelope],
+    settings: ClientSettings,
+    *,
+    server_name: str | None = None,
+) -> list[Outcome]:
+    """Send every envelope over one connection to the first of ``addresses`` that works.
+
+    ``addresses`` are IP literals, tried in order (port ``settings.port``). ``server_name``
+    is the host name for TLS (SNI, and what the certificate must match when
+    ``verify_certificates``); the address itself by default. Returns one Outcome per
+    envelope, in order; network trouble is reported in the outcomes, never raised.
+    """
+    if settings.tls not in TLS_MODES:
+        raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {settings.tls!r}")
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"not an IP address: {address!r}") from None
+    if not envelopes:
+        return []
+    try:
+        session = await _connect(addresses, settings, server_name)
+    except _Failure as failure:
+        return [failure.outcome(env) for env in envelopes]
+    outcomes: list[Outcome] = []
+    try:
+        for env in envelopes:
+            outcomes.append(await session.transaction(env))
+    except _Failure as exc:
+        exc.host = session.host
+        outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
+    except BaseException:  # cancelled: drop the connection at once
+        session.channel.abort()
+        raise
+    await session.finish()
+    return outcomes
+
+
+class _Failure(Exception):
+    """The session cannot go on; the text (and reply) every unfinished envelope gets."""
+
+    def __init__(self, text: str, reply: Reply | None = None, *, tls: bool = False):
+        super().__init__(text)
+        self.text = text
+        self.reply = reply
+        self.tls = tls  # the TLS handshake failed (plaintext may still work)
+        self.host: str | None = None
+
+    @classmethod
+    def of(cls, reply: Reply) -> _Failure:
+        return cls(reply.text or str(reply), reply)
+
+    def outcome(self, env: Envelope) -> Outcome:
+        reply = self.reply
+        return Outcome(
+            env.ref,
+            "deferred",
+            reply.code if reply else None,
+            reply.enhanced if reply else None,
+            self.text,
+            self.host,
+        )
+
+
+class _Lost(Exception):
+    """The connection ended; ``args[0]`` is the error that ended it, if any."""
+
+
+async def _connect(
+    addresses: list[str], settings: ClientSettings, server_name: str | None
+) -> _Session:
+    """The first session through the greeting, EHLO, STARTTLS and AUTH; else the last failure.
+
+    In opportunistic mode a failed TLS handshake is retried once in plaintext on the same
+    address (unless certificates are verified)."""
+    failure = _Failure("no address to deliver to")
+    plain_retry = settings.tls == "opportunistic" and not settings.verify_certificates
+    for address in addresses:
+        starttls = settings.tls in ("opportunistic", "required")
+        while True:
+            try:
+                return await _open(address, settings, server_name, starttls)
+            except _Failure as exc:
+                failure = exc
+            if not (failure.tls and starttls and plain_retry):
+                break
+            starttls = False
+    raise failure
+
+
+async def _open(
+    address: str, settings: ClientSettings, server_name: str | None, starttls: bool
+) -> _Session:
+    loop = asyncio.get_running_loop()
+    host = f"[{address}]:{settings.port}" if ":" in address else f"{address}:{settings.port}"
+    channel = _Channel()
+    options: dict = {}
+    if settings.tls == "implicit":
+        options = {
+            "ssl": _tls_context(settings),
+            "server_hostname": server_name or address,
+            "ssl_handshake_timeout": settings.connect_timeout,
+            "ssl_shutdown_timeout": CLOSE_TIMEOUT,
+        }
+    try:
+        async with asyncio.timeout(settings.connect_timeout):
+            await loop.create_connection(lambda: channel, address, settings.port, **options)
+    except TimeoutError:
+        failure = _Failure(f"timed out after {settings.connect_timeout:g} s connecting")
+        failure.host = host
+        raise failure from None
+    except OSError as exc:
+        failure = _Failure(f"cannot connect: {_describe(exc)}", tls="ssl" in options)
+        failure.host = host
+        raise failure from None
+    session = _Session(channel, host, settings)
+    session.tls = settings.tls == "implicit"
+    try:
+        await session.setup(server_name, starttls)
+    except _Failure as exc:
+        exc.host = host
+        await session.finish()
+        raise
+    except BaseException:
+        channel.abort()
+        raise
+    return session
+
+
+class _Session:
+    """One SMTP session on a channel: replies, commands, the setup and transactions."""
+
+    def __init__(self, channel: _Channel, host: str, settings: ClientSettings):
+        self.channel = channel
+        self.host = host
+        self.settings = settings
+        self.extensions: dict[str, str] = {}  # EHLO keyword (upper case) -> its parameters
+        self.tls = False
+        self.broken = False  # no QUIT: the connection timed out, was lost or got a 421
+        self.dirty = False  # a transaction failed half-way: RSET before the next one
+
+    # -- replies and commands ------------------------------------------------------------
+
+    async def reply(self, what: str, timeout: float | None = None) -> Reply:
+        """Read one reply (to ``what``); a 421 or any trouble raises _Failure."""
+        timeout = self.settings.command_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self._read_reply(what)
+        except TimeoutError:
+            raise self._broken(
+                f"timed out after {timeout:g} s waiting for the reply to {what}"
+            ) from None
+        except _Lost as exc:
+            raise self._broken(
+                f"connection lost waiting for the reply to {what}{_why(exc)}"
+            ) from None
+        if reply.code == 421:  # the server is closing the connection
+            self.broken = True
+            raise _Failure.of(reply)
+        return reply
+
+    async def _read_reply(self, what: str) -> Reply:
+        code, lines = 0, []
+        while True:
+            raw = await self.channel.readline()
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            match = _REPLY_LINE.fullmatch(line)
+            if match is None or len(lines) >= MAX_REPLY_LINES:
+                raise self._broken(f"malformed reply to {what}: {line[:100]!r}")
+            code = code or int(match[1])
+            lines.append(match[3])
+            if match[2] != "-":
+                return Reply(code, tuple(lines))
+
+    async def send(self, data: bytes, what: str, timeout: float | None = None) -> None:
+        timeout = self.settings.command_timeout if timeout is None else timeout
+        try:
+            self.channel.write(data)
+            async with asyncio.timeout(timeout):
+                await self.channel.drain()
+        except TimeoutError:
+            raise self._broken(f"timed out after {timeout:g} s sending {what}") from None
+        except _Lost as exc:
+            raise self._broken(f"connection lost sending {what}{_why(exc)}") from None
+
+    async def command(self, line: str, what: str | None = None) -> Reply:
+        what = what or line.split(" ", 1)[0]
+        await self.send(line.encode("utf-8") + b"\r\n", what)
+        return await self.reply(what)
+
+    def _broken(self, text: str) -> _Failure:
+        self.broken = True
+        return _Failure(text)
+
+    async def finish(self) -> None:
+        """QUIT if the connection is still sound, then close it."""
+        if not self.broken and not self.channel.ended:
+            try:
+                await self.send(b"QUIT\r\n", "QUIT", CLOSE_TIMEOUT)
+                await self.reply("QUIT", min(self.settings.command_timeout, CLOSE_TIMEOUT))
+            except _Failure:
+                pass
+        await self.channel.close(abort=self.broken)
+
+    # -- session setup -------------------------------------------------------------------
+
+    async def setup(self, server_name: str | None, starttls: bool) -> None:
+        """Greeting, EHLO (or HELO), STARTTLS and AUTH as the settings ask."""
+        settings = self.settings
+        greeting = await self.reply("the greeting")
+        if greeting.code != 220:
+            raise _Failure.of(greeting)
+        await self.hello()
+        if starttls and "STARTTLS" in self.extensions:
+            reply = await self.command("STARTTLS")
+            if reply.code == 220:
+                try:
+                    await self.channel.start_tls(
+                        _tls_context(settings), server_name, settings.command_timeout
+                    )
+                except OSError as exc:
+                    self.broken = True
+                    raise _Failure(f"TLS handshake failed: {_describe(exc)}", tls=True) from None
+                self.tls = True
+                await self.hello()
+            elif settings.tls == "required":
+                raise _Failure(f"STARTTLS refused ({reply}), and TLS is required", reply)
+        elif settings.tls == "required":
+            raise _Failure("the server does not offer STARTTLS, and TLS is required")
+        if settings.username is not None:
+            await self.authenticate()
+
+    async def hello(self) -> None:
+        name = self.settings.helo_name
+        reply = await self.command(f"EHLO {name}")
+        if reply.code == 250:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params.strip()
+            return
+        if reply.code >= 500:  # EHLO not understood: plain SMTP
+            reply = await self.command(f"HELO {name}")
+            if reply.code == 250:
+                self.extensions = {}
+                return
+        raise _Failure.of(reply)
+
+    async def authenticate(self) -> None:
+        settings = self.settings
+        if not self.tls and settings.tls != "none":
+            raise _Failure("will not send the password: the connection is not encrypted")
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        user = (settings.username or "").encode("utf-8")
+        password = (settings.password or "").encode("utf-8")
+        if "PLAIN" in mechanisms:
+            token = _b64(b"\0" + user + b"\0" + password)
+            reply = await self.command(f"AUTH PLAIN {token}", "AUTH")
+        elif "LOGIN" in mechanisms:
+            reply = await self.command("AUTH LOGIN", "AUTH")
+            for secret in (user, password):
+                if reply.code != 334:
+                    break
+                reply = await self.command(_b64(secret), "AUTH")
+        elif "AUTH" in self.extensions:
+            raise _Failure(
+                f"no AUTH mechanism in common (the server offers {' '.join(mechanisms)})"
+            )
+        else:
+            raise _Failure("the server does not offer AUTH")
+        if reply.code != 235:
+            raise _Failure(f"authentication failed: {reply}", reply)
+
+    # -- transactions --------------------------------------------------------------------
+
+    async def transaction(self, env: Envelope) -> Outcome:
+        """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome."""
+        data = _LINE_END.sub(b"\r\n", env.data)  # no bare CR or LF on the wire
+        refusal = self._refusal(env, data)
+        if refusal is not None:
+            return refusal
+        params = []
+        if "SIZE" in self.extensions:
+            params.append(f"SIZE={len(data)}")
+        if not data.isascii():
+            params.append("BODY=8BITMIME")
+        if not (env.mail_from.isascii() and env.rcpt_to.isascii()):
+            params.append("SMTPUTF8")
+        mail = " ".join([f"MAIL FROM:<{env.mail_from}>", *params])
+        rcpt = f"RCPT TO:<{env.rcpt_to}>"
+        if "PIPELINING" in self.extensions:
+            commands = ["RSET"] if self.dirty else []
+            commands += [mail, rcpt, "DATA"]
+            self.dirty = True
+            batch = "".join(c + "\r\n" for c in commands).encode("utf-8")
+            await self.send(batch, "the pipelined commands")
+            if commands[0] == "RSET":
+                self._check_rset(await self.reply("RSET"))
+            replies = [await self.reply(what) for what in ("MAIL FROM", "RCPT TO", "DATA")]
+            failed = next(
+                (r for r, ok in zip(replies, _WANTED, strict=True) if r.code // 100 != ok), None
+            )
+            if failed is not None:
+                if replies[2].code == 354:  # DATA accepted all the same: end it empty
+                    await self.send(b".\r\n", "an empty message")
+                    await self.reply("the end of an empty message")
+                return self._outcome(env, failed)
+        else:
+            if self.dirty:
+                self._check_rset(await self.command("RSET"))
+            self.dirty = True
+            steps = ((mail, "MAIL FROM"), (rcpt, "RCPT TO"), ("DATA", "DATA"))
+            for (line, what), ok in zip(steps, _WANTED, strict=True):
+                reply = await self.command(line, what)
+                if reply.code // 100 != ok:
+                    return self._outcome(env, reply)
+        await self.send(_stuff(data), "the message", self.settings.data_timeout)
+        reply = await self.reply("the end of DATA", self.settings.data_timeout)
+        self.dirty = False
+        return self._outcome(env, reply, final=True)
+
+    def _refusal(self, env: Envelope, data: bytes) -> Outcome | None:
+        """A bounce decided here, without sending anything: what the server cannot take."""
+        for address in (env.mail_from, env.rcpt_to):
+            if _BAD_ADDRESS.search(address):
+                return self._local(env, "5.1.3", f"invalid address {address!r}")
+        size = self.extensions.get("SIZE", "")
+        limit = int(size) if size.isdigit() else 0
+        if limit and len(data) > limit:
+            return self._local(
+                env,
+                "5.3.4",
+                f"message too big for the server: {len(data)} bytes, its limit is {limit}",
+            )
+        if not data.isascii() and "8BITMIME" not in self.extensions:
+            return self._local(env, "5.6.3", "8-bit message and the server lacks 8BITMIME")
+        ascii_addresses = env.mail_from.isascii() and env.rcpt_to.isascii()
+        if not ascii_addresses and "SMTPUTF8" not in self.extensions:
+            return self._local(env, "5.6.7", "non-ASCII address and the server lacks SMTPUTF8")
+        return None
+
+    def _check_rset(self, reply: Reply) -> None:
+        if reply.code // 100 != 2:  # the server is confused: no QUIT, just close
+            self.broken = True
+            raise _Failure(f"RSET refused: {reply}", reply)
+        self.dirty = False
+
+    def _outcome(self, env: Envelope, reply: Reply, final: bool = False) -> Outcome:
+        if final and reply.code // 100 == 2:
+            status = "delivered"
+        elif reply.code // 100 == 5 and reply.code != 530:  # 530: AUTH needed, not our bounce
+            status = "bounced"
+        else:
+            status = "deferred"
+        return Outcome(env.ref, status, reply.code, reply.enhanced, reply.text, self.host)
+
+    def _local(self, env: Envelope, enhanced: str, text: str) -> Outcome:
+        return Outcome(env.ref, "bounced", None, enhanced, text, self.host)
+
+
+class _Channel(asyncio.Protocol):
+    """The connection: what arrives is buffered and read by lines; writes honour flow control."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.ended = False  # EOF received or connection lost
+        self.error: BaseException | None = None
+        self.lost = self.loop.create_future()
+        self._readable: asyncio.Future | None = None
+        self._writable: asyncio.Future | None = None
+        self._paused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        _wake(self._readable)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        _wake(self._readable)
+        return False  # close our side too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.ended = True
+        self.error = self.error or exc
+        _wake(self._readable)
+        _wake(self._writable)
+        _wake(self.lost)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        _wake(self._writable)
+
+    async def readline(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buffer[: end + 1])
+                del self.buffer[: end + 1]
+                return line
+            if len(self.buffer) > MAX_LINE:
+                raise _Lost(ValueError("reply line too long"))
+            if self.ended:
+                raise _Lost(self.error)
+            self._readable = self.loop.create_future()
+            try:
+                await self._readable
+            finally:
+                self._readable = None
+
+    def write(self, data: bytes) -> None:
+        if self.ended or self.transport is None or self.transport.is_closing():
+            raise _Lost(self.error)
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self._paused and not self.ended:
+            self._writable = self.loop.create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+        if self.ended:
+            raise _Lost(self.error)
+
+    async def start_tls(
+        self, context: ssl.SSLContext, server_name: str | None, timeout: float
+    ) -> None:
+        self.buffer.clear()  # RFC 3207 4.2: plaintext received before the handshake is void
+        raw = self.transport
+        try:
+            self.transport = await self.loop.start_tls(
+                raw,
+                self,
+                context,
+                server_hostname=server_name or _peer_ip(raw),
+                ssl_handshake_timeout=timeout,
+                ssl_shutdown_timeout=CLOSE_TIMEOUT,
+            )
+        except BaseException:
+            # start_tls closed the socket; connection_lost will not come to us.
+            self.transport = None
+            self.ended = True
+            raise
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def close(self, abort: bool = False) -> None:
+        """Close (or abort) the connection and wait, briefly, until it is closed."""
+        transport = self.transport
+        if transport is None:
+            return
+        if abort:
+            transport.abort()
+        elif not transport.is_closing():
+            transport.close()
+        await asyncio.wait([self.lost], timeout=CLOSE_TIMEOUT)
+        if not self.lost.done():
+            transport.abort()
+
+
+def _wake(future: asyncio.Future | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _stuff(data: bytes) -> bytes:
+    """The message as DATA sends it: dot-stuffed, ending in CRLF.CRLF."""
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _tls_context(settings: ClientSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not settings.verify_certificates:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _peer_ip(transport: asyncio.BaseTransport | None) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if peer else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # asyncio's own strerror repeats the address
+    return str(exc) or type(exc).__name__
+
+
+def _why(exc: _Lost) -> str:
+    error = exc.args[0] if exc.args else None
+    return f" ({_describe(error)})" if error is not None else ""

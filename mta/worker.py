@@ -1,0 +1,397 @@
+"""The delivery worker: claim due deliveries, build and sign, send to MX hosts, record outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from app.config import Config
+from app.crypto import SecretBox
+from commands import events
+from commands.dns_records import make_resolver
+from commands.suppression import suppress
+from models import Database, Delivery, Domain, Message, utcnow
+from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
+
+from . import mx
+from .message import Address, Attachment, MessageSpec, build_message
+from .signing import SigningKey, sign_message
+from .smtp_client import ClientSettings, Envelope, Outcome, deliver
+
+log = logging.getLogger("postern.worker")
+
+
+@dataclass
+class Job:
+    """A claimed delivery with what is needed to send it."""
+
+    delivery_id: int
+    token: str
+    recipient: str
+    recipient_domain: str
+    message_id: str
+    domain_id: int
+    created_at: datetime
+
+
+def verp_address(token: str, subdomain: str, domain: str) -> str:
+    """The return path of one delivery: a bounce to it names the delivery."""
+    return f"b-{token}@{subdomain}.{domain}"
+
+
+def retry_delay(attempts: int, base: int, cap: int) -> float:
+    """Exponential backoff with +-20% jitter: base, 2 base, 4 base ... at most cap."""
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        box: SecretBox,
+        *,
+        clock=utcnow,
+        worker_id: str | None = None,
+    ):
+        self.config = config
+        self.db = db
+        self.box = box
+        self.clock = clock
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.resolver = make_resolver(config)
+        self._stop = threading.Event()
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def claim(self, limit: int | None = None) -> list[Job]:
+        """Take up to ``limit`` due deliveries; nobody else will take them until the claim ends.
+
+        PostgreSQL and MariaDB skip rows another worker has locked; SQLite's BEGIN
+        IMMEDIATE makes the claim exclusive. A claim moves due_at forward by the claim
+        timeout, so deliveries of a worker that died are taken up again after it.
+        """
+        now = self.clock()
+        limit = limit or self.config.delivery.batch_size
+        with self.db.transaction() as s:
+            query = (
+                select(Delivery.id)
+                .where(Delivery.due_at <= now)
+                .order_by(Delivery.due_at)
+                .limit(limit)
+            )
+            if self.db.backend != "sqlite":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(s.scalars(query))
+            if not ids:
+                return []
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids))
+                .values(
+                    status=SENDING,
+                    claimed_by=self.worker_id,
+                    attempts=Delivery.attempts + 1,
+                    due_at=now + timedelta(seconds=self.config.delivery.claim_timeout),
+                    updated_at=now,
+                )
+            )
+            rows = s.execute(
+                select(
+                    Delivery.id,
+                    Delivery.token,
+                    Delivery.recipient,
+                    Delivery.recipient_domain,
+                    Delivery.message_id,
+                    Delivery.domain_id,
+                    Delivery.created_at,
+                ).where(Delivery.id.in_(ids))
+            ).all()
+        return [Job(*row) for row in rows]
+
+    # -- building -----------------------------------------------------------------------
+
+    def prepare(self, jobs: list[Job]) -> tuple[dict[int, Envelope], dict[int, str]]:
+        """Signed envelopes per delivery id, and the failures that need no sending."""
+        envelopes: dict[int, Envelope] = {}
+        failures: dict[int, str] = {}
+        with self.db.transaction(readonly=True) as s:
+            messages = {
+                m.id: m
+                for m in s.scalars(
+                    select(Message).where(Message.id.in_({j.message_id for j in jobs}))
+                )
+            }
+            domains = {
+                d.id: d
+                for d in s.scalars(select(Domain).where(Domain.id.in_({j.domain_id for j in jobs})))
+            }
+            keys = {d.id: list(d.dkim_keys) for d in domains.values()}
+        signed: dict[str, bytes] = {}
+        for job in jobs:
+            domain = domains.get(job.domain_id)
+            if domain is None:
+                failures[job.delivery_id] = "The sending domain was deleted"
+                continue
+            if job.message_id not in signed:
+                signed[job.message_id] = self._signed(
+                    messages[job.message_id], domain, keys[domain.id]
+                )
+            envelopes[job.delivery_id] = Envelope(
+                mail_from=verp_address(job.token, domain.subdomain, domain.name),
+                rcpt_to=job.recipient,
+                data=signed[job.message_id],
+                ref=job.delivery_id,
+            )
+        return envelopes, failures
+
+    def _signed(self, message: Message, domain: Domain, dkim_keys) -> bytes:
+        p = json.loads(message.payload)
+        spec = MessageSpec(
+            sender=Address(p["from"]["email"], p["from"].get("name", "")),
+            to=[Address(a["email"], a.get("name", "")) for a in p["to"]],
+            cc=[Address(a["email"], a.get("name", "")) for a in p["cc"]],
+            reply_to=[Address(a["email"], a.get("name", "")) for a in p["reply_to"]],
+            subject=p["subject"],
+            html=p["html"],
+            text=p["text"],
+            attachments=[
+                Attachment(
+                    a["filename"],
+                    base64.b64decode(a["content"]),
+                    a["type"],
+                    a["disposition"],
+                    a["contentid"],
+                )
+                for a in p["attachments"]
+            ],
+            headers=p["headers"],
+            tags=json.loads(message.tags),
+            message_id=f"<{message.id}@{domain.name}>",
+            date=message.created_at,
+        )
+        signing_domain = f"{domain.subdomain}.{domain.name}"
+        keys = [
+            SigningKey(
+                signing_domain,
+                k.selector,
+                k.algorithm,
+                self.box.decrypt(k.private_key_encrypted).encode(),
+            )
+            for k in dkim_keys
+        ]
+        return sign_message(build_message(spec), keys)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def client_settings(self, port: int) -> ClientSettings:
+        c = self.config.delivery
+        timeout = c.timeout
+        if c.smarthost:
+            tls = {"starttls": "required", "implicit": "implicit", "none": "none"}[c.smarthost_tls]
+            return ClientSettings(
+                helo_name=self.config.smtp.hostname,
+                port=c.smarthost_port,
+                tls=tls,
+                username=c.smarthost_username or None,
+                password=c.smarthost_password or None,
+                connect_timeout=timeout,
+                command_timeout=timeout,
+                data_timeout=timeout * 10,
+            )
+        return ClientSettings(
+            helo_name=self.config.smtp.hostname,
+            port=port,
+            tls=c.tls,
+            connect_timeout=timeout,
+            command_timeout=timeout,
+            data_timeout=timeout * 10,
+        )
+
+    async def send(self, jobs: list[Job], envelopes: dict[int, Envelope]) -> list[Outcome]:
+        """Send every envelope: grouped by recipient domain, over reused connections."""
+        by_domain: dict[str, list[Envelope]] = defaultdict(list)
+        for job in jobs:
+            if job.delivery_id in envelopes:
+                key = "" if self.config.delivery.smarthost else job.recipient_domain
+                by_domain[key].append(envelopes[job.delivery_id])
+        per_host = self.config.delivery.concurrency_per_host
+        host_slots: dict[tuple, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(per_host)
+        )
+        results = await asyncio.gather(
+            *(self._send_domain(domain, group, host_slots) for domain, group in by_domain.items())
+        )
+        return [outcome for group in results for outcome in group]
+
+    async def _send_domain(
+        self, domain: str, group: list[Envelope], host_slots: dict[tuple, asyncio.Semaphore]
+    ) -> list[Outcome]:
+        c = self.config.delivery
+        try:
+            if c.smarthost:
+                addresses = await asyncio.to_thread(
+                    mx.resolve_addresses, c.smarthost, self.resolver
+                )
+            else:
+                hosts = await asyncio.to_thread(mx.resolve_mx, domain, self.resolver)
+                addresses = []
+                for host in hosts:
+                    try:
+                        addresses += await asyncio.to_thread(
+                            mx.resolve_addresses, host, self.resolver
+                        )
+                    except mx.RouteError:
+                        continue
+                if not addresses:
+                    raise mx.TemporaryDNSError(f"No address found for the MX hosts of {domain}")
+        except mx.RouteError as exc:
+            status = "bounced" if exc.permanent else "deferred"
+            return [
+                Outcome(e.ref, status, None, "5.1.2" if exc.permanent else "4.4.3", str(exc), None)
+                for e in group
+            ]
+        settings = self.client_settings(c.mx_port)
+        # Several connections share a large group; each reuses its connection for its share.
+        connections = min(c.concurrency_per_host, max(1, math.ceil(len(group) / 20)))
+        slices = [group[i::connections] for i in range(connections)]
+        slot = host_slots[tuple(addresses)]
+
+        async def one(envs: list[Envelope]) -> list[Outcome]:
+            async with slot:
+                return await deliver(addresses, envs, settings)
+
+        results = await asyncio.gather(*(one(s) for s in slices if s))
+        return [o for r in results for o in r]
+
+    # -- recording ----------------------------------------------------------------------
+
+    def record(self, jobs: list[Job], outcomes: list[Outcome], failures: dict[int, str]) -> None:
+        """Write every outcome in one transaction; a delivery no longer ours is left alone."""
+        now = self.clock()
+        c = self.config.delivery
+        by_id = {j.delivery_id: j for j in jobs}
+        with self.db.transaction() as s:
+            ours = {
+                d.id: d
+                for d in s.scalars(
+                    select(Delivery).where(
+                        Delivery.id.in_(by_id),
+                        Delivery.claimed_by == self.worker_id,
+                        Delivery.status == SENDING,
+                    )
+                )
+            }
+            messages = {
+                m.id: m
+                for m in s.scalars(
+                    select(Message).where(Message.id.in_({d.message_id for d in ours.values()}))
+                )
+            }
+            results = [(o.ref, o.status, o.code, o.enhanced, o.text, o.host) for o in outcomes]
+            results += [(i, "failed", None, None, text, None) for i, text in failures.items()]
+            for ref, status, code, enhanced, text, host in results:
+                delivery = ours.get(ref)
+                if delivery is None:
+                    continue
+                message = messages[delivery.message_id]
+                delivery.last_code, delivery.last_enhanced = code, enhanced
+                delivery.last_text, delivery.last_host = text, host
+                delivery.updated_at = now
+                delivery.claimed_by = None
+                kind = status
+                if status == "deferred":
+                    age = (now - delivery.created_at).total_seconds()
+                    if age >= c.max_age:
+                        kind = FAILED
+                        text = f"Gave up after {delivery.attempts} attempts: {text}"
+                        delivery.last_text = text
+                    else:
+                        delivery.status = DEFERRED
+                        delivery.due_at = now + timedelta(
+                            seconds=retry_delay(delivery.attempts, c.retry_base, c.retry_max)
+                        )
+                if kind != "deferred":
+                    delivery.status = {"delivered": DELIVERED, "bounced": BOUNCED}.get(kind, FAILED)
+                    delivery.due_at = None
+                if kind == "bounced":
+                    suppress(
+                        s,
+                        delivery.user_id,
+                        delivery.recipient,
+                        "bounce",
+                        f"{code or ''} {enhanced or ''} {text}".strip(),
+                        now,
+                    )
+                events.record(
+                    s,
+                    kind,
+                    message,
+                    delivery,
+                    delivery.recipient,
+                    now,
+                    code=code,
+                    enhanced=enhanced,
+                    text=text,
+                    details={"host": host, "attempt": delivery.attempts},
+                )
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim one batch and see it through; the number of deliveries handled."""
+        jobs = self.claim()
+        if not jobs:
+            return 0
+        try:
+            envelopes, failures = self.prepare(jobs)
+            outcomes = asyncio.run(self.send(jobs, envelopes)) if envelopes else []
+        except Exception as exc:  # noqa: BLE001 - nothing claimed may be dropped
+            log.exception(
+                "batch failed; its deliveries are deferred",
+                extra={"worker": self.worker_id, "count": len(jobs)},
+            )
+            outcomes = [
+                Outcome(
+                    j.delivery_id,
+                    "deferred",
+                    None,
+                    "4.3.0",
+                    f"Internal error while sending: {type(exc).__name__}",
+                    None,
+                )
+                for j in jobs
+            ]
+            failures = {}
+        self.record(jobs, outcomes, failures)
+        return len(jobs)
+
+    def run(self) -> None:
+        """Work until stop() is called; sleep poll_interval when the queue is empty."""
+        log.info("worker started", extra={"worker": self.worker_id})
+        while not self._stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                log.exception("worker loop error", extra={"worker": self.worker_id})
+                handled = 0
+            if not handled:
+                self._stop.wait(self.config.delivery.poll_interval)
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def stop(self) -> None:
+        self._stop.set()
