@@ -151,7 +151,7 @@ def test_two_worker_processes_deliver_each_message_once(
     try:
         wait_until(lambda: count(database, Delivery.status == "delivered") == 60, timeout=120)
     finally:
-        for proc, log in procs:
+        for proc, _log in procs:
             proc.terminate()
         for proc, log in procs:
             assert proc.wait(timeout=60) == 0  # stopped cleanly on SIGTERM
