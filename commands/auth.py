@@ -21,6 +21,7 @@ TOUCH_INTERVAL = timedelta(seconds=60)
 class Caller:
     user_id: int
     session_id: str | None
+    user: User | None = None  # loaded with the credential (detached: read its fields only)
 
 
 def authenticate(
@@ -69,9 +70,10 @@ def authenticate(
                 caller = Caller(row.user_id, None)
                 if row.last_used_at is None or now - row.last_used_at > TOUCH_INTERVAL:
                     touch_key = row.id
-        enabled = caller is not None and s.scalar(
-            select(User.enabled).where(User.id == caller.user_id)
-        )
+        user = s.get(User, caller.user_id) if caller is not None else None
+        enabled = user is not None and user.enabled
+        if user is not None:
+            caller = Caller(caller.user_id, caller.session_id, user)
     if expired or touch_session or touch_key:
         with db.transaction() as s:
             if expired:

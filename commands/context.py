@@ -35,8 +35,12 @@ class Context:
 
     @property
     def sender_domain(self) -> Domain:
-        """The domain of the sender API key that authenticated the call."""
-        domain = self.db.get(Domain, self.sender.domain_id)
+        """The domain of the sender API key that authenticated the call.
+
+        Loaded with the key, before this command's transaction: read its fields, and
+        re-read it through ``db`` before changing it.
+        """
+        domain = self.sender.domain or self.db.get(Domain, self.sender.domain_id)
         if domain is None:  # pragma: no cover - a key is deleted with its domain
             raise RuntimeError("sender key without a domain")
         return domain

@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from marshmallow import Schema
+
 from app.config import Config, resolve_secret_key
 from app.crypto import SecretBox
 from models import Database, User, utcnow
@@ -57,7 +59,7 @@ class Gateway:
         if cmd.auth is registry.Auth.SENDER:
             if sender is None:
                 raise unauthorised(INVALID_KEY)
-            caller = Caller(sender.user_id, None)
+            caller = Caller(sender.user_id, None, sender.user)
         elif cmd.auth is not registry.Auth.PUBLIC:
             lowered = {str(k).lower(): v for k, v in params.items()}
             caller = authenticate(
@@ -67,13 +69,15 @@ class Gateway:
                 session_id=_text(lowered.get("sessionid")),
                 api_key=_text(lowered.get("apikey")),
             )
-        values = load_params(cmd.schema(), params)
+        values = load_params(schema_of(cmd), params)
         user = None
         if caller is not None:
-            # Read in a transaction of its own: the command's transaction begins only at its
-            # handler's first statement, so a handler can do slow work before taking locks.
-            with self.db.transaction(readonly=True) as s:
-                user = s.get(User, caller.user_id)
+            user = caller.user
+            if user is None:
+                # Read in a transaction of its own: the command's transaction begins only at
+                # its handler's first statement, so a handler can do slow work before locks.
+                with self.db.transaction(readonly=True) as s:
+                    user = s.get(User, caller.user_id)
             if user is None or not user.enabled:
                 if sender is not None:
                     raise unauthorised(INVALID_ACCOUNT)
@@ -103,6 +107,17 @@ class Gateway:
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""
         return authenticate_sender(self.db, key, self.clock())
+
+
+_SCHEMAS: dict[str, Schema] = {}
+
+
+def schema_of(cmd: registry.Command) -> Schema:
+    """One schema instance per command: building one deep-copies its fields every time."""
+    schema = _SCHEMAS.get(cmd.name)
+    if schema is None:
+        schema = _SCHEMAS[cmd.name] = cmd.schema()
+    return schema
 
 
 def _text(value: Any) -> str | None:

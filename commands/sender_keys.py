@@ -28,6 +28,8 @@ class SenderCaller:
     key_digest: str
     domain_id: int
     user_id: int
+    user: User | None = None  # loaded with the key (detached: read its fields only)
+    domain: Domain | None = None  # likewise
 
 
 MISSING_KEY = (1, "Missing SenderAPIKey")
@@ -47,27 +49,22 @@ def authenticate_sender(db: Database, key: str | None, now: datetime) -> SenderC
     digest = token_digest(key.strip())
     with db.transaction(readonly=True) as s:
         row = s.execute(
-            select(
-                SenderAPIKey.id,
-                SenderAPIKey.key_digest,
-                SenderAPIKey.domain_id,
-                SenderAPIKey.user_id,
-                SenderAPIKey.last_used_at,
-                User.enabled,
-            )
+            select(SenderAPIKey.id, SenderAPIKey.key_digest, SenderAPIKey.domain_id,
+                   SenderAPIKey.user_id, SenderAPIKey.last_used_at, User, Domain)
             .join(User, User.id == SenderAPIKey.user_id)
+            .join(Domain, Domain.id == SenderAPIKey.domain_id)
             .where(SenderAPIKey.key_digest == digest)
         ).first()
     if row is None or not digests_match(row.key_digest, digest):
         raise unauthorised(INVALID_KEY)
-    if not row.enabled:
+    if not row.User.enabled:
         raise unauthorised(INVALID_ACCOUNT)
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > TOUCH_SECONDS:
         with db.transaction() as s:
             s.execute(
                 update(SenderAPIKey).where(SenderAPIKey.id == row.id).values(last_used_at=now)
             )
-    return SenderCaller(row.id, digest, row.domain_id, row.user_id)
+    return SenderCaller(row.id, digest, row.domain_id, row.user_id, row.User, row.Domain)
 
 
 def key_view(ctx: Context, row: SenderAPIKey) -> dict[str, Any]:

@@ -27,12 +27,12 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import fields
-from mta.message import header_problem
 from sqlalchemy import func, select
 
 from models import Delivery, Domain, Message, User
 from models.domains import ENABLED
 from models.messages import QUEUED, SUPPRESSED
+from mta.message import header_problem
 
 from . import events
 from .context import Context
@@ -409,7 +409,7 @@ def accept(
 ) -> dict[str, Any]:
     """Check a send, then store the message, a delivery and an event per recipient."""
     send = check_send(params, domain, ctx.config, ctx.now)
-    user = ctx.db.get(User, domain.user_id)
+    user = ctx.current_user  # the domain's owner: sender keys and DomainID are owner-checked
     blocked = suppressed_among(
         ctx.db, domain.user_id, domain.id, (r.email for r in send.recipients)
     )

@@ -10,15 +10,20 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
-    """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL."""
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False,
+                durable: bool = True) -> Engine:
+    """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL.
+
+    ``durable=False`` (SQLite only) lets commits return before the disk has them, for data
+    whose loss in a power cut costs nothing (rate-limit counters); mail is always durable.
+    """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(
             parsed, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, durable)
         return engine
     kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
     if backend in ("mysql", "mariadb"):
@@ -28,7 +33,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
     return create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
     """WAL, foreign keys, a busy timeout, and BEGIN issued by SQLAlchemy itself.
 
     pysqlite's own transaction handling starts transactions late; Postern turns it off and
@@ -41,7 +46,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
@@ -55,9 +60,10 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """Owns the engine and hands out sessions, each inside one transaction."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False):
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False,
+                 durable: bool = True):
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, echo=echo)
+        self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = sessionmaker(

@@ -1,0 +1,270 @@
+"""Sending benchmark: accepted messages/s through POST /api/v1/email (durable commit) and
+end-to-end deliveries/s to a loopback MX sink, with DKIM on, on SQLite and PostgreSQL.
+
+    .venv/bin/python bench/send_bench.py --count 3000 --databases sqlite,postgresql
+
+Everything runs on loopback: `postern api` under gunicorn, `postern worker`, a loopback DNS
+server whose MX for dest.example is 127.0.0.1, and a sink on its own process. Phase A sends
+N single-recipient ~8.4 KB messages with the worker stopped; phase B starts the worker(s) and
+times delivery of all N. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.dnsserver import DNSServer  # noqa: E402
+from tests.livesrv import free_port  # noqa: E402
+
+SECRET = "bench-secret-key-0123456789abcdef0123456789"
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+HTML = "<html><body>" + "".join(
+    f"<p>Paragraph {i}: your order has shipped and will arrive soon. "
+    f"<a href='https://shop.example/orders/{i}'>Track it</a>.</p>" for i in range(58)
+) + "</body></html>"
+
+
+# -- sinks (each in its own process) --------------------------------------------------------
+
+async def _minimal_sink(port: int, count, ready) -> None:
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 sink ESMTP\r\n")
+        in_data = False
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    with count.get_lock():
+                        count.value += 1
+                    writer.write(b"250 2.0.0 OK\r\n")
+                continue
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                in_data = True
+                writer.write(b"354 go ahead\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                break
+            else:
+                writer.write(b"250 OK\r\n")
+            if reader._buffer.find(b"\n") < 0:  # reply to a pipelined group at once  # noqa: SLF001
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", port)
+    ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+def run_minimal_sink(port, count, ready):
+    asyncio.run(_minimal_sink(port, count, ready))
+
+
+def run_aiosmtpd_sink(port, count, ready):
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            with count.get_lock():
+                count.value += 1
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, server_hostname="sink")
+    controller.start()
+    ready.set()
+    threading.Event().wait()
+
+
+# -- the injector ------------------------------------------------------------------------------
+
+def inject(base: str, key: str, count: int, threads: int, out) -> None:
+    def work(n: int) -> None:
+        ok = 0
+        with httpx.Client(base_url=base, timeout=60,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            for i in range(n):
+                resp = client.post("/api/v1/email", json={
+                    "Subject": f"Your order {i}", "ContentType": "html", "HtmlContent": HTML,
+                    "From": {"email": "orders@shop.example", "name": "Shop"},
+                    "To": [{"email": f"buyer{i}@dest.example", "name": "Buyer"}],
+                    "Tags": ["order"]})
+                ok += resp.status_code == 200
+        with out.get_lock():
+            out.value += ok
+
+    per = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    pool = [threading.Thread(target=work, args=(n,)) for n in per if n]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+# -- one database -------------------------------------------------------------------------------
+
+def postern(args: list[str], env: dict, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, check=True, **kw)
+
+
+def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"postern-bench-{backend}-"))
+    dropdb = None
+    if backend == "sqlite":
+        url = f"sqlite:///{work}/postern.db"
+    else:
+        name = f"postern_bench_{secrets.token_hex(4)}"
+        admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f"CREATE DATABASE {name}"))
+        url = make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+
+        def dropdb():
+            with admin.connect() as c:
+                c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            admin.dispose()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
+    env.update({
+        "POSTERN_DATABASE_URL": url, "POSTERN_SECURITY_SECRET_KEY": SECRET,
+        "POSTERN_HTTP_PORT": str(port), "POSTERN_HTTP_WORKERS": str(opts.http_workers),
+        "POSTERN_HTTP_THREADS": str(opts.http_threads), "POSTERN_LOG_LEVEL": "WARNING",
+        "POSTERN_DNS_NAMESERVERS": dns.host, "POSTERN_DNS_PORT": str(dns.port),
+        "POSTERN_DELIVERY_MX_PORT": str(sink_port), "POSTERN_SMTP_HOSTNAME": "mx.bench.test",
+        "POSTERN_DELIVERY_POLL_INTERVAL": "0.1", "POSTERN_RATELIMIT_REQUESTS": "100000000",
+        "POSTERN_DELIVERY_BATCH_SIZE": str(opts.batch),
+    })
+    procs = []
+    try:
+        postern(["db", "upgrade"], env, work)
+        key = json.loads(postern(["user", "create", "bench", "--password", "bench-password"],
+                                 env, work).stdout)["APIKey"]
+        api = subprocess.Popen([sys.executable, "-m", "app", "api"], env=env, cwd=work,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(api)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        call = lambda command, **p: httpx.post(  # noqa: E731
+            f"{base}/api.php", json={"Command": command, "APIKey": key, **p}, timeout=30).json()
+        added = call("EmailGateway.AddDomain", DomainName="shop.example")
+        for record in added["Domain"]["DNSRecords"]:
+            dns.add(record["Host"], record["Type"], record["Value"])
+        call("EmailGateway.VerifyDomain", DomainID=added["NewSenderDomainID"])
+        sender = call("EmailGateway.AddAPI", DomainID=added["NewSenderDomainID"],
+                      Description="bench")["APIKey"]["Key"]
+
+        # Phase A: accept N messages (the worker is not running).
+        accepted = mp.Value("i", 0)
+        per_proc = [opts.count // opts.injectors + (1 if i < opts.count % opts.injectors else 0)
+                    for i in range(opts.injectors)]
+        injectors = [mp.Process(target=inject, args=(base, sender, n,
+                                                     opts.connections // opts.injectors,
+                                                     accepted)) for n in per_proc]
+        start = time.perf_counter()
+        for p in injectors:
+            p.start()
+        for p in injectors:
+            p.join()
+        accept_s = time.perf_counter() - start
+
+        # Phase B: deliver them all.
+        sink_count.value = 0
+        workers = opts.workers if backend != "sqlite" else 1
+        start = time.perf_counter()
+        for _ in range(workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env,
+                                          cwd=work, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        first = None
+        while sink_count.value < accepted.value:
+            if first is None and sink_count.value:
+                first = time.perf_counter()
+            time.sleep(0.02)
+            if time.perf_counter() - start > 600:
+                break
+        deliver_s = time.perf_counter() - start
+        return {
+            "backend": backend, "accepted": accepted.value, "accept_s": accept_s,
+            "delivered": sink_count.value, "deliver_s": deliver_s,
+            "deliver_steady_s": time.perf_counter() - (first or start), "workers": workers,
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+        if dropdb:
+            dropdb()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=3000)
+    ap.add_argument("--databases", default="sqlite,postgresql")
+    ap.add_argument("--sink", choices=("minimal", "aiosmtpd"), default="minimal")
+    ap.add_argument("--connections", type=int, default=16, help="injector connections")
+    ap.add_argument("--injectors", type=int, default=2, help="injector processes")
+    ap.add_argument("--http-workers", type=int, default=2)
+    ap.add_argument("--http-threads", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes (PostgreSQL)")
+    ap.add_argument("--batch", type=int, default=200)
+    opts = ap.parse_args()
+
+    sink_port = free_port()
+    sink_count, ready = mp.Value("i", 0), mp.Event()
+    target = run_minimal_sink if opts.sink == "minimal" else run_aiosmtpd_sink
+    sink = mp.Process(target=target, args=(sink_port, sink_count, ready), daemon=True)
+    sink.start()
+    ready.wait(30)
+    results = []
+    with DNSServer() as dns:
+        dns.add("dest.example", "MX", "10 mx.dest.example")
+        dns.add("mx.dest.example", "A", "127.0.0.1")
+        for backend in opts.databases.split(","):
+            results.append(run_one(backend.strip(), opts, dns, sink_port, sink_count))
+    sink.terminate()
+
+    size = len(HTML.encode())
+    print(f"\n{opts.count} messages of about {size / 1024:.1f} KB (HTML, DKIM RSA-2048), "
+          f"{opts.connections} client connections, {opts.http_workers} gunicorn workers x "
+          f"{opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores")
+    print(f"{'database':<12}{'accepted/s':>12}{'delivered/s':>13}{'steady/s':>10}"
+          f"{'workers':>9}{'accepted':>10}{'delivered':>11}")
+    for r in results:
+        print(f"{r['backend']:<12}{r['accepted'] / r['accept_s']:>12.0f}"
+              f"{r['delivered'] / r['deliver_s']:>13.0f}"
+              f"{r['delivered'] / r['deliver_steady_s']:>10.0f}{r['workers']:>9}"
+              f"{r['accepted']:>10}{r['delivered']:>11}")
+
+
+if __name__ == "__main__":
+    main()
