@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,7 +57,38 @@ def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         mode = conn.get_execution_options().get("postern_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode == "IMMEDIATE":
+            _begin_immediate(conn.connection.dbapi_connection)
+        else:
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's write lock in short steps.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, so a waiter
+    often sleeps far longer than the few milliseconds the lock is held; this retries after
+    0.2 ms, doubling up to 5 ms.
+    """
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.0002
+        while True:
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+    finally:
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
 
 
 class Database:
@@ -69,12 +103,19 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
         )
+        # SQLite has one writer at a time: this process's threads queue here, in order,
+        # instead of in SQLite's busy handler.
+        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
         """A session inside one transaction: committed on success, rolled back on any error."""
-        factory = self._reader if readonly else self._writer
-        with factory() as session, session.begin():
+        if readonly or self._write_lock is None:
+            factory = self._reader if readonly else self._writer
+            with factory() as session, session.begin():
+                yield session
+            return
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     def ping(self) -> None:
