@@ -54,13 +54,31 @@ def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
+    # SQLite has one writer at a time: this process's threads queue on this lock, taken at
+    # BEGIN IMMEDIATE and let go at commit or rollback, rather than in SQLite's busy handler.
+    write_lock = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         mode = conn.get_execution_options().get("postern_begin", "IMMEDIATE")
-        if mode == "IMMEDIATE":
-            _begin_immediate(conn.connection.dbapi_connection)
-        else:
+        if mode != "IMMEDIATE":
             conn.exec_driver_sql(f"BEGIN {mode}")
+            return
+        if not write_lock.acquire(timeout=30):
+            raise sqlite3.OperationalError("database is locked (30 s waiting for a writer)")
+        conn.info["postern_write_lock"] = True
+        try:
+            _begin_immediate(conn.connection.dbapi_connection)
+        except BaseException:
+            del conn.info["postern_write_lock"]
+            write_lock.release()
+            raise
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(conn):
+        if conn.info.pop("postern_write_lock", False):
+            write_lock.release()
 
 
 def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
@@ -103,19 +121,15 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
         )
-        # SQLite has one writer at a time: this process's threads queue here, in order,
-        # instead of in SQLite's busy handler.
-        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
-
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
-        """A session inside one transaction: committed on success, rolled back on any error."""
-        if readonly or self._write_lock is None:
-            factory = self._reader if readonly else self._writer
-            with factory() as session, session.begin():
-                yield session
-            return
-        with self._write_lock, self._writer() as session, session.begin():
+        """A session inside one transaction: committed on success, rolled back on any error.
+
+        The transaction begins at its first statement (on SQLite, a write transaction takes
+        the write lock then), so work done before touching the session holds no lock.
+        """
+        factory = self._reader if readonly else self._writer
+        with factory() as session, session.begin():
             yield session
 
     def ping(self) -> None:
