@@ -196,6 +196,32 @@ def user_disable(obj: Obj, username: str):
     _set_enabled(obj, username, False)
 
 
+@user.command("quota")
+@click.argument("username")
+@click.argument("recipients")
+@click.pass_obj
+def user_quota(obj: Obj, username: str, recipients: str):
+    """Set the user's sending quota (recipients per sending.quota_period), or "default"."""
+    from sqlalchemy import select
+
+    from models import User
+
+    if recipients != "default" and not recipients.isdigit():
+        fail('the quota is a whole number of recipients (0: none), or "default"', 1)
+    database = open_database(obj.config)
+    try:
+        with database.transaction() as s:
+            found = s.scalar(select(User).where(User.username_key == username.strip().lower()))
+            if found is not None:
+                found.send_quota = None if recipients == "default" else int(recipients)
+                out = {"UserID": found.id, "SendQuota": found.send_quota}
+    finally:
+        database.dispose()
+    if found is None:
+        fail(f"no user named {username}", 1)
+    click.echo(json.dumps(out))
+
+
 @user.command("enable")
 @click.argument("username")
 @click.pass_obj

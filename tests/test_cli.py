@@ -37,3 +37,14 @@ def test_user_disable_and_enable(tmp_path):
     assert json.loads(on.stdout)["AccountStatus"] == "Enabled"
     missing = postern("user", "disable", "nobody", cwd=tmp_path, env=env)
     assert missing.returncode == 1 and "no user named nobody" in missing.stderr
+
+
+def test_user_quota(tmp_path):
+    env = clean_env()
+    postern("user", "create", "gina", "--password", "eight chars", cwd=tmp_path, env=env)
+    set_ = postern("user", "quota", "gina", "500", cwd=tmp_path, env=env)
+    assert json.loads(set_.stdout) == {"UserID": 1, "SendQuota": 500}
+    back = postern("user", "quota", "gina", "default", cwd=tmp_path, env=env)
+    assert json.loads(back.stdout) == {"UserID": 1, "SendQuota": None}
+    bad = postern("user", "quota", "gina", "lots", cwd=tmp_path, env=env)
+    assert bad.returncode == 1 and "whole number" in bad.stderr
