@@ -157,6 +157,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery", "smarthost_tls", str, "starttls", _one_of("starttls", "implicit", "none")),
     Setting("delivery", "concurrency_per_host", int, 4, _positive),
     Setting("delivery", "batch_size", int, 200, _positive),
+    Setting("delivery", "build_processes", int, 0, _not_negative),
     Setting("delivery", "claim_timeout", int, 600, _positive),
     Setting("delivery", "max_age", int, 259_200, _positive),
     Setting("delivery", "retry_base", int, 60, _positive),

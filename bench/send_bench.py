@@ -39,13 +39,19 @@ from tests.livesrv import free_port  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-HTML = "<html><body>" + "".join(
-    f"<p>Paragraph {i}: your order has shipped and will arrive soon. "
-    f"<a href='https://shop.example/orders/{i}'>Track it</a>.</p>" for i in range(58)
-) + "</body></html>"
+HTML = (
+    "<html><body>"
+    + "".join(
+        f"<p>Paragraph {i}: your order has shipped and will arrive soon. "
+        f"<a href='https://shop.example/orders/{i}'>Track it</a>.</p>"
+        for i in range(58)
+    )
+    + "</body></html>"
+)
 
 
 # -- sinks (each in its own process) --------------------------------------------------------
+
 
 async def _minimal_sink(port: int, count, ready) -> None:
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -102,17 +108,25 @@ def run_aiosmtpd_sink(port, count, ready):
 
 # -- the injector ------------------------------------------------------------------------------
 
+
 def inject(base: str, key: str, count: int, threads: int, out) -> None:
     def work(n: int) -> None:
         ok = 0
-        with httpx.Client(base_url=base, timeout=60,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
+        with httpx.Client(
+            base_url=base, timeout=60, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
             for i in range(n):
-                resp = client.post("/api/v1/email", json={
-                    "Subject": f"Your order {i}", "ContentType": "html", "HtmlContent": HTML,
-                    "From": {"email": "orders@shop.example", "name": "Shop"},
-                    "To": [{"email": f"buyer{i}@dest.example", "name": "Buyer"}],
-                    "Tags": ["order"]})
+                resp = client.post(
+                    "/api/v1/email",
+                    json={
+                        "Subject": f"Your order {i}",
+                        "ContentType": "html",
+                        "HtmlContent": HTML,
+                        "From": {"email": "orders@shop.example", "name": "Shop"},
+                        "To": [{"email": f"buyer{i}@dest.example", "name": "Buyer"}],
+                        "Tags": ["order"],
+                    },
+                )
                 ok += resp.status_code == 200
         with out.get_lock():
             out.value += ok
@@ -127,20 +141,43 @@ def inject(base: str, key: str, count: int, threads: int, out) -> None:
 
 def inject_wrk(base: str, key: str, opts, work: Path) -> float:
     """wrk (C, cheap per request) for opts.seconds; the seconds it ran."""
-    body = json.dumps({
-        "Subject": "Your order", "ContentType": "html", "HtmlContent": HTML,
-        "From": {"email": "orders@shop.example", "name": "Shop"},
-        "To": [{"email": "buyer@dest.example", "name": "Buyer"}], "Tags": ["order"]})
+    body = json.dumps(
+        {
+            "Subject": "Your order",
+            "ContentType": "html",
+            "HtmlContent": HTML,
+            "From": {"email": "orders@shop.example", "name": "Shop"},
+            "To": [{"email": "buyer@dest.example", "name": "Buyer"}],
+            "Tags": ["order"],
+        }
+    )
     script = work / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(body)}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
     start = time.perf_counter()
-    out = subprocess.run(["wrk", "-t", "2", "-c", str(opts.connections), "-d",
-                          f"{opts.seconds}s", "--timeout", "30s", "-s", str(script),
-                          f"{base}/api/v1/email"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(opts.connections),
+            "-d",
+            f"{opts.seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            f"{base}/api/v1/email",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     elapsed = time.perf_counter() - start
     if "Non-2xx" in out.stdout:
         print(out.stdout, file=sys.stderr)
@@ -149,9 +186,17 @@ def inject_wrk(base: str, key: str, opts, work: Path) -> float:
 
 # -- one database -------------------------------------------------------------------------------
 
+
 def postern(args: list[str], env: dict, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, check=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        **kw,
+    )
 
 
 def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> dict:
@@ -170,24 +215,39 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             with admin.connect() as c:
                 c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             admin.dispose()
+
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
-    env.update({
-        "POSTERN_DATABASE_URL": url, "POSTERN_SECURITY_SECRET_KEY": SECRET,
-        "POSTERN_HTTP_PORT": str(port), "POSTERN_HTTP_WORKERS": str(opts.http_workers),
-        "POSTERN_HTTP_THREADS": str(opts.http_threads), "POSTERN_LOG_LEVEL": "WARNING",
-        "POSTERN_DNS_NAMESERVERS": dns.host, "POSTERN_DNS_PORT": str(dns.port),
-        "POSTERN_DELIVERY_MX_PORT": str(sink_port), "POSTERN_SMTP_HOSTNAME": "mx.bench.test",
-        "POSTERN_DELIVERY_POLL_INTERVAL": "0.1", "POSTERN_RATELIMIT_REQUESTS": "100000000",
-        "POSTERN_DELIVERY_BATCH_SIZE": str(opts.batch),
-    })
+    env.update(
+        {
+            "POSTERN_DATABASE_URL": url,
+            "POSTERN_SECURITY_SECRET_KEY": SECRET,
+            "POSTERN_HTTP_PORT": str(port),
+            "POSTERN_HTTP_WORKERS": str(opts.http_workers),
+            "POSTERN_HTTP_THREADS": str(opts.http_threads),
+            "POSTERN_LOG_LEVEL": "WARNING",
+            "POSTERN_DNS_NAMESERVERS": dns.host,
+            "POSTERN_DNS_PORT": str(dns.port),
+            "POSTERN_DELIVERY_MX_PORT": str(sink_port),
+            "POSTERN_SMTP_HOSTNAME": "mx.bench.test",
+            "POSTERN_DELIVERY_POLL_INTERVAL": "0.1",
+            "POSTERN_RATELIMIT_REQUESTS": "100000000",
+            "POSTERN_DELIVERY_BATCH_SIZE": str(opts.batch),
+        }
+    )
     procs = []
     try:
         postern(["db", "upgrade"], env, work)
-        key = json.loads(postern(["user", "create", "bench", "--password", "bench-password"],
-                                 env, work).stdout)["APIKey"]
-        api = subprocess.Popen([sys.executable, "-m", "app", "api"], env=env, cwd=work,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        key = json.loads(
+            postern(["user", "create", "bench", "--password", "bench-password"], env, work).stdout
+        )["APIKey"]
+        api = subprocess.Popen(
+            [sys.executable, "-m", "app", "api"],
+            env=env,
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(api)
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
@@ -197,13 +257,15 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             except httpx.TransportError:
                 time.sleep(0.1)
         call = lambda command, **p: httpx.post(  # noqa: E731
-            f"{base}/api.php", json={"Command": command, "APIKey": key, **p}, timeout=30).json()
+            f"{base}/api.php", json={"Command": command, "APIKey": key, **p}, timeout=30
+        ).json()
         added = call("EmailGateway.AddDomain", DomainName="shop.example")
         for record in added["Domain"]["DNSRecords"]:
             dns.add(record["Host"], record["Type"], record["Value"])
         call("EmailGateway.VerifyDomain", DomainID=added["NewSenderDomainID"])
-        sender = call("EmailGateway.AddAPI", DomainID=added["NewSenderDomainID"],
-                      Description="bench")["APIKey"]["Key"]
+        sender = call(
+            "EmailGateway.AddAPI", DomainID=added["NewSenderDomainID"], Description="bench"
+        )["APIKey"]["Key"]
 
         # Phase A: accept messages (the worker is not running).
         accepted = mp.Value("i", 0)
@@ -212,12 +274,17 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             with create_engine(url).connect() as c:
                 accepted.value = c.execute(text("SELECT COUNT(*) FROM messages")).scalar()
         else:
-            per_proc = [opts.count // opts.injectors
-                        + (1 if i < opts.count % opts.injectors else 0)
-                        for i in range(opts.injectors)]
-            injectors = [mp.Process(target=inject, args=(base, sender, n,
-                                                         opts.connections // opts.injectors,
-                                                         accepted)) for n in per_proc]
+            per_proc = [
+                opts.count // opts.injectors + (1 if i < opts.count % opts.injectors else 0)
+                for i in range(opts.injectors)
+            ]
+            injectors = [
+                mp.Process(
+                    target=inject,
+                    args=(base, sender, n, opts.connections // opts.injectors, accepted),
+                )
+                for n in per_proc
+            ]
             start = time.perf_counter()
             for p in injectors:
                 p.start()
@@ -230,9 +297,15 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
         workers = opts.workers if backend != "sqlite" else 1
         start = time.perf_counter()
         for _ in range(workers):
-            procs.append(subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env,
-                                          cwd=work, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app", "worker"],
+                    env=env,
+                    cwd=work,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         first = None
         while sink_count.value < accepted.value:
             if first is None and sink_count.value:
@@ -242,9 +315,13 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
                 break
         deliver_s = time.perf_counter() - start
         return {
-            "backend": backend, "accepted": accepted.value, "accept_s": accept_s,
-            "delivered": sink_count.value, "deliver_s": deliver_s,
-            "deliver_steady_s": time.perf_counter() - (first or start), "workers": workers,
+            "backend": backend,
+            "accepted": accepted.value,
+            "accept_s": accept_s,
+            "delivered": sink_count.value,
+            "deliver_s": deliver_s,
+            "deliver_steady_s": time.perf_counter() - (first or start),
+            "workers": workers,
         }
     finally:
         for p in procs:
@@ -259,8 +336,9 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=3000, help="messages (python injector)")
-    ap.add_argument("--injector", choices=("wrk", "python"),
-                    default="wrk" if shutil.which("wrk") else "python")
+    ap.add_argument(
+        "--injector", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python"
+    )
     ap.add_argument("--seconds", type=int, default=10, help="wrk's run time")
     ap.add_argument("--databases", default="sqlite,postgresql")
     ap.add_argument("--sink", choices=("minimal", "aiosmtpd"), default="minimal")
@@ -268,7 +346,7 @@ def main() -> None:
     ap.add_argument("--injectors", type=int, default=2, help="injector processes")
     ap.add_argument("--http-workers", type=int, default=2)
     ap.add_argument("--http-threads", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=2, help="worker processes (PostgreSQL)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
     ap.add_argument("--batch", type=int, default=200)
     opts = ap.parse_args()
 
@@ -287,17 +365,23 @@ def main() -> None:
     sink.terminate()
 
     size = len(HTML.encode())
-    print(f"\n{opts.injector} injector, messages of about {size / 1024:.1f} KB (HTML, DKIM "
-          "RSA-2048), "
-          f"{opts.connections} client connections, {opts.http_workers} gunicorn workers x "
-          f"{opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores")
-    print(f"{'database':<12}{'accepted/s':>12}{'delivered/s':>13}{'steady/s':>10}"
-          f"{'workers':>9}{'accepted':>10}{'delivered':>11}")
+    print(
+        f"\n{opts.injector} injector, messages of about {size / 1024:.1f} KB (HTML, DKIM "
+        "RSA-2048), "
+        f"{opts.connections} client connections, {opts.http_workers} gunicorn workers x "
+        f"{opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'database':<12}{'accepted/s':>12}{'delivered/s':>13}{'steady/s':>10}"
+        f"{'workers':>9}{'accepted':>10}{'delivered':>11}"
+    )
     for r in results:
-        print(f"{r['backend']:<12}{r['accepted'] / r['accept_s']:>12.0f}"
-              f"{r['delivered'] / r['deliver_s']:>13.0f}"
-              f"{r['delivered'] / r['deliver_steady_s']:>10.0f}{r['workers']:>9}"
-              f"{r['accepted']:>10}{r['delivered']:>11}")
+        print(
+            f"{r['backend']:<12}{r['accepted'] / r['accept_s']:>12.0f}"
+            f"{r['delivered'] / r['deliver_s']:>13.0f}"
+            f"{r['delivered'] / r['deliver_steady_s']:>10.0f}{r['workers']:>9}"
+            f"{r['accepted']:>10}{r['delivered']:>11}"
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,15 @@ def authenticate_sender(db: Database, key: str | None, now: datetime) -> SenderC
     digest = token_digest(key.strip())
     with db.transaction(readonly=True) as s:
         row = s.execute(
-            select(SenderAPIKey.id, SenderAPIKey.key_digest, SenderAPIKey.domain_id,
-                   SenderAPIKey.user_id, SenderAPIKey.last_used_at, User, Domain)
+            select(
+                SenderAPIKey.id,
+                SenderAPIKey.key_digest,
+                SenderAPIKey.domain_id,
+                SenderAPIKey.user_id,
+                SenderAPIKey.last_used_at,
+                User,
+                Domain,
+            )
             .join(User, User.id == SenderAPIKey.user_id)
             .join(Domain, Domain.id == SenderAPIKey.domain_id)
             .where(SenderAPIKey.key_digest == digest)

@@ -13,8 +13,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, *, pool_size: int = 5, echo: bool = False,
-                durable: bool = True) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True
+) -> Engine:
     """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL.
 
     ``durable=False`` (SQLite only) lets commits return before the disk has them, for data
@@ -112,8 +113,7 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
 class Database:
     """Owns the engine and hands out sessions, each inside one transaction."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False,
-                 durable: bool = True):
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True):
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
@@ -121,6 +121,7 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
         )
+
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
         """A session inside one transaction: committed on success, rolled back on any error.

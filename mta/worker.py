@@ -7,12 +7,14 @@ import base64
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import socket
 import threading
 import uuid
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +34,54 @@ from .signing import SigningKey, sign_message
 from .smtp_client import ClientSettings, Envelope, Outcome, deliver
 
 log = logging.getLogger("postern.worker")
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What building and signing one message needs, as plain data (it may cross processes)."""
+
+    payload: str
+    tags: str
+    message_id: str
+    domain_name: str
+    subdomain: str
+    created_at: datetime
+    keys: list[tuple[str, str, bytes]]  # (selector, algorithm, private PEM)
+
+
+def build_and_sign(b: BuildJob) -> bytes:
+    """The complete message, DKIM-signed with each of the domain's keys."""
+    p = json.loads(b.payload)
+
+    def addresses(items):
+        return [Address(a["email"], a.get("name", "")) for a in items]
+
+    spec = MessageSpec(
+        sender=Address(p["from"]["email"], p["from"].get("name", "")),
+        to=addresses(p["to"]),
+        cc=addresses(p["cc"]),
+        reply_to=addresses(p["reply_to"]),
+        subject=p["subject"],
+        html=p["html"],
+        text=p["text"],
+        attachments=[
+            Attachment(
+                a["filename"],
+                base64.b64decode(a["content"]),
+                a["type"],
+                a["disposition"],
+                a["contentid"],
+            )
+            for a in p["attachments"]
+        ],
+        headers=p["headers"],
+        tags=json.loads(b.tags),
+        message_id=f"<{b.message_id}@{b.domain_name}>",
+        date=b.created_at,
+    )
+    signing_domain = f"{b.subdomain}.{b.domain_name}"
+    keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
+    return sign_message(build_message(spec), keys)
 
 
 @dataclass
@@ -75,6 +125,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.resolver = make_resolver(config)
         self._stop = threading.Event()
+        self._pool: ProcessPoolExecutor | None = None
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -126,7 +177,11 @@ class Worker:
     # -- building -----------------------------------------------------------------------
 
     def prepare(self, jobs: list[Job]) -> tuple[dict[int, Envelope], dict[int, str]]:
-        """Signed envelopes per delivery id, and the failures that need no sending."""
+        """Signed envelopes per delivery id, and the failures that need no sending.
+
+        Each message is built and signed once, whatever its number of recipients; with
+        ``delivery.build_processes`` above 1 the messages are built on several cores.
+        """
         envelopes: dict[int, Envelope] = {}
         failures: dict[int, str] = {}
         with self.db.transaction(readonly=True) as s:
@@ -140,61 +195,57 @@ class Worker:
                 d.id: d
                 for d in s.scalars(select(Domain).where(Domain.id.in_({j.domain_id for j in jobs})))
             }
-            keys = {d.id: list(d.dkim_keys) for d in domains.values()}
-        signed: dict[str, bytes] = {}
+            keys = {
+                d.id: [
+                    (k.selector, k.algorithm, self.box.decrypt(k.private_key_encrypted).encode())
+                    for k in d.dkim_keys
+                ]
+                for d in domains.values()
+            }
+        builds: dict[str, BuildJob] = {}
         for job in jobs:
             domain = domains.get(job.domain_id)
             if domain is None:
                 failures[job.delivery_id] = "The sending domain was deleted"
-                continue
-            if job.message_id not in signed:
-                signed[job.message_id] = self._signed(
-                    messages[job.message_id], domain, keys[domain.id]
+            elif job.message_id not in builds:
+                m = messages[job.message_id]
+                builds[job.message_id] = BuildJob(
+                    m.payload,
+                    m.tags,
+                    m.id,
+                    domain.name,
+                    domain.subdomain,
+                    m.created_at,
+                    keys[domain.id],
                 )
-            envelopes[job.delivery_id] = Envelope(
-                mail_from=verp_address(job.token, domain.subdomain, domain.name),
-                rcpt_to=job.recipient,
-                data=signed[job.message_id],
-                ref=job.delivery_id,
-            )
+        signed = dict(zip(builds, self._build_all(list(builds.values())), strict=True))
+        for job in jobs:
+            domain = domains.get(job.domain_id)
+            if domain is not None:
+                envelopes[job.delivery_id] = Envelope(
+                    mail_from=verp_address(job.token, domain.subdomain, domain.name),
+                    rcpt_to=job.recipient,
+                    data=signed[job.message_id],
+                    ref=job.delivery_id,
+                )
         return envelopes, failures
 
-    def _signed(self, message: Message, domain: Domain, dkim_keys) -> bytes:
-        p = json.loads(message.payload)
-        spec = MessageSpec(
-            sender=Address(p["from"]["email"], p["from"].get("name", "")),
-            to=[Address(a["email"], a.get("name", "")) for a in p["to"]],
-            cc=[Address(a["email"], a.get("name", "")) for a in p["cc"]],
-            reply_to=[Address(a["email"], a.get("name", "")) for a in p["reply_to"]],
-            subject=p["subject"],
-            html=p["html"],
-            text=p["text"],
-            attachments=[
-                Attachment(
-                    a["filename"],
-                    base64.b64decode(a["content"]),
-                    a["type"],
-                    a["disposition"],
-                    a["contentid"],
-                )
-                for a in p["attachments"]
-            ],
-            headers=p["headers"],
-            tags=json.loads(message.tags),
-            message_id=f"<{message.id}@{domain.name}>",
-            date=message.created_at,
-        )
-        signing_domain = f"{domain.subdomain}.{domain.name}"
-        keys = [
-            SigningKey(
-                signing_domain,
-                k.selector,
-                k.algorithm,
-                self.box.decrypt(k.private_key_encrypted).encode(),
+    def _build_all(self, builds: list[BuildJob]) -> list[bytes]:
+        processes = self.config.delivery.build_processes or os.cpu_count() or 1
+        if processes <= 1 or len(builds) < 8:
+            return [build_and_sign(b) for b in builds]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=processes, mp_context=multiprocessing.get_context("spawn")
             )
-            for k in dkim_keys
-        ]
-        return sign_message(build_message(spec), keys)
+        chunk = max(1, len(builds) // (processes * 4))
+        return list(self._pool.map(build_and_sign, builds, chunksize=chunk))
+
+    def close(self) -> None:
+        """Let go of the build processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     # -- sending ------------------------------------------------------------------------
 
@@ -391,6 +442,7 @@ class Worker:
                 handled = 0
             if not handled:
                 self._stop.wait(self.config.delivery.poll_interval)
+        self.close()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     def stop(self) -> None:

@@ -74,6 +74,7 @@ def base_config(database_url, dns_session):
         dns__timeout=1.0,
         webhooks__allow_private=True,
         smtp__hostname="mx.postern.test",
+        delivery__build_processes=1,  # in process; tests/test_delivery.py covers the pool
     )
 
 

@@ -355,3 +355,18 @@ def test_the_claim_moves_the_due_time(send, mx, worker_for, database, clock):
     [d] = deliveries(database, message_id)
     assert d.status == "sending" and d.claimed_by == worker.worker_id
     assert d.due_at - clock() > timedelta(seconds=500)
+
+
+def test_messages_built_on_several_processes(send, mx, worker_for, database, dns_server):
+    ids = [send(to=f"p{i}@dest.example", Subject=f"n{i}") for i in range(12)]
+    worker = worker_for(mx, delivery__build_processes=2)
+    try:
+        assert worker.run_once() == 12
+    finally:
+        worker.close()
+    assert all(deliveries(database, m)[0].status == "delivered" for m in ids)
+    lookup = dns_txt(dns_server)
+    for received in mx.messages:
+        assert dkim.verify(received.data, dnsfunc=lookup)
+    subjects = {email.message_from_bytes(m.data)["Subject"] for m in mx.messages}
+    assert subjects == {f"n{i}" for i in range(12)}
