@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from gunicorn.app.base import BaseApplication
@@ -25,7 +26,7 @@ class GunicornServer(BaseApplication):
         fmt = "postern_json" if c.log.format == "json" else "postern_text"
         settings = {
             "bind": [f"{c.http.host}:{c.http.port}"],
-            "workers": c.http.workers,
+            "workers": c.http.workers or 2 * (os.cpu_count() or 1),
             "threads": c.http.threads,
             "worker_class": "gthread",
             "timeout": c.http.timeout,

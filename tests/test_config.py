@@ -54,7 +54,7 @@ def test_file_then_environment(tmp_path):
             "http.port: must be a whole number, got 'abc' (from POSTERN_HTTP_PORT)",
         ),
         ({"POSTERN_HTTP_PORT": "70000"}, "http.port: must be a port number"),
-        ({"POSTERN_HTTP_WORKERS": "0"}, "http.workers: must be greater than zero"),
+        ({"POSTERN_HTTP_THREADS": "0"}, "http.threads: must be greater than zero"),
         ({"POSTERN_DATABASE_ECHO": "maybe"}, "database.echo: must be true or false"),
         ({"POSTERN_LOG_LEVEL": "LOUD"}, "log.level: must be one of DEBUG, INFO, WARNING, ERROR"),
         ({"POSTERN_DATABASE_URL": "oracle://x"}, "database.url: must be an SQLite, PostgreSQL"),
