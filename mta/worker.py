@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -408,13 +408,27 @@ class Worker:
         jobs = self.claim()
         if not jobs:
             return 0
+        self._finish(jobs, self._prepared(jobs))
+        return len(jobs)
+
+    def _prepared(self, jobs: list[Job]) -> tuple[dict[int, Envelope], dict[int, str]] | Exception:
         try:
-            envelopes, failures = self.prepare(jobs)
+            return self.prepare(jobs)
+        except Exception as exc:  # noqa: BLE001 - handed to _finish, which defers the batch
+            return exc
+
+    def _finish(self, jobs: list[Job], prepared) -> None:
+        """Send a prepared batch and record every outcome; nothing claimed is dropped."""
+        try:
+            if isinstance(prepared, Exception):
+                raise prepared
+            envelopes, failures = prepared
             outcomes = asyncio.run(self.send(jobs, envelopes)) if envelopes else []
         except Exception as exc:  # noqa: BLE001 - nothing claimed may be dropped
-            log.exception(
+            log.error(
                 "batch failed; its deliveries are deferred",
                 extra={"worker": self.worker_id, "count": len(jobs)},
+                exc_info=(type(exc), exc, exc.__traceback__),
             )
             outcomes = [
                 Outcome(
@@ -429,20 +443,36 @@ class Worker:
             ]
             failures = {}
         self.record(jobs, outcomes, failures)
-        return len(jobs)
 
     def run(self) -> None:
-        """Work until stop() is called; sleep poll_interval when the queue is empty."""
+        """Work until stop() is called; sleep poll_interval when the queue is empty.
+
+        While one batch is sent and recorded, the next is already claimed and being built
+        (building is the CPU-heavy part, done by the build processes).
+        """
         log.info("worker started", extra={"worker": self.worker_id})
-        while not self._stop.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
-                log.exception("worker loop error", extra={"worker": self.worker_id})
-                handled = 0
-            if not handled:
-                self._stop.wait(self.config.delivery.poll_interval)
-        self.close()
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
+        current: tuple[list[Job], Future] | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    jobs = self.claim()
+                    following = (jobs, ahead.submit(self._prepared, jobs)) if jobs else None
+                    if current is not None:
+                        self._finish(current[0], current[1].result())
+                    current = following
+                except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
+                    log.exception("worker loop error", extra={"worker": self.worker_id})
+                    current = None  # what was claimed is taken up after the claim timeout
+                    self._stop.wait(self.config.delivery.poll_interval)
+                    continue
+                if current is None:
+                    self._stop.wait(self.config.delivery.poll_interval)
+            if current is not None:
+                self._finish(current[0], current[1].result())
+        finally:
+            ahead.shutdown()
+            self.close()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     def stop(self) -> None:
