@@ -33,7 +33,7 @@ def event_row(
     text: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Event:
-    return Event(
+    row = Event(
         uid=str(uuid.uuid4()),
         type=kind,
         created_at=now,
@@ -49,6 +49,9 @@ def event_row(
         smtp_text=text,
         details=json.dumps(details or {}),
     )
+    if delivery is not None and delivery.id is None:
+        row.delivery = delivery  # not written yet: the flush fills delivery_id in
+    return row
 
 
 def record(

@@ -410,9 +410,24 @@ def accept(
     """Check a send, then store the message, a delivery and an event per recipient."""
     send = check_send(params, domain, ctx.config, ctx.now)
     user = ctx.current_user  # the domain's owner: sender keys and DomainID are owner-checked
-    blocked = suppressed_among(
-        ctx.db, domain.user_id, domain.id, (r.email for r in send.recipients)
-    )
+    quota = quota_of(ctx.config, user)
+    # Reads first, in a short transaction of their own, so that the write transaction below
+    # only inserts (on SQLite it holds the database's single write lock).
+    with ctx.read() as s:
+        blocked = suppressed_among(s, domain.user_id, domain.id, (r.email for r in send.recipients))
+        used = 0
+        if quota:
+            period = ctx.config.sending.quota_period
+            start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
+            used = s.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    Delivery.user_id == user.id,
+                    Delivery.created_at >= start,
+                    Delivery.status != SUPPRESSED,
+                )
+            )
     active = [r for r in send.recipients if r.email.lower() not in blocked]
     message = Message(
         id=str(uuid.uuid4()),
@@ -458,23 +473,10 @@ def accept(
         raise CommandError(
             14, "Email address is in the suppression list. Email delivery is blocked.", commit=True
         )
-    quota = quota_of(ctx.config, user)
-    if quota:
-        period = ctx.config.sending.quota_period
-        start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
-        used = ctx.db.scalar(
-            select(func.count())
-            .select_from(Delivery)
-            .where(
-                Delivery.user_id == user.id,
-                Delivery.created_at >= start,
-                Delivery.status != SUPPRESSED,
-            )
-        )
-        if used + len(active) > quota:
-            raise CommandError(17, "Email sending limit reached")
-    ctx.db.add(message)
+    if quota and used + len(active) > quota:
+        raise CommandError(17, "Email sending limit reached")
     due = send.send_at or ctx.now
+    rows: list[Any] = [message]
     for r in send.recipients:
         is_blocked = r.email.lower() in blocked
         delivery = Delivery(
@@ -491,28 +493,29 @@ def accept(
             updated_at=ctx.now,
         )
         message.deliveries.append(delivery)
-    ctx.db.flush()
-    for delivery in message.deliveries:
-        if delivery.status == SUPPRESSED:
-            events.record(
-                ctx.db,
-                events.SUPPRESSED,
-                message,
-                delivery,
-                delivery.recipient,
-                ctx.now,
-                text="Email address is in the suppression list",
+        if is_blocked:
+            rows.append(
+                events.event_row(
+                    events.SUPPRESSED,
+                    message,
+                    delivery,
+                    r.email,
+                    ctx.now,
+                    text="Email address is in the suppression list",
+                )
             )
         else:
-            events.record(
-                ctx.db,
-                events.ACCEPTED,
-                message,
-                delivery,
-                delivery.recipient,
-                ctx.now,
-                details={"send_at": send.send_at.isoformat()} if send.send_at else None,
+            rows.append(
+                events.event_row(
+                    events.ACCEPTED,
+                    message,
+                    delivery,
+                    r.email,
+                    ctx.now,
+                    details={"send_at": send.send_at.isoformat()} if send.send_at else None,
+                )
             )
+    ctx.db.add_all(rows)  # written in one flush, at commit
     return {"MessageID": message.id}
 
 

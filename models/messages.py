@@ -98,6 +98,11 @@ class Event(Base):
     smtp_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     details: Mapped[str] = mapped_column(Text, default="{}")  # JSON
 
+    # Lets a new event and its new delivery be written in one flush (no FK: events outlive).
+    delivery: Mapped[Delivery | None] = relationship(
+        primaryjoin="foreign(Event.delivery_id) == Delivery.id", lazy="raise"
+    )
+
 
 class Suppression(Base):
     """An address the user's mail is not sent to: for one domain, or all (domain_id 0)."""
