@@ -75,7 +75,34 @@ def serve(obj: Obj):
     companion = [sys.executable, "-m", "app"]
     if obj.config_path:
         companion += ["--config", obj.config_path]
-    GunicornServer(config, companions=[[*companion, "worker"]]).run()
+    GunicornServer(config, companions=[[*companion, "worker"], [*companion, "smtp"]]).run()
+
+
+@cli.command()
+@click.pass_obj
+def smtp(obj: Obj):
+    """Run the SMTP relay on smtp.ports (SIGTERM stops it)."""
+    import signal
+    import threading
+
+    from commands import Gateway
+    from mta.relay import Relay
+
+    from .logs import configure_logging
+
+    config = obj.config
+    configure_logging(config.log.level, config.log.format)
+    database = open_database(config, upgrade_embedded=False)
+    relay = Relay(Gateway(config, database))
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    relay.start()
+    try:
+        stopped.wait()
+    finally:
+        relay.stop()
+        database.dispose()
 
 
 @cli.command()

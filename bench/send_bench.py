@@ -368,7 +368,8 @@ def main() -> None:
     print(
         f"\n{opts.injector} injector, messages of about {size / 1024:.1f} KB (HTML, DKIM "
         "RSA-2048), "
-        f"{opts.connections} client connections, {opts.http_workers or 2 * os.cpu_count()} gunicorn workers x "
+        f"{opts.connections} client connections, "
+        f"{opts.http_workers or 2 * os.cpu_count()} gunicorn workers x "
         f"{opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores"
     )
     print(

@@ -10,7 +10,7 @@ from marshmallow import Schema
 
 from app.config import Config, resolve_secret_key
 from app.crypto import SecretBox
-from models import Database, User, utcnow
+from models import Database, Domain, User, utcnow
 
 from . import registry
 from .auth import Caller, authenticate
@@ -102,6 +102,35 @@ class Gateway:
                 if not exc.commit:
                     raise
                 refused = exc  # leaving the block normally commits what was written
+        raise refused
+
+    def submit(self, caller, recipients: list[str], data: bytes) -> str:
+        """Queue a message submitted over SMTP by an authenticated credential; its id.
+
+        CommandError as the send checks answer them (the relay turns them into SMTP replies).
+        """
+        from .sending import accept_raw
+
+        with self.db.transaction(readonly=True) as s:
+            user = s.get(User, caller.user_id)
+            domain = s.get(Domain, caller.domain_id)
+        if user is None or not user.enabled or domain is None:
+            raise CommandError(12, "Invalid or deactivated user account")
+        with self.db.transaction() as session:
+            ctx = Context(
+                db=session,
+                config=self.config,
+                box=self.box,
+                now=self.clock(),
+                user=user,
+                database=self.db,
+            )
+            try:
+                return accept_raw(ctx, domain, data, recipients)["MessageID"]
+            except CommandError as exc:
+                if not exc.commit:
+                    raise
+                refused = exc
         raise refused
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.policy
 import json
 import mimetypes
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.parser import BytesParser
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -409,12 +411,101 @@ def accept(
 ) -> dict[str, Any]:
     """Check a send, then store the message, a delivery and an event per recipient."""
     send = check_send(params, domain, ctx.config, ctx.now)
-    user = ctx.current_user  # the domain's owner: sender keys and DomainID are owner-checked
+    payload = {
+        "from": send.sender,
+        "to": [_person(r) for r in send.recipients if r.kind == "to"],
+        "cc": [_person(r) for r in send.recipients if r.kind == "cc"],
+        "reply_to": send.reply_to,
+        "subject": send.subject,
+        "html": send.html,
+        "text": send.text,
+        "headers": send.headers,
+        "attachments": send.attachments,
+        "track_links": send.track_links,
+        "track_opens": send.track_opens,
+    }
+    return store(
+        ctx,
+        domain,
+        send.recipients,
+        payload,
+        source=source,
+        from_email=send.sender["email"],
+        subject=send.subject,
+        tags=send.tags,
+        size=send.size,
+        send_at=send.send_at,
+        sender_key_id=sender_key_id,
+    )
+
+
+def accept_raw(
+    ctx: Context, domain: Domain, data: bytes, recipients: list[str], *, source: str = "smtp"
+) -> dict[str, Any]:
+    """Store a complete message submitted over SMTP, for the envelope recipients.
+
+    The From header must be an address at the domain (error 3); every recipient must be a
+    valid address (19). The worker adds Message-ID and Date when missing, drops any Bcc
+    header, and DKIM-signs it like any other message.
+    """
+    headers = BytesParser(policy=email.policy.default).parsebytes(data, headersonly=True)
+    try:
+        authors = [a.addr_spec for a in headers["From"].addresses] if headers["From"] else []
+    except (AttributeError, IndexError, TypeError, ValueError):
+        authors = []
+    if not authors or not all(_belongs(a, domain.name) for a in authors):
+        raise _fail(3, f"From must be an address at {domain.name} (or one of its subdomains)")
+    people: list[Recipient] = []
+    seen: set[str] = set()
+    for raw in recipients:
+        address = _address(raw)
+        if address is None:
+            raise _fail(19, f"Recipient email address is invalid: {raw}")
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            people.append(Recipient(address, "", "to"))
+    subject = str(headers["Subject"] or "")[:1000]
+    tags = [t.strip() for t in str(headers["X-Postern-Tags"] or "").split(",") if t.strip()]
+    payload = {
+        "raw": base64.b64encode(data).decode("ascii"),
+        "track_links": None,
+        "track_opens": None,
+    }
+    return store(
+        ctx,
+        domain,
+        people,
+        payload,
+        source=source,
+        from_email=authors[0],
+        subject=subject,
+        tags=tags[:MAX_TAGS],
+        size=len(data),
+        send_at=None,
+    )
+
+
+def store(
+    ctx: Context,
+    domain: Domain,
+    recipients: list[Recipient],
+    payload: dict[str, Any],
+    *,
+    source: str,
+    from_email: str,
+    subject: str,
+    tags: list[str],
+    size: int,
+    send_at: datetime | None,
+    sender_key_id: int | None = None,
+) -> dict[str, Any]:
+    """Suppression and quota checks, then the message, its deliveries and their events."""
+    user = ctx.current_user  # the domain's owner: keys, credentials and DomainID are checked
     quota = quota_of(ctx.config, user)
     # Reads first, in a short transaction of their own, so that the write transaction below
     # only inserts (on SQLite it holds the database's single write lock).
     with ctx.read() as s:
-        blocked = suppressed_among(s, domain.user_id, domain.id, (r.email for r in send.recipients))
+        blocked = suppressed_among(s, domain.user_id, domain.id, (r.email for r in recipients))
         used = 0
         if quota:
             period = ctx.config.sending.quota_period
@@ -428,7 +519,7 @@ def accept(
                     Delivery.status != SUPPRESSED,
                 )
             )
-    active = [r for r in send.recipients if r.email.lower() not in blocked]
+    active = [r for r in recipients if r.email.lower() not in blocked]
     message = Message(
         id=str(uuid.uuid4()),
         user_id=domain.user_id,
@@ -436,31 +527,17 @@ def accept(
         domain_name=domain.name,
         sender_key_id=sender_key_id,
         source=source,
-        from_email=send.sender["email"],
-        subject=send.subject[:1000],
-        tags=json.dumps(send.tags),
-        size=send.size,
-        send_at=send.send_at,
+        from_email=from_email,
+        subject=subject[:1000],
+        tags=json.dumps(tags),
+        size=size,
+        send_at=send_at,
         created_at=ctx.now,
-        payload=json.dumps(
-            {
-                "from": send.sender,
-                "to": [_person(r) for r in send.recipients if r.kind == "to"],
-                "cc": [_person(r) for r in send.recipients if r.kind == "cc"],
-                "reply_to": send.reply_to,
-                "subject": send.subject,
-                "html": send.html,
-                "text": send.text,
-                "headers": send.headers,
-                "attachments": send.attachments,
-                "track_links": send.track_links,
-                "track_opens": send.track_opens,
-            }
-        ),
+        payload=json.dumps(payload),
     )
     if not active:
         # Nothing will be sent: keep the refusal in the event log, answer 14.
-        for r in send.recipients:
+        for r in recipients:
             events.record(
                 ctx.db,
                 events.REJECTED,
@@ -475,9 +552,9 @@ def accept(
         )
     if quota and used + len(active) > quota:
         raise CommandError(17, "Email sending limit reached")
-    due = send.send_at or ctx.now
+    due = send_at or ctx.now
     rows: list[Any] = [message]
-    for r in send.recipients:
+    for r in recipients:
         is_blocked = r.email.lower() in blocked
         delivery = Delivery(
             message_id=message.id,
@@ -512,7 +589,7 @@ def accept(
                     delivery,
                     r.email,
                     ctx.now,
-                    details={"send_at": send.send_at.isoformat()} if send.send_at else None,
+                    details={"send_at": send_at.isoformat()} if send_at else None,
                 )
             )
     ctx.db.add_all(rows)  # written in one flush, at commit

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import fields, validate
 from sqlalchemy import select
 
-from app.crypto import token_digest
-from models import Domain, SMTPCredential
+from app.crypto import digests_match, token_digest
+from models import Domain, SMTPCredential, User
+from models.domains import ENABLED
 
 from .context import Context, format_date
 from .domains import domain_id_param, owned_domain
@@ -84,7 +86,7 @@ def add_smtp(
 ) -> dict[str, Any]:
     domain = owned_domain(ctx, DomainID, _ADD_SMTP_NOT_FOUND)
     password = new_password()
-    username = f"smtp-{secrets.token_hex(5)}@{domain.name}"
+    username = f"smtp-{secrets.token_hex(5)}@{domain.name}".lower()
     row = SMTPCredential(
         domain_id=domain.id,
         user_id=domain.user_id,
@@ -184,3 +186,41 @@ def reset_smtp_password(ctx: Context, smtpid: int) -> dict[str, Any]:
             "Password": password,
         }
     }
+
+
+@dataclass(frozen=True)
+class SMTPCaller:
+    """Who an SMTP AUTH session belongs to."""
+
+    credential_id: int
+    username: str
+    domain_id: int
+    domain_name: str
+    user_id: int
+
+
+def authenticate_smtp(db, username: str, password: str) -> tuple[SMTPCaller | None, str]:
+    """The credential for a username and password, or None and why (for the log only).
+
+    The password is checked against its stored digest in constant time; a user's disabled
+    account or a domain not yet enabled refuses the login like a wrong password does.
+    """
+    digest = token_digest(password)
+    with db.transaction(readonly=True) as s:
+        row = s.execute(
+            select(SMTPCredential, Domain.status, Domain.name, User.enabled)
+            .join(Domain, Domain.id == SMTPCredential.domain_id)
+            .join(User, User.id == SMTPCredential.user_id)
+            .where(SMTPCredential.username == username.strip().lower())
+        ).first()
+    if row is None:
+        digests_match(digest, token_digest("postern-no-such-user"))  # same work either way
+        return None, "unknown username"
+    cred, domain_status, domain_name, user_enabled = row
+    if not digests_match(cred.password_digest, digest):
+        return None, "wrong password"
+    if not cred.active or not user_enabled:
+        return None, "credential or account disabled"
+    if domain_status != ENABLED:
+        return None, "domain not enabled"
+    return SMTPCaller(cred.id, cred.username, cred.domain_id, domain_name, cred.user_id), ""

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import socket
 import threading
 import uuid
@@ -17,6 +18,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import format_datetime
 
 from sqlalchemy import select, update
 
@@ -52,6 +54,10 @@ class BuildJob:
 def build_and_sign(b: BuildJob) -> bytes:
     """The complete message, DKIM-signed with each of the domain's keys."""
     p = json.loads(b.payload)
+    signing_domain = f"{b.subdomain}.{b.domain_name}"
+    keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
+    if "raw" in p:  # submitted over SMTP, complete already
+        return sign_message(prepare_raw(base64.b64decode(p["raw"]), b), keys)
 
     def addresses(items):
         return [Address(a["email"], a.get("name", "")) for a in items]
@@ -79,9 +85,29 @@ def build_and_sign(b: BuildJob) -> bytes:
         message_id=f"<{b.message_id}@{b.domain_name}>",
         date=b.created_at,
     )
-    signing_domain = f"{b.subdomain}.{b.domain_name}"
-    keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
     return sign_message(build_message(spec), keys)
+
+
+def prepare_raw(data: bytes, b: BuildJob) -> bytes:
+    """A submitted message made ready to sign: CRLF lines, no Bcc, Message-ID and Date."""
+    data = re.sub(rb"\r?\n", b"\r\n", data)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                lines.append(line)
+            continue
+        skipping = line.lower().startswith(b"bcc:")
+        if not skipping:
+            lines.append(line)
+    names = {ln.split(b":", 1)[0].strip().lower() for ln in lines if b":" in ln}
+    if b"message-id" not in names:
+        lines.insert(0, f"Message-ID: <{b.message_id}@{b.domain_name}>".encode())
+    if b"date" not in names:
+        lines.insert(0, f"Date: {format_datetime(b.created_at)}".encode())
+    return b"\r\n".join(lines) + (sep or b"\r\n\r\n") + body
 
 
 @dataclass

@@ -41,7 +41,13 @@ def postern(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60):
 def running(role: str, cwd: Path, env: dict[str, str]):
     """Start ``postern ROLE``; yield (base_url, log_path) once /healthz answers; stop it."""
     port = free_port()
-    env = {**env, "POSTERN_HTTP_PORT": str(port), "POSTERN_HTTP_WORKERS": "2"}
+    smtp_ports = ",".join(str(free_port()) for _ in range(3))
+    env = {
+        "POSTERN_SMTP_PORTS": smtp_ports,
+        **env,
+        "POSTERN_HTTP_PORT": str(port),
+        "POSTERN_HTTP_WORKERS": "2",
+    }
     log_path = cwd / f"{role}-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

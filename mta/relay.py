@@ -1,0 +1,237 @@
+"""The SMTP relay: aiosmtpd listeners where mail programs submit with AddSMTP credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+
+from app.config import Config, ConfigError, sqlite_path
+from commands.errors import CommandError
+from commands.gateway import Gateway
+from commands.sending import _address, _belongs
+from commands.smtp_credentials import SMTPCaller, authenticate_smtp
+
+from .tls import ensure_self_signed
+
+log = logging.getLogger("postern.smtp")
+
+# ports[0] takes mail from anyone (bounces) and AUTH after STARTTLS; ports[1] is submission
+# (STARTTLS and AUTH required); ports[2] speaks TLS from the first byte (AUTH required).
+ROLES = ("inbound", "submission", "tls")
+
+# How a refused submission is answered, by the send check's code.
+REPLIES = {
+    3: "550 5.7.1 {text}",
+    14: "550 5.7.1 All recipients are in the suppression list",
+    17: "451 4.7.1 Sending limit reached: try again later",
+    19: "550 5.1.3 {text}",
+    12: "550 5.7.1 Account disabled",
+}
+
+
+class LoginThrottle:
+    """Failed logins per client address and per username: slowed, then refused a while."""
+
+    def __init__(self, max_failures: int, lockout: int):
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self._failures[key]
+        while times and times[0] < now - self.lockout:
+            times.popleft()
+        return times
+
+    def failures(self, *keys: str) -> int:
+        now = time.monotonic()
+        with self._lock:
+            return max(len(self._recent(k, now)) for k in keys)
+
+    def fail(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+
+    def clear(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+class RelayHandler:
+    """The SMTP conversation: every check happens before 250, the commit before the reply."""
+
+    def __init__(self, gateway: Gateway, role: str, throttle: LoginThrottle):
+        self.gateway = gateway
+        self.config = gateway.config
+        self.role = role
+        self.throttle = throttle
+        self._domain_names: dict[int, str] = {}
+
+    # -- authentication -----------------------------------------------------------------
+
+    async def handle_AUTH(self, server, session, envelope, args):
+        """Before each AUTH: slow down a client after failures, refuse it past the limit."""
+        peer = session.peer[0] if session.peer else "?"
+        failures = self.throttle.failures(f"ip:{peer}")
+        if failures >= self.throttle.max_failures:
+            return "454 4.7.0 Too many failed logins from your address; try again later"
+        if failures:
+            await asyncio.sleep(min(0.5 * 2 ** (failures - 1), 4.0))
+        return MISSING
+
+    def authenticator(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        peer = session.peer[0] if session.peer else "?"
+        username = auth_data.login.decode("utf-8", "replace").strip().lower()
+        keys = (f"ip:{peer}", f"user:{username}")
+        if self.throttle.failures(*keys) >= self.throttle.max_failures:
+            return AuthResult(
+                success=False,
+                handled=False,
+                message="454 4.7.0 Too many failed logins; try again later",
+            )
+        caller, why = authenticate_smtp(
+            self.gateway.db, username, auth_data.password.decode("utf-8", "replace")
+        )
+        if caller is None:
+            self.throttle.fail(*keys)
+            log.info(
+                "smtp login refused", extra={"peer": peer, "username": username, "reason": why}
+            )
+            return AuthResult(success=False, handled=False)
+        self.throttle.clear(f"user:{username}")
+        return AuthResult(success=True, auth_data=caller)
+
+    # -- the envelope -------------------------------------------------------------------
+
+    def _caller(self, session) -> SMTPCaller | None:
+        data = session.auth_data if session.authenticated else None
+        return data if isinstance(data, SMTPCaller) else None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        caller = self._caller(session)
+        if caller is None:
+            if self.role != "inbound":
+                return "530 5.7.0 Authentication required"
+        elif not _belongs(address or "", caller.domain_name):
+            return f"553 5.7.1 The sender must be an address at {caller.domain_name}"
+        else:
+            decision = await asyncio.to_thread(
+                self.gateway.limiter.hit, f"smtp:{caller.credential_id}"
+            )
+            if not decision.allowed:
+                return (
+                    f"451 4.7.1 Too many messages: wait {decision.retry_after} seconds "
+                    f"for another {decision.limit}"
+                )
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self._caller(session) is None:
+            # Nobody relays without credentials: mail for Postern's own hosts comes later.
+            return "550 5.7.1 Relaying denied: authenticate first"
+        limits = self.config.sending
+        if len(envelope.rcpt_tos) >= limits.max_recipients + limits.max_bcc:
+            return "452 4.5.3 Too many recipients"
+        if _address(address or "") is None:
+            return "550 5.1.3 Bad recipient address syntax"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        caller = self._caller(session)
+        if caller is None:  # pragma: no cover - RCPT refuses first
+            return "530 5.7.0 Authentication required"
+        data = envelope.original_content or envelope.content
+        try:
+            message_id = await asyncio.to_thread(
+                self.gateway.submit, caller, list(envelope.rcpt_tos), data
+            )
+        except CommandError as exc:
+            return REPLIES.get(exc.code, "554 5.6.0 {text}").format(text=exc.text)
+        except Exception:  # noqa: BLE001 - the client retries a 4xx; nothing was accepted
+            log.exception("smtp submission failed", extra={"credential": caller.credential_id})
+            return "451 4.3.0 Temporary failure; please try again later"
+        return f"250 2.0.0 Ok: queued as {message_id}"
+
+
+def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def certificate_files(config: Config) -> tuple[Path, Path]:
+    """The TLS certificate and key: configured, or self-signed beside the SQLite database."""
+    if config.smtp.tls_cert and config.smtp.tls_key:
+        return Path(config.smtp.tls_cert), Path(config.smtp.tls_key)
+    db_file = sqlite_path(config)
+    if db_file is None:
+        raise ConfigError(
+            "smtp.tls_cert: must be set (with smtp.tls_key) when the database is not an SQLite file"
+        )
+    cert, key = db_file.with_suffix(".smtp.crt"), db_file.with_suffix(".smtp.key")
+    ensure_self_signed(cert, key, config.smtp.hostname)
+    return cert, key
+
+
+class Relay:
+    """The listeners of ``smtp.ports`` (at most three, by role), each in its own thread."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.controllers: list[Controller] = []
+
+    def start(self) -> None:
+        config = self.gateway.config
+        cert, key = certificate_files(config)
+        tls = _server_context(cert, key)
+        throttle = LoginThrottle(config.smtp.auth_max_failures, config.smtp.auth_lockout)
+        for role, port in zip(ROLES, config.smtp.ports, strict=False):
+            handler = RelayHandler(self.gateway, role, throttle)
+            options = dict(
+                hostname=config.smtp.listen_host,
+                port=port,
+                server_hostname=config.smtp.hostname,
+                ident="Postern ESMTP",
+                authenticator=handler.authenticator,
+                auth_require_tls=not config.smtp.allow_plain_auth,
+                data_size_limit=config.sending.max_message_bytes,
+                timeout=300,
+            )
+            if role == "tls":
+                # Encrypted from the first byte (aiosmtpd only recognises TLS begun by STARTTLS);
+                # handle_MAIL refuses anyone who has not logged in.
+                options["auth_require_tls"] = False
+                controller = Controller(handler, ssl_context=tls, **options)
+            else:
+                controller = Controller(
+                    handler,
+                    tls_context=tls,
+                    require_starttls=role == "submission",
+                    auth_required=role == "submission",
+                    **options,
+                )
+            controller.start()
+            self.controllers.append(controller)
+            log.info("smtp listening", extra={"role": role, "port": port})
+
+    def stop(self) -> None:
+        for controller in self.controllers:
+            controller.stop()
+        self.controllers = []

@@ -1,0 +1,230 @@
+"""The SMTP relay with real clients on loopback: smtplib and swaks."""
+
+import shutil
+import smtplib
+import ssl
+import subprocess
+from email.message import EmailMessage
+
+import dkim
+import pytest
+from sqlalchemy import select
+
+from app.crypto import SecretBox
+from commands import Gateway
+from models import Delivery, Message
+from mta.relay import Relay
+from mta.worker import Worker
+
+from . import smtppeer
+from .conftest import SECRET_KEY
+from .livesrv import free_port
+from .test_delivery import dns_txt
+
+smtp_peer = smtppeer.smtp_peer
+NO_VERIFY = ssl._create_unverified_context()  # noqa: S323 - the relay's self-signed test certificate
+
+
+@pytest.fixture
+def relay_for(base_config, database, clock, tmp_path):
+    started = []
+
+    def start(**changes):
+        ports = [free_port() for _ in range(3)]
+        config = base_config.replace(
+            smtp__ports=ports,
+            smtp__tls_cert=str(tmp_path / "c.pem"),
+            smtp__tls_key=str(tmp_path / "k.pem"),
+            **changes,
+        )
+        from mta.tls import ensure_self_signed
+
+        ensure_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", "mx.postern.test")
+        relay = Relay(Gateway(config, database, clock=clock))
+        relay.start()
+        started.append(relay)
+        relay.ports = dict(zip(("inbound", "submission", "tls"), ports, strict=True))
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(relay_for):
+    return relay_for()
+
+
+@pytest.fixture
+def credential(api, user, active_domain):
+    domain = active_domain()
+    smtp = api("EmailGateway.AddSMTP", APIKey=user.api_key, DomainID=domain.id)["SMTP"]
+    return smtp["Username"], smtp["Password"]
+
+
+def message(sender="news@example.com", to="rcpt@dest.example", size=0):
+    msg = EmailMessage()
+    msg["From"] = f"News <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = "Over SMTP"
+    msg.set_content("Hello from a mail program.\n" + ("x" * 70 + "\n") * (size // 71))
+    return msg
+
+
+def queued(database):
+    with database.transaction(readonly=True) as s:
+        return s.scalars(select(Delivery).order_by(Delivery.id)).all()
+
+
+def test_submission_with_starttls(relay, credential, database):
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        refused = c.send_message(message(), to_addrs=["rcpt@dest.example", "two@dest.example"])
+    assert refused == {}
+    deliveries = queued(database)
+    assert sorted(d.recipient for d in deliveries) == ["rcpt@dest.example", "two@dest.example"]
+    with database.transaction(readonly=True) as s:
+        m = s.scalars(select(Message)).one()
+    assert (m.source, m.subject, m.from_email) == ("smtp", "Over SMTP", "news@example.com")
+
+
+def test_implicit_tls_and_the_250_names_the_message(relay, credential, database):
+    with smtplib.SMTP_SSL("127.0.0.1", relay.ports["tls"], context=NO_VERIFY, timeout=10) as c:
+        c.login(*credential)
+        c.mail("news@example.com")
+        c.rcpt("rcpt@dest.example")
+        code, reply = c.data(message().as_bytes())
+    assert code == 250
+    message_id = queued(database)[0].message_id
+    assert message_id in reply.decode()
+
+
+def test_inbound_port_takes_auth_after_starttls(relay, credential, database):
+    with smtplib.SMTP("127.0.0.1", relay.ports["inbound"], timeout=10) as c:
+        c.ehlo()
+        with pytest.raises(smtplib.SMTPException):
+            c.login(*credential)  # no AUTH in clear
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        c.send_message(message())
+    assert len(queued(database)) == 1
+
+
+def test_wrong_password(relay, credential):
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+            c.login(credential[0], "not-the-password")
+    assert err.value.smtp_code == 535
+
+
+def test_no_auth_no_relay(relay, database):
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.ehlo()
+        code, _ = c.mail("news@example.com")
+        assert code == 530
+    with smtplib.SMTP("127.0.0.1", relay.ports["inbound"], timeout=10) as c:
+        c.ehlo()
+        assert c.mail("someone@elsewhere.example")[0] == 250
+        code, text = c.rcpt("victim@gmail.example")
+        assert code == 550 and b"Relaying denied" in text
+    assert queued(database) == []
+
+
+def test_foreign_sender_refused(relay, credential, database):
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        c.ehlo()
+        assert c.mail("ceo@bank.example")[0] == 553
+        c.rset()
+        c.mail("news@example.com")
+        c.rcpt("rcpt@dest.example")
+        code, text = c.data(message(sender="ceo@bank.example").as_bytes())
+        assert code == 550 and b"From must be an address at example.com" in text
+    assert queued(database) == []
+
+
+def test_oversize_and_too_many_recipients(relay_for, credential, database):
+    relay = relay_for(
+        sending__max_message_bytes=20000, sending__max_recipients=2, sending__max_bcc=1
+    )
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        assert c.esmtp_features["size"] == "20000"
+        big = message(size=40000).as_bytes()
+        # Declared too large: refused before anything is sent.
+        assert c.mail("news@example.com", options=[f"SIZE={len(big)}"])[0] == 552
+        c.mail("news@example.com")
+        assert [c.rcpt(f"r{i}@dest.example")[0] for i in range(4)] == [250, 250, 250, 452]
+        # Not declared, then too much data: refused (aiosmtpd answers 500 rather than 552).
+        code, text = c.data(big)
+        assert code in (500, 552), text
+    assert queued(database) == []
+
+
+def test_repeated_failures_lock_the_client_out(relay_for, credential):
+    relay = relay_for(smtp__auth_max_failures=2)
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=30) as c:
+        c.starttls(context=NO_VERIFY)
+        for _ in range(2):
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                c.login(credential[0], "wrong")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+            c.login(*credential)  # even the right password, for a while
+    assert err.value.smtp_code == 454
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+def test_swaks_through_starttls_arrives_signed(
+    relay, credential, database, dns_server, smtp_peer, base_config, clock, publish
+):
+    from models import Domain
+
+    with database.transaction(readonly=True) as s:
+        domain_id = s.scalars(select(Domain.id)).one()
+    publish(domain_id, skip=("ownership",))
+    dns_server.add("dest.example", "A", "127.0.0.1")
+    out = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(relay.ports["submission"]),
+            "--tls",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            credential[0],
+            "--auth-password",
+            credential[1],
+            "--from",
+            "news@example.com",
+            "--to",
+            "rcpt@dest.example",
+            "--header",
+            "Subject: Sent with swaks",
+            "--body",
+            "Hello from swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "250 2.0.0 Ok: queued as" in out.stdout
+    worker = Worker(
+        base_config.replace(delivery__mx_port=smtp_peer.port),
+        database,
+        SecretBox(SECRET_KEY.encode()),
+        clock=clock,
+    )
+    assert worker.run_once() == 1
+    data = smtp_peer.messages[0].data
+    assert dkim.verify(data, dnsfunc=dns_txt(dns_server))
+    assert b"Sent with swaks" in data and b"message-id:" in data.lower()
