@@ -133,6 +133,27 @@ class Gateway:
                 refused = exc
         raise refused
 
+    def accepts_for(self, address: str) -> bool:
+        """Whether mail to ``address`` is Postern's own (a domain's return-path host)."""
+        from .inbox import is_return_path_host
+
+        host = address.rpartition("@")[2]
+        with self.db.transaction(readonly=True) as s:
+            return bool(host) and is_return_path_host(s, host)
+
+    def receive_report(self, recipients: list[str], data: bytes):
+        """Parse mail sent to a return path and record the bounce or complaint it reports."""
+        from mta.bounces import parse_report, verp_token
+
+        from .inbox import Outcome, apply_report
+
+        report = parse_report(data)
+        if report is None:
+            return None
+        with self.db.transaction() as session:
+            return apply_report(session, report, [verp_token(r) for r in recipients],
+                                self.clock()) or Outcome()
+
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""
         return authenticate_sender(self.db, key, self.clock())

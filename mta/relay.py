@@ -143,7 +143,14 @@ class RelayHandler:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self._caller(session) is None:
-            # Nobody relays without credentials: mail for Postern's own hosts comes later.
+            # Without credentials, only mail for Postern's own return paths (bounces and
+            # complaints) is taken, and only on the inbound port: never an open relay.
+            if self.role == "inbound" and await asyncio.to_thread(
+                    self.gateway.accepts_for, address or ""):
+                if len(envelope.rcpt_tos) >= 10:
+                    return "452 4.5.3 Too many recipients"
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 OK"
             return "550 5.7.1 Relaying denied: authenticate first"
         limits = self.config.sending
         if len(envelope.rcpt_tos) >= limits.max_recipients + limits.max_bcc:
@@ -155,9 +162,19 @@ class RelayHandler:
 
     async def handle_DATA(self, server, session, envelope):
         caller = self._caller(session)
-        if caller is None:  # pragma: no cover - RCPT refuses first
-            return "530 5.7.0 Authentication required"
         data = envelope.original_content or envelope.content
+        if caller is None:  # mail for a return path (RCPT took nothing else)
+            try:
+                result = await asyncio.to_thread(self.gateway.receive_report,
+                                                 list(envelope.rcpt_tos), data)
+            except Exception:  # noqa: BLE001 - the sender retries a 4xx
+                log.exception("bounce processing failed")
+                return "451 4.3.0 Temporary failure; please try again later"
+            log.info("mail to a return path", extra={
+                "report": "none" if result is None else vars(result),
+                "peer": session.peer[0] if session.peer else None})
+            # Taken either way: refusing would only send a bounce back to a bounce.
+            return "250 2.0.0 Ok"
         try:
             message_id = await asyncio.to_thread(
                 self.gateway.submit, caller, list(envelope.rcpt_tos), data
