@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.send_bench import HTML, run_minimal_sink  # noqa: E402
-from tests.livesrv import free_port  # noqa: E402
+from tests.livesrv import clean_env, free_port  # noqa: E402
 
 
 def make_message(sender: str, i: int) -> bytes:
@@ -88,7 +88,7 @@ def wait_for(counter, n: int, limit: float = 600) -> float:
 def postern_run(opts, sink_port: int, counter) -> dict:
     work = Path(tempfile.mkdtemp(prefix="postern-relay-bench-"))
     http, smtp = free_port(), [free_port() for _ in range(3)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
+    env = clean_env()
     env.update(
         {
             "POSTERN_HTTP_PORT": str(http),

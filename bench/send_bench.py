@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.dnsserver import DNSServer  # noqa: E402
-from tests.livesrv import free_port  # noqa: E402
+from tests.livesrv import clean_env, free_port  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -217,7 +217,7 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             admin.dispose()
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTERN_")}
+    env = clean_env()
     env.update(
         {
             "POSTERN_DATABASE_URL": url,

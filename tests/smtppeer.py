@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
-import ipaddress
 import socket
 import ssl
 import tempfile
@@ -36,10 +34,8 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, TLSSetupException
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from mta.tls import self_signed_pem
 
 HOST = "127.0.0.1"
 HOSTNAME = "mx.peer.test"  # given to aiosmtpd, which would otherwise ask socket.getfqdn()
@@ -106,35 +102,7 @@ class _Rule:
 @functools.cache
 def certificate(hostname: str = HOSTNAME) -> tuple[bytes, bytes]:
     """A self-signed certificate (PEM) for ``hostname``, 127.0.0.1 and ::1, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(hostname),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return self_signed_pem(hostname, addresses=("127.0.0.1", "::1"), days=30)
 
 
 def server_tls_context(hostname: str = HOSTNAME) -> ssl.SSLContext:
