@@ -6,6 +6,7 @@ import base64
 import binascii
 import email
 import email.policy
+import email.utils
 import html
 import quopri
 import re
@@ -14,11 +15,14 @@ from email.message import Message
 
 MAX_BYTES = 4 * 1024 * 1024  # of the raw message; the rest (usually the returned original) is cut
 MAX_PARTS = 50  # MIME parts looked at, in depth-first order
-# Lines starting "--" (boundary candidates) before the message is cut: the email package would
-# otherwise build every one of thousands of tiny parts (or nest them past the recursion limit).
+# Lines starting "--" (boundary candidates) and blank lines before the message is cut: the email
+# package would otherwise build every one of thousands of tiny parts (or nest them past the
+# recursion limit), or of thousands of header blocks in a message/delivery-status part.
 MAX_DASH_LINES = 4 * MAX_PARTS
+MAX_BLANK_LINES = 2000
 MAX_TEXT = 200_000  # characters of human-readable text searched by the heuristics
 MAX_RECIPIENTS = 100
+MAX_HEADER = 1000  # characters of a header value kept: the email package parses them in O(n^2)
 MAX_DIAGNOSTIC = 1000
 _MAX_FIELD_LINES = 5000  # lines of a delivery-status or feedback-report part
 _MAX_AT_SIGNS = 500  # "@" looked at when searching text for addresses
@@ -111,11 +115,11 @@ def _parse(raw: bytes) -> Report | None:
     data = _bounded(bytes(raw[:MAX_BYTES]))
     if not data.strip():
         return None
-    msg = email.message_from_bytes(data, policy=email.policy.default)
+    msg = email.message_from_bytes(data, policy=_POLICY)
     parts = _parts(msg)
     report_type = _report_type(msg)
-    dsn_parts = [p for p in parts if p.get_content_type() in _DSN_TYPES]
-    arf_parts = [p for p in parts if p.get_content_type() == _ARF_TYPE]
+    dsn_parts = [p for ctype, p in parts if ctype in _DSN_TYPES]
+    arf_parts = [p for ctype, p in parts if ctype == _ARF_TYPE]
     if arf_parts and (report_type == "feedback-report" or not dsn_parts):
         return _complaint(parts, arf_parts[0])
     if dsn_parts:
@@ -125,25 +129,44 @@ def _parse(raw: bytes) -> Report | None:
     return _plain_bounce(msg, parts, report_type == "delivery-status")
 
 
+_DASH_LINE = re.compile(rb"\n--")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
 def _bounded(data: bytes) -> bytes:
-    """``data`` cut before its MAX_DASH_LINES-th line starting with "--"."""
-    pos = -1
-    for _ in range(MAX_DASH_LINES):
-        pos = data.find(b"\n--", pos + 1)
-        if pos == -1:
-            return data
-    return data[: pos + 1]
+    """``data`` cut before its MAX_DASH_LINES-th line starting with "--" and before its
+    MAX_BLANK_LINES-th blank line."""
+    for pattern, limit in ((_DASH_LINE, MAX_DASH_LINES), (_BLANK_LINE, MAX_BLANK_LINES)):
+        for count, m in enumerate(pattern.finditer(data), 1):
+            if count == limit:
+                data = data[: m.start() + 1]
+                break
+    return data
 
 
-def _parts(msg: Message) -> list[Message]:
+class _Policy(email.policy.EmailPolicy):
+    """email.policy.default, keeping only the first MAX_HEADER characters of a header value."""
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        return name, value[:MAX_HEADER]
+
+
+_POLICY = _Policy()
+
+Parts = list[tuple[str, Message]]  # (content type, part)
+
+
+def _parts(msg: Message) -> Parts:
     """The first MAX_PARTS parts, depth first, descending into multiparts only (never into a
     returned message, whose own parts say nothing about this report)."""
-    out: list[Message] = []
+    out: Parts = []
     stack = [msg]
     while stack and len(out) < MAX_PARTS:
         part = stack.pop()
-        out.append(part)
-        if part.get_content_maintype() == "multipart":
+        ctype = part.get_content_type()
+        out.append((ctype, part))
+        if ctype.startswith("multipart/"):
             payload = part.get_payload()
             if isinstance(payload, list):
                 stack.extend(p for p in reversed(payload[:MAX_PARTS]) if isinstance(p, Message))
@@ -202,19 +225,16 @@ _TAG = re.compile(r"<[^<>]*>")
 _DROP_HTML = re.compile(r"<(script|style)\b[^<>]*>[^<]*</\1\s*>", re.IGNORECASE)
 
 
-def _human_text(parts: list[Message]) -> str:
+def _human_text(parts: Parts) -> str:
     """The report's readable text: its text/plain parts, else its text/html ones stripped."""
-    texts: dict[str, list[str]] = {"plain": [], "html": []}
-    for part in parts:
-        if part.get_content_maintype() != "text" or part.get_content_subtype() not in texts:
-            continue
-        if part.get_content_disposition() == "attachment":
-            continue
-        texts[part.get_content_subtype()].append(_text(part))
-    if any(t.strip() for t in texts["plain"]):
-        text = "\n\n".join(texts["plain"])
+    texts: dict[str, list[str]] = {"text/plain": [], "text/html": []}
+    for ctype, part in parts:
+        if ctype in texts and part.get_content_disposition() != "attachment":
+            texts[ctype].append(_text(part))
+    if any(t.strip() for t in texts["text/plain"]):
+        text = "\n\n".join(texts["text/plain"])
     else:
-        markup = "\n\n".join(texts["html"])[:MAX_TEXT]
+        markup = "\n\n".join(texts["text/html"])[:MAX_TEXT]
         markup = re.sub(r"(?i)<br\s*/?>|</(?:p|div|tr|li|h\d)\s*>", "\n", markup)
         text = html.unescape(_TAG.sub(" ", _DROP_HTML.sub(" ", markup)))
     return text[:MAX_TEXT]
@@ -237,10 +257,10 @@ def _split_original(text: str) -> tuple[str, str]:
     return (text[: m.start()], text[m.start() :]) if m else (text, "")
 
 
-def _original_headers(parts: list[Message]) -> Message | None:
+def _original_headers(parts: Parts) -> Message | None:
     """The returned original message (or just its headers), if the report carries one."""
-    for part in parts:
-        if part.get_content_type() not in _ORIGINAL_TYPES:
+    for ctype, part in parts:
+        if ctype not in _ORIGINAL_TYPES:
             continue
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -249,7 +269,7 @@ def _original_headers(parts: list[Message]) -> Message | None:
             continue
         data = _payload(part)
         if data.strip():
-            return email.message_from_bytes(data[:MAX_TEXT], policy=email.policy.default)
+            return email.message_from_bytes(data[:MAX_TEXT], policy=_POLICY)
     return None
 
 
@@ -407,7 +427,7 @@ def _first(fields: Fields, name: str) -> str | None:
 _RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "action", "status")
 
 
-def _dsn(msg: Message, parts: list[Message], dsn_parts: list[Message]) -> Report | None:
+def _dsn(msg: Message, parts: Parts, dsn_parts: list[Message]) -> Report | None:
     per_message: Fields = {}
     blocks: list[Fields] = []
     for part in dsn_parts:
@@ -489,7 +509,7 @@ def _replied_id(msg: Message) -> str | None:
 # --- RFC 5965 feedback reports -----------------------------------------------------------------
 
 
-def _complaint(parts: list[Message], arf_part: Message) -> Report:
+def _complaint(parts: Parts, arf_part: Message) -> Report:
     fields: Fields = {}
     for block in _field_blocks(_fields_text(arf_part)):
         for key, values in block.items():
@@ -499,7 +519,7 @@ def _complaint(parts: list[Message], arf_part: Message) -> Report:
     if recipient is None:
         recipient = _first_address(_hdr(original, "to"))
     feedback_type = (_first(fields, "feedback-type") or "").lower().split(" ", 1)[0] or None
-    human = [_text(p) for p in parts if p.get_content_type() == "text/plain"]
+    human = [_text(p) for ctype, p in parts if ctype == "text/plain"]
     diagnostic = _collapse(human[0]) if human else ""
     return Report(
         kind="complaint",
@@ -573,10 +593,10 @@ _HOST_SAID = re.compile(
 )
 
 
-def _plain_bounce(msg: Message, parts: list[Message], report_typed: bool) -> Report | None:
-    if not _looks_bounced(msg, parts, report_typed):
-        return None
+def _plain_bounce(msg: Message, parts: Parts, report_typed: bool) -> Report | None:
     text, quoted = _split_original(_human_text(parts))
+    if not _looks_bounced(msg, text, report_typed):
+        return None
     excluded = {a for _, a in _find_addresses(_sender_headers(msg))}
     original = _original_headers(parts)
     if original is not None:
@@ -607,10 +627,13 @@ def _sender_headers(msg: Message) -> str:
     return " ".join(_hdr(msg, h) for h in ("from", "sender", "to", "reply-to", "return-path"))
 
 
-def _looks_bounced(msg: Message, parts: list[Message], report_typed: bool) -> bool:
-    """Whether a message without a delivery-status part is still a bounce. Two signals are
-    needed (a sender/header one and a subject or text one): a person's message mentioning
-    "550" is not a bounce, nor is an auto-reply."""
+def _looks_bounced(msg: Message, text: str, report_typed: bool) -> bool:
+    """Whether a message without a usable delivery-status part is still a bounce. It takes a
+    report-type=delivery-status, or two signals: a bounce sender (MAILER-DAEMON, postmaster,
+    ..., or an X-Failed-Recipients / X-MS-Exchange-Message-Is-Ndr header) with a bounce subject
+    or failure text, or a bounce subject with failure text from a machine (null Return-Path or
+    Auto-Submitted). A person's message mentioning "550" is not a bounce, nor is an auto-reply
+    (unless its sender and subject both say bounce: MTAs mark bounces auto-replied too)."""
     subject = _hdr(msg, "subject")
     sender = _BOUNCE_SENDER.search(_hdr(msg, "from") + " " + _hdr(msg, "sender")) is not None
     sender = sender or bool(_hdr(msg, "x-failed-recipients"))
@@ -627,7 +650,7 @@ def _looks_bounced(msg: Message, parts: list[Message], report_typed: bool) -> bo
         return False
     if report_typed or (sender and by_subject):
         return True
-    by_text = _FAILURE_TEXT.search(_split_original(_human_text(parts))[0]) is not None
+    by_text = _FAILURE_TEXT.search(text) is not None
     null_sender = msg.get("return-path") is not None and _hdr(msg, "return-path") in ("<>", "")
     machine = null_sender or auto_submitted.startswith("auto-")
     return by_text and (sender or (by_subject and machine))

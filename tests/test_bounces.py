@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 
@@ -735,6 +736,60 @@ def test_dsn_with_two_recipients():
     assert alice.remote_mta == bob.remote_mta == "mx.example.org"
     assert report.original_message_id == "<ship-2001.cafe@shop.example>"
     assert report.original_envelope_from == VERP
+
+
+def test_base64_delivery_status_part():
+    raw = sample(SENDMAIL_TWO).decode()
+    head, rest = raw.split("Content-Type: message/delivery-status\n\n")
+    fields, tail = rest.split("--531CU8aQ012345", 1)
+    encoded = base64.encodebytes(fields.encode()).decode()
+    raw = (
+        f"{head}Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+        f"{encoded}\n--531CU8aQ012345{tail}"
+    )
+    report = parse_report(raw.encode())
+    assert report is not None
+    got = [(r.recipient, r.action, r.status, r.smtp_code) for r in report.recipients]
+    assert got == [
+        ("alice@example.org", "failed", "5.1.1", 550),
+        ("bob@example.org", "delayed", "4.2.2", 452),
+    ]
+
+
+def test_field_blocks_from_raw_text():
+    blocks = bounces._field_blocks(
+        "Reporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822;\r\n"
+        " <X@Example.com>\r\nAction: Failed\r\nStatus: 5.2.2 (mailbox full)\r\n\r\n"
+    )
+    assert blocks == [
+        {"reporting-mta": ["dns; mx.example.com"]},
+        {
+            "final-recipient": ["rfc822; <X@Example.com>"],
+            "action": ["Failed"],
+            "status": ["5.2.2 (mailbox full)"],
+        },
+    ]
+    r = bounces._dsn_recipient(blocks[1], "mx.example.com", "")
+    assert (r.recipient, r.action, r.status, r.smtp_code, r.remote_mta) == (
+        "x@example.com",
+        "failed",
+        "5.2.2",
+        None,
+        "mx.example.com",
+    )
+    assert r.hard
+
+
+def test_dsn_without_diagnostic_code_uses_the_human_text():
+    raw = POSTFIX_HARD.replace(
+        "Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.org>: Recipient address\n"
+        "    rejected: User unknown in virtual mailbox table\n",
+        "",
+    )
+    r = only(parse_report(sample(raw)))
+    assert (r.action, r.status, r.smtp_code) == ("failed", "5.1.1", 550)
+    assert r.diagnostic.startswith("<nobody@example.org>: host mx1.example.org[192.0.2.25] said:")
+    assert "(in reply to RCPT TO command)" in r.diagnostic
 
 
 # --- plain-text bounces with nothing but a code and an address ---------------------------------
