@@ -53,8 +53,10 @@ def error_of(resp):
 
 
 def rows(database, model, *where):
+    """Matching rows in the order they were written (by primary key)."""
     with database.transaction(readonly=True) as s:
-        return s.scalars(select(model).where(*where)).all()
+        key = model.__mapper__.primary_key[0]
+        return s.scalars(select(model).where(*where).order_by(key)).all()
 
 
 def test_send_is_committed_before_the_answer(send, database, domain):
