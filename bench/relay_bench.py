@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.send_bench import HTML, run_minimal_sink  # noqa: E402
+from bench.send_bench import HTML, postern, run_minimal_sink  # noqa: E402
 from tests.livesrv import clean_env, free_port  # noqa: E402
 
 
@@ -85,6 +85,20 @@ def wait_for(counter, n: int, limit: float = 600) -> float:
     return time.perf_counter()
 
 
+def measure(name: str, port: int, opts, counter, login) -> dict:
+    """Inject opts.count messages and wait until the sink has them all: the rates."""
+    counter.value = 0
+    start = run_injectors(port, "orders@shop.example", opts.count, opts.connections, login)
+    accepted = time.perf_counter()
+    delivered = wait_for(counter, opts.count)
+    return {
+        "name": name,
+        "intake": opts.count / (accepted - start),
+        "end_to_end": counter.value / (delivered - start),
+        "delivered": counter.value,
+    }
+
+
 def postern_run(opts, sink_port: int, counter) -> dict:
     work = Path(tempfile.mkdtemp(prefix="postern-relay-bench-"))
     http, smtp = free_port(), [free_port() for _ in range(3)]
@@ -104,19 +118,9 @@ def postern_run(opts, sink_port: int, counter) -> dict:
         }
     )
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            env=env,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-
-    key = json.loads(run("user", "create", "bench", "--password", "bench-password").stdout)[
-        "APIKey"
-    ]
+    key = json.loads(
+        postern(["user", "create", "bench", "--password", "bench-password"], env, work).stdout
+    )["APIKey"]
     serve = subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],
         env=env,
@@ -138,22 +142,7 @@ def postern_run(opts, sink_port: int, counter) -> dict:
             db.execute("UPDATE domains SET status = 'Enabled'")
         creds = call("EmailGateway.AddSMTP", DomainID=domain)["SMTP"]
         time.sleep(1.0)  # the relay is up
-        counter.value = 0
-        start = run_injectors(
-            smtp[0],
-            "orders@shop.example",
-            opts.count,
-            opts.connections,
-            (creds["Username"], creds["Password"]),
-        )
-        accepted = time.perf_counter()
-        delivered = wait_for(counter, opts.count)
-        return {
-            "name": "Postern",
-            "intake": opts.count / (accepted - start),
-            "end_to_end": counter.value / (delivered - start),
-            "delivered": counter.value,
-        }
+        return measure("Postern", smtp[0], opts, counter, (creds["Username"], creds["Password"]))
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -202,16 +191,7 @@ def postfix_run(opts, sink_port: int, counter) -> dict:
         subprocess.run(["postfix", "set-permissions"], capture_output=True)
         subprocess.run(["postfix", "start"], check=True, capture_output=True)
         time.sleep(1.5)
-        counter.value = 0
-        start = run_injectors(port, "orders@shop.example", opts.count, opts.connections, None)
-        accepted = time.perf_counter()
-        delivered = wait_for(counter, opts.count)
-        return {
-            "name": "Postfix",
-            "intake": opts.count / (accepted - start),
-            "end_to_end": counter.value / (delivered - start),
-            "delivered": counter.value,
-        }
+        return measure("Postfix", port, opts, counter, None)
     finally:
         subprocess.run(["postfix", "stop"], capture_output=True)
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True)

@@ -145,14 +145,13 @@ class Gateway:
         """Parse mail sent to a return path and record the bounce or complaint it reports."""
         from mta.bounces import parse_report, verp_token
 
-        from .inbox import Outcome, apply_report
+        from .inbox import apply_report
 
         report = parse_report(data)
         if report is None:
             return None
         with self.db.transaction() as session:
-            return apply_report(session, report, [verp_token(r) for r in recipients],
-                                self.clock()) or Outcome()
+            return apply_report(session, report, [verp_token(r) for r in recipients], self.clock())
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""

@@ -31,8 +31,10 @@ def is_return_path_host(db: Session, host: str) -> bool:
     sub, _, name = host.partition(".")
     if not sub or not name:
         return False
-    return db.scalar(select(Domain.id).where(Domain.name == name, Domain.subdomain == sub)
-                     .limit(1)) is not None
+    return (
+        db.scalar(select(Domain.id).where(Domain.name == name, Domain.subdomain == sub).limit(1))
+        is not None
+    )
 
 
 def _by_token(db: Session, token: str | None) -> Delivery | None:
@@ -65,8 +67,12 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
     for i, status in enumerate(statuses):
         token = tokens[i] if i < len(tokens) else (tokens[0] if len(tokens) == 1 else None)
         delivery = _by_token(db, token)
-        if delivery is not None and status.recipient and \
-                delivery.recipient.lower() != status.recipient.lower() and len(statuses) > 1:
+        if (
+            delivery is not None
+            and status.recipient
+            and delivery.recipient.lower() != status.recipient.lower()
+            and len(statuses) > 1
+        ):
             delivery = None  # a multi-recipient report: match each to its own delivery
         delivery = delivery or _by_message_id(db, report.original_message_id, status.recipient)
         if delivery is None:
@@ -75,28 +81,69 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
         message = db.get(Message, delivery.message_id)
         code, enhanced = status.smtp_code, status.status
         text = status.diagnostic or None
-        details = {"source": "dsn" if report.kind == "bounce" else "arf",
-                   "remote_mta": status.remote_mta}
+        details = {
+            "source": "dsn" if report.kind == "bounce" else "arf",
+            "remote_mta": status.remote_mta,
+        }
         if report.kind == "complaint":
             details["feedback_type"] = report.feedback_type
-            events.record(db, COMPLAINED, message, delivery, delivery.recipient, now,
-                          text=text, details=details)
-            suppress(db, delivery.user_id, delivery.recipient, "complaint",
-                     f"Complaint ({report.feedback_type or 'abuse'})", now)
+            events.record(
+                db,
+                COMPLAINED,
+                message,
+                delivery,
+                delivery.recipient,
+                now,
+                text=text,
+                details=details,
+            )
+            suppress(
+                db,
+                delivery.user_id,
+                delivery.recipient,
+                "complaint",
+                f"Complaint ({report.feedback_type or 'abuse'})",
+                now,
+            )
             out.complained += 1
         elif status.hard:
             delivery.status = BOUNCED
             delivery.due_at = None
             delivery.last_code, delivery.last_enhanced, delivery.last_text = code, enhanced, text
             delivery.updated_at = now
-            events.record(db, events.BOUNCED, message, delivery, delivery.recipient, now,
-                          code=code, enhanced=enhanced, text=text, details=details)
-            suppress(db, delivery.user_id, delivery.recipient, "bounce",
-                     f"{code or ''} {enhanced or ''} {text or ''}".strip(), now)
+            events.record(
+                db,
+                events.BOUNCED,
+                message,
+                delivery,
+                delivery.recipient,
+                now,
+                code=code,
+                enhanced=enhanced,
+                text=text,
+                details=details,
+            )
+            suppress(
+                db,
+                delivery.user_id,
+                delivery.recipient,
+                "bounce",
+                f"{code or ''} {enhanced or ''} {text or ''}".strip(),
+                now,
+            )
             out.bounced += 1
         elif status.soft:
-            events.record(db, events.DEFERRED, message, delivery, delivery.recipient, now,
-                          code=code, enhanced=enhanced, text=text,
-                          details={**details, "note": "delay reported by the receiving side"})
+            events.record(
+                db,
+                events.DEFERRED,
+                message,
+                delivery,
+                delivery.recipient,
+                now,
+                code=code,
+                enhanced=enhanced,
+                text=text,
+                details={**details, "note": "delay reported by the receiving side"},
+            )
             out.deferred += 1
     return out

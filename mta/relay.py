@@ -146,7 +146,8 @@ class RelayHandler:
             # Without credentials, only mail for Postern's own return paths (bounces and
             # complaints) is taken, and only on the inbound port: never an open relay.
             if self.role == "inbound" and await asyncio.to_thread(
-                    self.gateway.accepts_for, address or ""):
+                self.gateway.accepts_for, address or ""
+            ):
                 if len(envelope.rcpt_tos) >= 10:
                     return "452 4.5.3 Too many recipients"
                 envelope.rcpt_tos.append(address)
@@ -165,14 +166,19 @@ class RelayHandler:
         data = envelope.original_content or envelope.content
         if caller is None:  # mail for a return path (RCPT took nothing else)
             try:
-                result = await asyncio.to_thread(self.gateway.receive_report,
-                                                 list(envelope.rcpt_tos), data)
+                result = await asyncio.to_thread(
+                    self.gateway.receive_report, list(envelope.rcpt_tos), data
+                )
             except Exception:  # noqa: BLE001 - the sender retries a 4xx
                 log.exception("bounce processing failed")
                 return "451 4.3.0 Temporary failure; please try again later"
-            log.info("mail to a return path", extra={
-                "report": "none" if result is None else vars(result),
-                "peer": session.peer[0] if session.peer else None})
+            log.info(
+                "mail to a return path",
+                extra={
+                    "report": "none" if result is None else vars(result),
+                    "peer": session.peer[0] if session.peer else None,
+                },
+            )
             # Taken either way: refusing would only send a bounce back to a bounce.
             return "250 2.0.0 Ok"
         try:
