@@ -5,6 +5,7 @@ from .database import Database
 from .domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
 from .messages import Delivery, Event, Message, Suppression
 from .users import User, UserAPIKey, UserSession
+from .webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
 
 __all__ = [
     "Delivery",
@@ -19,6 +20,9 @@ __all__ = [
     "SenderAPIKey",
     "SMTPCredential",
     "Webhook",
+    "WebhookAttempt",
+    "WebhookCursor",
+    "WebhookDelivery",
     "User",
     "UserAPIKey",
     "UserSession",
