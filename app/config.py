@@ -171,6 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery", "timeout", float, 60.0, _positive),
     Setting("delivery", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "allow_private", bool, False),
+    Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
     Setting("ratelimit", "requests", int, 100, _positive),
     Setting("ratelimit", "period", int, 60, _positive),

@@ -12,14 +12,23 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
+def derive_key(secret_key: bytes, purpose: str) -> bytes:
+    """A 256-bit key for one purpose, derived from the secret key (HKDF-SHA256)."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=f"postern {purpose} v1".encode()
+    ).derive(secret_key)
+
+
 class SecretBox:
-    """Encrypts and decrypts short secrets (keys, passwords, signing keys) for storage."""
+    """Encrypts and decrypts short secrets (keys, passwords, signing keys) for storage.
+
+    It also holds ``tracking_key``, the MAC key of tracking URLs (mta.tracking).
+    """
 
     def __init__(self, secret_key: bytes):
-        derived = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"postern secrets at rest v1"
-        ).derive(secret_key)
+        derived = derive_key(secret_key, "secrets at rest")
         self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+        self.tracking_key = derive_key(secret_key, "tracking links")
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode("ascii")

@@ -32,10 +32,12 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from .api_php import bp as api_php_bp
     from .api_v1 import bp as api_v1_bp
     from .health import bp as health_bp
+    from .tracking import bp as tracking_bp
 
     app.register_blueprint(api_php_bp)
     app.register_blueprint(api_v1_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(tracking_bp)
 
     @app.before_request
     def _start():

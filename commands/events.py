@@ -19,6 +19,10 @@ DELIVERED = "delivered"
 BOUNCED = "bounced"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
+# ...and by tracking (commands.tracking); commands.inbox writes "complained".
+OPENED = "opened"
+CLICKED = "clicked"
+UNSUBSCRIBED = "unsubscribed"
 
 
 def event_row(

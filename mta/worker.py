@@ -25,12 +25,12 @@ from sqlalchemy import select, update
 from app.config import Config
 from app.crypto import SecretBox
 from commands import events
-from commands.dns_records import make_resolver
+from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress
 from models import Database, Delivery, Domain, Message, utcnow
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
 
-from . import mx
+from . import mx, tracking
 from .message import Address, Attachment, MessageSpec, build_message
 from .signing import SigningKey, sign_message
 from .smtp_client import ClientSettings, Envelope, Outcome, deliver
@@ -49,6 +49,7 @@ class BuildJob:
     subdomain: str
     created_at: datetime
     keys: list[tuple[str, str, bytes]]  # (selector, algorithm, private PEM)
+    track: tracking.Tracking | None = None  # set: the message to one recipient, tracked
 
 
 def build_and_sign(b: BuildJob) -> bytes:
@@ -62,14 +63,18 @@ def build_and_sign(b: BuildJob) -> bytes:
     def addresses(items):
         return [Address(a["email"], a.get("name", "")) for a in items]
 
+    html, text, extra = p["html"], p["text"], {}
+    if b.track is not None:
+        html, text, extra = tracking.apply(b.track, html, text)
+
     spec = MessageSpec(
         sender=Address(p["from"]["email"], p["from"].get("name", "")),
         to=addresses(p["to"]),
         cc=addresses(p["cc"]),
         reply_to=addresses(p["reply_to"]),
         subject=p["subject"],
-        html=p["html"],
-        text=p["text"],
+        html=html,
+        text=text,
         attachments=[
             Attachment(
                 a["filename"],
@@ -84,6 +89,7 @@ def build_and_sign(b: BuildJob) -> bytes:
         tags=json.loads(b.tags),
         message_id=f"<{b.message_id}@{b.domain_name}>",
         date=b.created_at,
+        extra_headers=extra,
     )
     return sign_message(build_message(spec), keys)
 
@@ -228,14 +234,27 @@ class Worker:
                 ]
                 for d in domains.values()
             }
-        builds: dict[str, BuildJob] = {}
+        # One build per message; one per delivery where it is tracked (its links differ).
+        builds: dict[str | int, BuildJob] = {}
+        build_of: dict[int, str | int] = {}
+        flags: dict[str, tuple[bool, bool, bool] | None] = {}
         for job in jobs:
             domain = domains.get(job.domain_id)
             if domain is None:
                 failures[job.delivery_id] = "The sending domain was deleted"
-            elif job.message_id not in builds:
-                m = messages[job.message_id]
-                builds[job.message_id] = BuildJob(
+                continue
+            m = messages[job.message_id]
+            if m.id not in flags:
+                flags[m.id] = tracking.wanted(
+                    json.loads(m.payload),
+                    domain.link_tracking,
+                    domain.open_tracking,
+                    domain.unsubscribe_link,
+                )
+            track = self._tracking(domain, job.token, flags[m.id])
+            key = build_of[job.delivery_id] = job.message_id if track is None else job.delivery_id
+            if key not in builds:
+                builds[key] = BuildJob(
                     m.payload,
                     m.tags,
                     m.id,
@@ -243,6 +262,7 @@ class Worker:
                     domain.subdomain,
                     m.created_at,
                     keys[domain.id],
+                    track,
                 )
         signed = dict(zip(builds, self._build_all(list(builds.values())), strict=True))
         for job in jobs:
@@ -251,10 +271,21 @@ class Worker:
                 envelopes[job.delivery_id] = Envelope(
                     mail_from=verp_address(job.token, domain.subdomain, domain.name),
                     rcpt_to=job.recipient,
-                    data=signed[job.message_id],
+                    data=signed[build_of[job.delivery_id]],
                     ref=job.delivery_id,
                 )
         return envelopes, failures
+
+    def _tracking(
+        self, domain: Domain, token: str, flags: tuple[bool, bool, bool] | None
+    ) -> tracking.Tracking | None:
+        """What is tracked in the message to one recipient; None when nothing is."""
+        if flags is None or not tracking.can_track(token):
+            return None
+        base = tracking.base_url(
+            self.config.tracking.base_url, self.config.http.public_url, tracking_host(domain)
+        )
+        return tracking.Tracking(base, self.box.tracking_key, token, *flags)
 
     def _build_all(self, builds: list[BuildJob]) -> list[bytes]:
         processes = self.config.delivery.build_processes or os.cpu_count() or 1
