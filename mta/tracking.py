@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import html
 import re
@@ -78,7 +77,7 @@ def base_url(configured: str, public_url: str, tracking_host: str) -> str:
 
 
 def _mac(key: bytes, kind: bytes, raw_token: bytes, url: bytes) -> bytes:
-    return hmac.new(key, kind + raw_token + url, hashlib.sha256).digest()[:MAC_BYTES]
+    return hmac.digest(key, kind + raw_token + url, "sha256")[:MAC_BYTES]
 
 
 def sign(key: bytes, kind: bytes, token: str, url: str = "") -> str:
@@ -137,8 +136,8 @@ def _trackable(url: str) -> bool:
 # Comments (but not Outlook's conditional comments, whose content is shown), the raw text of
 # script and style, and the start of <a> and <area> tags.
 _SCAN = re.compile(
-    r"(?P<skip><!--(?!\[if).*?(?:-->|\Z)|<(?P<raw>script|style)\b.*?(?:</(?P=raw)\s*>|\Z))"
-    r"|<(?:a|area)(?=[\s/>])",
+    r"<(?:(?P<skip>!--(?!\[if).*?(?:-->|\Z)|(?P<raw>script|style)\b.*?(?:</(?P=raw)\s*>|\Z))"
+    r"|(?:a|area)(?=[\s/>]))",
     re.IGNORECASE | re.DOTALL,
 )
 # One attribute inside a start tag (HTML's tokenizer rules: a quote only opens a value after =).
