@@ -108,9 +108,10 @@ def smtp(obj: Obj):
 @cli.command()
 @click.pass_obj
 def worker(obj: Obj):
-    """Run the delivery worker (any number of them on PostgreSQL or MariaDB)."""
+    """Run the delivery worker and the webhook sender (any number on PostgreSQL or MariaDB)."""
     import signal
 
+    from mta.webhook_sender import WebhookSender
     from mta.worker import Worker
 
     from .crypto import SecretBox
@@ -119,12 +120,22 @@ def worker(obj: Obj):
     config = obj.config
     configure_logging(config.log.level, config.log.format)
     database = open_database(config, upgrade_embedded=False)
-    runner = Worker(config, database, SecretBox(resolve_secret_key(config)))
+    box = SecretBox(resolve_secret_key(config))
+    runner = Worker(config, database, box)
+    webhooks = WebhookSender(config, database, box, worker_id=runner.worker_id)
+
+    def stop(*_):
+        runner.stop()
+        webhooks.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: runner.stop())
+        signal.signal(sig, stop)
+    webhooks.start()
     try:
         runner.run()  # finishes the batch in hand, then returns
     finally:
+        webhooks.stop()
+        webhooks.join()  # finishes and records the POSTs in hand
         database.dispose()
 
 

@@ -85,6 +85,14 @@ def _port_list(v: list) -> str | None:
     )
 
 
+def _positive_list(v: list) -> str | None:
+    return (
+        None
+        if v and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+        else "must be a list of whole numbers greater than zero"
+    )
+
+
 def _http_url(v: str) -> str | None:
     from urllib.parse import urlsplit
 
@@ -171,6 +179,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery", "timeout", float, 60.0, _positive),
     Setting("delivery", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "allow_private", bool, False),
+    Setting("webhooks", "timeout", float, 10.0, _positive),
+    Setting(
+        "webhooks", "retry_schedule", list, [60, 300, 1800, 7200, 21_600, 86_400], _positive_list
+    ),
+    Setting("webhooks", "concurrency", int, 10, _positive),
+    Setting("webhooks", "batch_size", int, 500, _positive),
+    Setting("webhooks", "gap_expiry", int, 300, _positive),
+    Setting("webhooks", "poll_interval", float, 1.0, _positive),
     Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
     Setting("ratelimit", "requests", int, 100, _positive),

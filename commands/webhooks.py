@@ -6,13 +6,14 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import fields
-from sqlalchemy import select
+from marshmallow import fields, validate
+from sqlalchemy import func, select
 
 from app.config import Config
-from models import Domain, Webhook
+from models import Domain, Webhook, WebhookAttempt, WebhookDelivery
+from models.webhooks import FAILED, PENDING, SUCCEEDED
 
-from .context import Context
+from .context import Context, format_date
 from .domains import domain_id_param, new_signing_key, owned_domain
 from .errors import CommandError
 from .registry import Auth, command
@@ -28,6 +29,8 @@ EVENTS = {
     "complaint": "complained",
 }
 ALL_EVENTS = set(EVENTS) | set(EVENTS.values())
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_events(raw: Any) -> list[str] | None:
@@ -54,18 +57,44 @@ def url_problem(url: str, config: Config) -> str | None:
         return "the URL cannot be parsed"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "the URL must start with http:// or https:// and name a host"
+    problem = host_problem(parts.hostname, config)
+    try:
+        ip = ipaddress.ip_address(parts.hostname)
+    except ValueError:  # a name: its addresses are checked before each POST
+        return problem
+    return problem or address_problem(ip, config)
+
+
+def host_problem(host: str, config: Config) -> str | None:
+    """Why a webhook may not be sent to the host named ``host``, or None."""
     if config.webhooks.allow_private:
         return None
-    host = parts.hostname.lower().rstrip(".")
+    host = host.lower().rstrip(".")
     own = {config.smtp.hostname.lower(), (urlsplit(config.http.public_url).hostname or "").lower()}
     if host == "localhost" or host.endswith(".localhost") or host in own:
         return "the URL points at this gateway or at localhost"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    return None
+
+
+def address_problem(ip: IPAddress, config: Config) -> str | None:
+    """Why a webhook may not be sent to the address ``ip``, or None."""
+    if config.webhooks.allow_private:
         return None
-    if not ip.is_global:
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if not ip.is_global or (mapped is not None and not mapped.is_global):
         return "the URL points at a loopback, private or reserved address"
+    return None
+
+
+def event_name(subscribed: str, event_type: str) -> str | None:
+    """The name a webhook subscribed to ``event_type`` by, in its own vocabulary, or None.
+
+    ``subscribed`` is the webhook's comma list as registered; ``event_type`` an event's
+    type as written in the event log (``delivered``, ``bounced``, ...).
+    """
+    for name in subscribed.split(","):
+        if EVENTS.get(name, name) == event_type:
+            return name
     return None
 
 
@@ -171,6 +200,103 @@ def regenerate_signing_key(ctx: Context, DomainID: int) -> dict[str, Any]:
     key = new_signing_key()
     domain.signing_key_encrypted = ctx.box.encrypt(key)
     return {"SigningKey": key}
+
+
+DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
+MAX_DELIVERIES_PAGE = 100
+
+
+class GetWebhookDeliveriesSchema(CommandSchema):
+    DomainID = domain_id_param(
+        (1, "Missing required parameter DomainID"),
+        _GET_WEBHOOKS_NOT_FOUND,
+    )
+    WebhookID = param(RowID(), invalid=(3, "Webhook not found in this domain"))
+    Status = param(
+        fields.String(validate=validate.OneOf(DELIVERY_STATUSES)),
+        invalid=(4, "Status must be one of " + ", ".join(DELIVERY_STATUSES)),
+    )
+    StartFrom = param(
+        fields.Integer(load_default=0, validate=validate.Range(min=0)),
+        invalid=(5, "StartFrom must be a whole number, 0 or more"),
+    )
+    RetrieveCount = param(
+        fields.Integer(load_default=100, validate=validate.Range(1, MAX_DELIVERIES_PAGE)),
+        invalid=(6, f"RetrieveCount must be from 1 to {MAX_DELIVERIES_PAGE}"),
+    )
+
+
+@command(
+    "EmailGateway.GetWebhookDeliveries",
+    schema=GetWebhookDeliveriesSchema,
+    auth=Auth.USER,
+    readonly=True,
+)
+def get_webhook_deliveries(
+    ctx: Context,
+    DomainID: int,
+    StartFrom: int,
+    RetrieveCount: int,
+    WebhookID: int | None = None,
+    Status: str | None = None,
+) -> dict[str, Any]:
+    """The domain's webhook deliveries, newest first, each with its attempts."""
+    domain = owned_domain(ctx, DomainID, _GET_WEBHOOKS_NOT_FOUND)
+    where = [WebhookDelivery.domain_id == domain.id]
+    if WebhookID is not None:
+        webhook = ctx.db.get(Webhook, WebhookID)
+        if webhook is None or webhook.domain_id != domain.id:
+            raise CommandError(3, "Webhook not found in this domain")
+        where.append(WebhookDelivery.webhook_id == WebhookID)
+    if Status is not None:
+        where.append(WebhookDelivery.status == Status)
+    total = ctx.db.scalar(select(func.count()).select_from(WebhookDelivery).where(*where))
+    rows = list(
+        ctx.db.scalars(
+            select(WebhookDelivery)
+            .where(*where)
+            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+            .offset(StartFrom)
+            .limit(RetrieveCount)
+        )
+    )
+    attempts: dict[int, list[WebhookAttempt]] = {row.id: [] for row in rows}
+    if rows:
+        for attempt in ctx.db.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(attempts))
+            .order_by(WebhookAttempt.id)
+        ):
+            attempts[attempt.delivery_id].append(attempt)
+    return {
+        "TotalRecords": total,
+        "Deliveries": [delivery_view(row, attempts[row.id]) for row in rows],
+    }
+
+
+def delivery_view(row: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
+    return {
+        "DeliveryID": str(row.id),
+        "WebhookID": str(row.webhook_id),
+        "URL": row.url,
+        "EventID": row.event_uid,
+        "Event": row.event_name,
+        "Status": row.status,
+        "AttemptCount": row.attempts,
+        "NextAttemptDate": format_date(row.due_at) if row.status == PENDING else None,
+        "LastStatusCode": row.last_status_code,
+        "LastError": row.last_error,
+        "CreatedDate": format_date(row.created_at),
+        "Attempts": [
+            {
+                "Time": format_date(a.attempted_at),
+                "StatusCode": a.status_code,
+                "DurationMs": a.duration_ms,
+                "Error": a.error,
+            }
+            for a in attempts
+        ],
+    }
 
 
 # /api/v1/webhooks: the same operations for the sender key's own domain.
