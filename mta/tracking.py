@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 CLICK, OPEN, UNSUBSCRIBE = b"c", b"o", b"u"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAC_BYTES = 16  # 128 bits
 TOKEN_BYTES = 16  # Delivery.token: 32 hex digits
 MAX_URL = 2048  # longer links are left as they are (the tracking URL would be too long)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def wanted(
 
 def base_url(configured: str, public_url: str, tracking_host: str) -> str:
     """``tracking.base_url`` when set; else the domain's tracking host, with the scheme and
-    port of ``http.public_url`` (the tracking host is a CNAME of its host)."""
+    port of ``http.public_url`` (the tracking host's DNS record points at its host)."""
     if configured:
         return configured.rstrip("/")
     parts = urlsplit(public_url)
