@@ -29,11 +29,16 @@ def sender_key(params: dict) -> str | None:
     return None
 
 
-def run_v1(command_name: str, account_error: tuple[int, str] | None = None) -> Response:
+def run_v1(
+    command_name: str,
+    account_error: tuple[int, str] | None = None,
+    limited_text: str | None = None,
+) -> Response:
     """Authenticate the sender key, count the request against it, run the command.
 
     ``account_error`` replaces the answer for a disabled account where a route's contract
-    gives it another code (the email route: 12).
+    gives it another code (the email route: 12); ``limited_text`` the 429 text where a
+    route's contract words it otherwise (the events route; ``{seconds}`` is filled in).
     """
     gateway = current_app.extensions["postern.gateway"]
     try:
@@ -43,7 +48,10 @@ def run_v1(command_name: str, account_error: tuple[int, str] | None = None) -> R
         if not decision.allowed:
             from commands.ratelimit import too_many_requests_text
 
-            resp = errors(429, too_many_requests_text(decision), 429)
+            text = too_many_requests_text(decision)
+            if limited_text:
+                text = limited_text.format(seconds=decision.retry_after)
+            resp = errors(429, text, 429)
             resp.headers["Retry-After"] = str(decision.retry_after)
             return resp
         fields = gateway.run(
@@ -72,3 +80,11 @@ def webhooks():
 @bp.route("/email", methods=["POST"])
 def email():
     return run_v1("v1.Email.Send", account_error=(12, "Invalid or deactivated user account"))
+
+
+@bp.route("/events", methods=["GET"])
+def events():
+    return run_v1(
+        "v1.Events.List",
+        limited_text="Too many requests. Please wait for {seconds} seconds before trying again.",
+    )

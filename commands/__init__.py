@@ -5,10 +5,12 @@ Importing this package registers every command.
 
 from . import (  # noqa: F401  (importing a module registers its commands)
     domains,
+    event_log,
     queue,
     sender_keys,
     sending,
     smtp_credentials,
+    stats,
     suppression,
     users,
     webhooks,

@@ -76,22 +76,43 @@ class Delivery(Base):
     message: Mapped[Message] = relationship(back_populates="deliveries")
 
 
+def _lower_recipient(context) -> str:
+    return context.get_current_parameters()["recipient"].lower()
+
+
 class Event(Base):
     """Something that happened to a delivery; ``uid`` is stable for webhook receivers."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_user_id_created_at", "user_id", "created_at"),)
+    # The event log's queries (commands/event_log.py, commands/stats.py) are answered from
+    # these indexes alone where they can be: a page and its exact count by domain and date,
+    # by domain, type and date (with the delivery, for unique opens and clicks), by recipient.
+    __table_args__ = (
+        Index("ix_events_user_id_created_at", "user_id", "created_at"),
+        Index("ix_events_domain_id_created_at_user_id", "domain_id", "created_at", "user_id"),
+        Index(
+            "ix_events_domain_id_type_created_at_user_id_delivery_id",
+            "domain_id",
+            "type",
+            "created_at",
+            "user_id",
+            "delivery_id",
+        ),
+        Index("ix_events_user_id_recipient_lower", "user_id", "recipient_lower"),
+    )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     uid: Mapped[str] = mapped_column(String(36), unique=True)
     type: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     user_id: Mapped[int] = mapped_column(Integer)
-    domain_id: Mapped[int] = mapped_column(Integer, index=True)
+    domain_id: Mapped[int] = mapped_column(Integer)
     domain_name: Mapped[str] = mapped_column(String(253))
     message_id: Mapped[str] = mapped_column(String(36), index=True)
     delivery_id: Mapped[int | None] = mapped_column(BigID, nullable=True)
     recipient: Mapped[str] = mapped_column(String(320))
+    # The recipient lower-cased, filled in from ``recipient`` on insert: searched by `to:`.
+    recipient_lower: Mapped[str] = mapped_column(String(320), default=_lower_recipient)
     tags: Mapped[str] = mapped_column(Text, default="[]")
     smtp_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     enhanced_code: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -1,0 +1,394 @@
+"""The event log: EmailGateway.GetEvents and GET /api/v1/events, their filters and answers."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from models import Event, Message
+
+from .context import Context
+from .domains import owned_domain
+from .errors import CommandError
+from .registry import Auth, command
+from .schema import CommandSchema, RowID, param
+
+# Octeth's names for the event types they share; the other types keep Postern's names.
+OCTETH_NAMES = {
+    "delivered": "delivery",
+    "bounced": "bounce",
+    "opened": "open",
+    "clicked": "click",
+    "unsubscribed": "unsubscribe",
+    "complained": "complaint",
+}
+EVENT_TYPES = ("accepted", "rejected", "deferred", "failed", "suppressed", *OCTETH_NAMES)
+# Any accepted spelling (either vocabulary, any letter case) -> the stored type.
+_TYPE_OF = {name: name for name in EVENT_TYPES} | {o: t for t, o in OCTETH_NAMES.items()}
+
+
+INVALID_EVENT = "Invalid Event: one or more of " + ", ".join(sorted(_TYPE_OF))
+
+
+def public_type(stored: str) -> str:
+    """The name answers give a stored event type."""
+    return OCTETH_NAMES.get(stored, stored)
+
+
+class EventTypes(fields.Field):
+    """One or several event types (a list, or comma-separated), in either vocabulary."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[str]:
+        items = value if isinstance(value, list) else str(value).split(",")
+        types: list[str] = []
+        for item in items:
+            stored = _TYPE_OF.get(str(item).strip().lower())
+            if stored is None:
+                raise ValidationError("unknown event type")
+            if stored not in types:
+                types.append(stored)
+        if not types:
+            raise ValidationError("no event type")
+        return types
+
+
+@dataclass(frozen=True)
+class Span:
+    """What a date parameter covers: a whole day, or one second (a time or a Unix time)."""
+
+    start: datetime
+    end: datetime  # exclusive
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SECOND = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$")
+
+
+def parse_span(value: Any) -> Span | None:
+    """``YYYY-MM-DD``, ``YYYY-MM-DD HH:MM:SS`` or a Unix time (UTC), or None."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    try:
+        if isinstance(value, int) or text.isdigit():
+            start = datetime.fromtimestamp(int(text), UTC)
+            return Span(start, start + timedelta(seconds=1))
+        if _DAY.match(text):
+            start = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            return Span(start, start + timedelta(days=1))
+        if _SECOND.match(text):
+            start = datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M:%S")
+            return Span(start.replace(tzinfo=UTC), start.replace(tzinfo=UTC) + timedelta(seconds=1))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+class DateArg(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs) -> Span:
+        span = parse_span(value)
+        if span is None or not 1970 <= span.start.year <= 9998:
+            raise ValidationError("not a date")
+        return span
+
+
+def date_range(
+    start: Span | None, end: Span | None, end_code: int
+) -> tuple[datetime | None, datetime | None]:
+    """[from, to) of the StartDate and EndDate parameters, both inclusive; either may be open."""
+    low = start.start if start else None
+    high = end.end if end else None
+    if low is not None and high is not None and high <= low:
+        raise CommandError(end_code, "EndDate is before StartDate")
+    return low, high
+
+
+# -- the Query parameter -------------------------------------------------------------------
+
+TERMS = ("subject", "to", "from", "tag", "message")
+_TOKEN = re.compile(r'(?:(\w+):)?(?:"([^"]*)"?|(\S+))')
+
+
+def parse_query(text: str | None) -> list[tuple[str | None, str]]:
+    """``subject:welcome to:"a b" free text`` -> [(term or None, value)]; quotes keep spaces.
+
+    A prefix that is not a known term is part of the free text (``http://…``).
+    """
+    out: list[tuple[str | None, str]] = []
+    for match in _TOKEN.finditer(text or ""):
+        name, quoted, bare = match.groups()
+        value = quoted if quoted is not None else bare
+        if name and name.lower() not in TERMS:
+            value, name = f"{name}:{value}", None
+        if value:
+            out.append((name.lower() if name else None, value))
+    return out
+
+
+def _contains(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def message_id_of(value: str) -> str:
+    """A message id as given back by the send commands, or its ``<id@domain>`` header form."""
+    return value.strip().strip("<>").partition("@")[0]
+
+
+def _messages_where(user_id: int, domain_id: int | None, *where) -> ColumnElement[bool]:
+    ids = select(Message.id).where(Message.user_id == user_id, *where)
+    if domain_id is not None:
+        ids = ids.where(Message.domain_id == domain_id)
+    return Event.message_id.in_(ids)
+
+
+def _term(user_id: int, domain_id: int | None, name: str | None, value: str):
+    if name == "subject":
+        return _messages_where(
+            user_id, domain_id, Message.subject.ilike(_contains(value), escape="\\")
+        )
+    if name == "from":
+        pattern = _contains(value)
+        return _messages_where(user_id, domain_id, Message.from_email.ilike(pattern, escape="\\"))
+    if name == "to":
+        value = value.lower()
+        if "@" in value[1:]:
+            return Event.recipient_lower == value  # a whole address: the index answers it
+        return Event.recipient_lower.like(_contains(value), escape="\\")
+    if name == "tag":
+        forms = {json.dumps(value), json.dumps(value, ensure_ascii=False)}
+        return or_(*(Event.tags.like(_contains(f), escape="\\") for f in forms))
+    if name == "message":
+        return Event.message_id == message_id_of(value)
+    pattern = _contains(value)  # free text: the recipient or the subject
+    return or_(
+        Event.recipient_lower.like(pattern.lower(), escape="\\"),
+        _messages_where(user_id, domain_id, Message.subject.ilike(pattern, escape="\\")),
+    )
+
+
+def event_filters(
+    user_id: int,
+    domain_id: int | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: list[str] | None = None,
+    query: str | None = None,
+    message_id: str | None = None,
+) -> list[ColumnElement[bool]]:
+    """WHERE conditions of an event search; always scoped to ``user_id``."""
+    where: list[ColumnElement[bool]] = [Event.user_id == user_id]
+    if domain_id is not None:
+        where.append(Event.domain_id == domain_id)
+    if since is not None:
+        where.append(Event.created_at >= since)
+    if until is not None:
+        where.append(Event.created_at < until)
+    if types:
+        where.append(Event.type.in_(types))
+    if message_id:
+        where.append(Event.message_id == message_id_of(message_id))
+    where.extend(_term(user_id, domain_id, n, v) for n, v in parse_query(query))
+    return where
+
+
+def event_page(
+    db: Session, where: list[ColumnElement[bool]], start_from: int, count: int
+) -> tuple[int, list[Event]]:
+    """The exact number of matching events and one page of them, newest first."""
+    rows = db.scalars(
+        select(Event)
+        .where(and_(*where))
+        .order_by(Event.created_at.desc(), Event.id.desc())
+        .offset(start_from)
+        .limit(count)
+    ).all()
+    if 0 < len(rows) < count or (start_from == 0 and not rows):
+        return start_from + len(rows), list(rows)  # the last page: no count needed
+    total = db.scalar(select(func.count()).select_from(Event).where(and_(*where)))
+    return total or 0, list(rows)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(text: str | None, default):
+    try:
+        value = json.loads(text or "")
+    except ValueError:
+        return default
+    return value if isinstance(value, type(default)) else default
+
+
+def event_view(row: Event, message: Any) -> dict[str, Any]:
+    """One event as GetEvents answers it (Octeth's shape, with Postern's own fields)."""
+    details = _json(row.details, {})
+    view: dict[str, Any] = {
+        "id": row.uid,
+        "event_type": public_type(row.type),
+        "timestamp": iso(row.created_at),
+        "message_id": row.message_id,
+        "recipient": row.recipient,
+        "domain": row.domain_name,
+        "tags": _json(row.tags, []),
+        "message": {
+            "headers": {
+                "subject": message.subject if message else None,
+                "from": message.from_email if message else None,
+                "to": row.recipient,
+                "message-id": f"<{row.message_id}@{row.domain_name}>",
+            }
+        },
+    }
+    if row.smtp_code is not None or row.enhanced_code or row.smtp_text:
+        view["delivery_status"] = {
+            "code": row.smtp_code,
+            "enhanced": row.enhanced_code,
+            "text": row.smtp_text,
+        }
+    for key in ("url", "ip", "user_agent"):
+        if key in details:
+            view[key] = details.pop(key)
+    if details:
+        view["details"] = details
+    return view
+
+
+class GetEventsSchema(CommandSchema):
+    # Checked in the order the seed lists the codes: 4, 5, then the domain (2).
+    StartFrom = param(
+        fields.Integer(required=True, validate=validate.Range(min=0, max=2**31 - 1)),
+        missing=(4, "Required parameter missing: StartFrom"),
+        invalid=(6, "Invalid StartFrom: a whole number, 0 or more"),
+    )
+    RetrieveCount = param(
+        fields.Integer(required=True, validate=validate.Range(min=1, max=100)),
+        missing=(5, "Required parameter missing: RetrieveCount"),
+        invalid=(7, "Invalid RetrieveCount: a whole number from 1 to 100"),
+    )
+    DomainID = param(RowID(), invalid=(2, "Failed to retrieve sender domain"))
+    StartDate = param(
+        DateArg(), invalid=(8, "Invalid StartDate: YYYY-MM-DD or YYYY-MM-DD HH:MM:SS (UTC)")
+    )
+    EndDate = param(
+        DateArg(), invalid=(9, "Invalid EndDate: YYYY-MM-DD or YYYY-MM-DD HH:MM:SS (UTC)")
+    )
+    types = param(EventTypes(data_key="Event"), invalid=(10, INVALID_EVENT))
+    Query = param(
+        fields.String(validate=validate.Length(max=1000)),
+        invalid=(11, "Invalid Query: at most 1000 characters"),
+    )
+
+
+@command("EmailGateway.GetEvents", schema=GetEventsSchema, auth=Auth.USER, readonly=True)
+def get_events(
+    ctx: Context,
+    StartFrom: int,
+    RetrieveCount: int,
+    DomainID: int | None = None,
+    StartDate: Span | None = None,
+    EndDate: Span | None = None,
+    types: list[str] | None = None,
+    Query: str | None = None,
+) -> dict[str, Any]:
+    """The user's events (one domain's, or all), newest first, with their exact number."""
+    user_id = ctx.current_user.id
+    if DomainID is not None:
+        owned_domain(ctx, DomainID, (2, "Failed to retrieve sender domain"))
+    since, until = date_range(StartDate, EndDate, 9)
+    where = event_filters(user_id, DomainID, since=since, until=until, types=types, query=Query)
+    total, rows = event_page(ctx.db, where, StartFrom, RetrieveCount)
+    ids = {r.message_id for r in rows}
+    messages = {
+        m.id: m
+        for m in ctx.db.execute(
+            select(Message.id, Message.subject, Message.from_email).where(
+                Message.id.in_(ids), Message.user_id == user_id
+            )
+        )
+    }
+    return {
+        "TotalRecords": total,
+        "Events": [event_view(r, messages.get(r.message_id)) for r in rows],
+    }
+
+
+# -- GET /api/v1/events ----------------------------------------------------------------------
+
+_DETAIL_NAMES = {"user_agent": "UserAgent", "ip": "IpAddress", "url": "Url"}
+
+
+def v1_event_view(row: Event) -> dict[str, Any]:
+    details = {
+        _DETAIL_NAMES.get(k) or k.title().replace("_", ""): v
+        for k, v in _json(row.details, {}).items()
+    }
+    if row.smtp_code is not None:
+        details["SMTPCode"] = row.smtp_code
+    if row.enhanced_code:
+        details["EnhancedStatusCode"] = row.enhanced_code
+    if row.smtp_text:
+        details["SMTPResponse"] = row.smtp_text
+    return {
+        "EventId": row.uid,
+        "EventType": public_type(row.type),
+        "EventTimestamp": iso(row.created_at),
+        "Recipient": row.recipient,
+        "MessageId": row.message_id,
+        "CampaignId": None,
+        "Tags": _json(row.tags, []),
+        "Details": details,
+    }
+
+
+_V1_DATE = "a Unix time or YYYY-MM-DD HH:MM:SS (UTC)"
+
+
+class V1EventsSchema(CommandSchema):
+    StartFrom = param(
+        fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1)),
+        invalid=(4, "Invalid StartFrom: a whole number, 0 or more"),
+    )
+    RetrieveCount = param(
+        fields.Integer(load_default=5, validate=validate.Range(min=1, max=100)),
+        invalid=(5, "Invalid RetrieveCount: a whole number from 1 to 100"),
+    )
+    StartDate = param(DateArg(), invalid=(6, f"Invalid StartDate: {_V1_DATE}"))
+    EndDate = param(DateArg(), invalid=(7, f"Invalid EndDate: {_V1_DATE}"))
+    types = param(EventTypes(data_key="Event"), invalid=(8, INVALID_EVENT))
+    MessageID = param(
+        fields.String(validate=validate.Length(max=300)), invalid=(9, "Invalid MessageID")
+    )
+
+
+@command("v1.Events.List", schema=V1EventsSchema, auth=Auth.SENDER, transport="v1", readonly=True)
+def v1_events(
+    ctx: Context,
+    StartFrom: int,
+    RetrieveCount: int,
+    StartDate: Span | None = None,
+    EndDate: Span | None = None,
+    types: list[str] | None = None,
+    MessageID: str | None = None,
+) -> dict[str, Any]:
+    """The sender key's domain's events, newest first."""
+    since, until = date_range(StartDate, EndDate, 7)
+    where = event_filters(
+        ctx.sender.user_id,
+        ctx.sender.domain_id,
+        since=since,
+        until=until,
+        types=types,
+        message_id=MessageID,
+    )
+    total, rows = event_page(ctx.db, where, StartFrom, RetrieveCount)
+    return {"TotalRecords": total, "Events": [v1_event_view(r) for r in rows]}
