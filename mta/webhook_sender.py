@@ -9,7 +9,6 @@ records each attempt in a transaction of its own.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import os
@@ -24,30 +23,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpcore
 import httpx
 from sqlalchemy import select, update
 
 from app.config import Config
 from app.crypto import SecretBox
-from commands.dns_records import make_resolver
-from commands.webhooks import address_problem, host_problem
 from models import Database, Domain, Event, WebhookAttempt, WebhookDelivery, utcnow
 from models.webhooks import FAILED, PENDING, SUCCEEDED
 
-from . import mx
 from .webhook_fanout import fan_out
-from .webhook_payload import USER_AGENT, event_body, signature_headers
+from .webhook_http import Refused, response_snippet, webhook_client
+from .webhook_payload import event_body, signature_headers
 
 log = logging.getLogger("postern.webhooks")
 
 CLAIM_MARGIN = 60  # seconds a claim outlasts the POSTs it was made for
 MAX_ERROR = 1000  # characters of an error kept with an attempt
-_SNIPPET = 200  # bytes of a refusing answer's body kept in its error
-
-
-class Refused(Exception):
-    """The webhook's host may not be contacted (webhooks.allow_private is off)."""
 
 
 @dataclass
@@ -75,78 +66,6 @@ class Attempt:
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-class CheckedBackend(httpcore.AsyncNetworkBackend):
-    """Opens connections only to addresses the webhook settings allow.
-
-    The host is resolved with Postern's resolver and every address checked right before
-    the connection is made, so a name cannot be pointed elsewhere between a check and
-    its use; TLS still verifies the certificate for the host name.
-    """
-
-    def __init__(self, config: Config):
-        self._config = config
-        self._resolver = make_resolver(config)
-        self._inner = httpcore.AnyIOBackend()
-
-    async def address(self, host: str) -> str:
-        problem = host_problem(host, self._config)
-        if problem:
-            raise Refused(f"{host}: {problem}")
-        try:
-            addresses = await asyncio.to_thread(mx.resolve_addresses, host, self._resolver)
-        except mx.RouteError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.message}") from None
-        for address in addresses:
-            problem = address_problem(ipaddress.ip_address(address), self._config)
-            if problem:
-                raise Refused(f"{host} resolves to {address}: {problem}")
-        return addresses[0]
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await self._inner.connect_tcp(
-            await self.address(host),
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        raise httpcore.ConnectError("webhooks are not posted to Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def webhook_client(config: Config) -> httpx.AsyncClient:
-    """An httpx client that follows no redirects, ignores proxy variables, and connects
-    through ``CheckedBackend``."""
-    c = config.webhooks
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx takes no network backend of its own: its transport's connection pool does.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=c.concurrency,
-        max_keepalive_connections=c.concurrency,
-        keepalive_expiry=30.0,
-        network_backend=CheckedBackend(config),
-    )
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=c.timeout,
-        follow_redirects=False,
-        trust_env=False,
-        headers={"User-Agent": USER_AGENT},
-    )
 
 
 class WebhookSender:
@@ -257,7 +176,7 @@ class WebhookSender:
             ):
                 code = resp.status_code
                 if not 200 <= code < 300:
-                    error = f"HTTP {code}" + await _snippet(resp)
+                    error = f"HTTP {code}" + await response_snippet(resp)
         except Refused as exc:
             error, final = f"Refused, not retried: {exc} (webhooks.allow_private is off)", True
         except (TimeoutError, httpx.TimeoutException):
@@ -410,14 +329,3 @@ class WebhookSender:
                     await asyncio.wait(in_flight)
         finally:
             database.shutdown()
-
-
-async def _snippet(resp: httpx.Response) -> str:
-    """The start of an answer's body, for the error of a failed attempt."""
-    data = b""
-    async for chunk in resp.aiter_bytes():
-        data += chunk
-        if len(data) >= _SNIPPET:
-            break
-    text = data[:_SNIPPET].decode("utf-8", "replace").strip()
-    return f": {text}" if text else ""
