@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from contextlib import contextmanager
 from typing import Any
 
 import httpcore
@@ -73,22 +74,76 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+@contextmanager
+def _httpx_errors():
+    """httpcore's exceptions as the httpx ones of the same name (httpx.TransportError else)."""
+    try:
+        yield
+    except httpcore.TimeoutException as exc:
+        raise getattr(httpx, type(exc).__name__, httpx.TimeoutException)(str(exc)) from exc
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+        raise getattr(httpx, type(exc).__name__, httpx.TransportError)(str(exc)) from exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    async def __aiter__(self):
+        with _httpx_errors():
+            async for part in self._inner:
+                yield part
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CheckedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over an httpcore connection pool that connects through
+    ``CheckedBackend`` (httpx's own transport takes no network backend)."""
+
+    def __init__(self, config: Config):
+        c = config.webhooks
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=c.concurrency,
+            max_keepalive_connections=c.concurrency,
+            keepalive_expiry=30.0,
+            network_backend=CheckedBackend(config),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            resp = await self._pool.handle_async_request(core)
+        return httpx.Response(
+            status_code=resp.status,
+            headers=resp.headers,
+            stream=_ResponseStream(resp.stream),
+            extensions=resp.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
 def webhook_client(config: Config) -> httpx.AsyncClient:
     """An httpx client that follows no redirects, ignores proxy variables, and connects
     through ``CheckedBackend``."""
-    c = config.webhooks
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx takes no network backend of its own: its transport's connection pool does.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=c.concurrency,
-        max_keepalive_connections=c.concurrency,
-        keepalive_expiry=30.0,
-        network_backend=CheckedBackend(config),
-    )
     return httpx.AsyncClient(
-        transport=transport,
-        timeout=c.timeout,
+        transport=CheckedTransport(config),
+        timeout=config.webhooks.timeout,
         follow_redirects=False,
         trust_env=False,
         headers={"User-Agent": USER_AGENT},
