@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from models import Event, Message
@@ -75,16 +75,16 @@ def parse_span(value: Any) -> Span | None:
     """``YYYY-MM-DD``, ``YYYY-MM-DD HH:MM:SS`` or a Unix time (UTC), or None."""
     if isinstance(value, bool):
         return None
-    text = str(value).strip()
+    raw = str(value).strip()
     try:
-        if isinstance(value, int) or text.isdigit():
-            start = datetime.fromtimestamp(int(text), UTC)
+        if isinstance(value, int) or raw.isdigit():
+            start = datetime.fromtimestamp(int(raw), UTC)
             return Span(start, start + timedelta(seconds=1))
-        if _DAY.match(text):
-            start = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        if _DAY.match(raw):
+            start = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
             return Span(start, start + timedelta(days=1))
-        if _SECOND.match(text):
-            start = datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M:%S")
+        if _SECOND.match(raw):
+            start = datetime.strptime(raw.replace("T", " "), "%Y-%m-%d %H:%M:%S")
             return Span(start.replace(tzinfo=UTC), start.replace(tzinfo=UTC) + timedelta(seconds=1))
     except (ValueError, OverflowError, OSError):
         return None
@@ -116,13 +116,13 @@ TERMS = ("subject", "to", "from", "tag", "message")
 _TOKEN = re.compile(r'(?:(\w+):)?(?:"([^"]*)"?|(\S+))')
 
 
-def parse_query(text: str | None) -> list[tuple[str | None, str]]:
+def parse_query(query: str | None) -> list[tuple[str | None, str]]:
     """``subject:welcome to:"a b" free text`` -> [(term or None, value)]; quotes keep spaces.
 
     A prefix that is not a known term is part of the free text (``http://…``).
     """
     out: list[tuple[str | None, str]] = []
-    for match in _TOKEN.finditer(text or ""):
+    for match in _TOKEN.finditer(query or ""):
         name, quoted, bare = match.groups()
         value = quoted if quoted is not None else bare
         if name and name.lower() not in TERMS:
@@ -198,6 +198,17 @@ def event_filters(
         where.append(Event.message_id == message_id_of(message_id))
     where.extend(_term(user_id, domain_id, n, v) for n, v in parse_query(query))
     return where
+
+
+def plan_each_query(db: Session) -> None:
+    """On PostgreSQL, plan this transaction's statements for their own values.
+
+    psycopg prepares a statement run five times; PostgreSQL may then keep one generic plan
+    for it, and a plan made without knowing the dates or the search text can be many times
+    slower for a search (a `subject:` search went from 0.1 s to 0.6 s).
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def event_page(
@@ -304,6 +315,7 @@ def get_events(
     user_id = ctx.current_user.id
     if DomainID is not None:
         owned_domain(ctx, DomainID, (2, "Failed to retrieve sender domain"))
+    plan_each_query(ctx.db)
     since, until = date_range(StartDate, EndDate, 9)
     where = event_filters(user_id, DomainID, since=since, until=until, types=types, query=Query)
     total, rows = event_page(ctx.db, where, StartFrom, RetrieveCount)
@@ -382,6 +394,7 @@ def v1_events(
 ) -> dict[str, Any]:
     """The sender key's domain's events, newest first."""
     since, until = date_range(StartDate, EndDate, 7)
+    plan_each_query(ctx.db)
     where = event_filters(
         ctx.sender.user_id,
         ctx.sender.domain_id,

@@ -1,22 +1,27 @@
-"""Statistics over the event log: EmailGateway.AggrEvents, DomainStats and DailySeries."""
+"""Statistics over the event log: EmailGateway.AggrEvents, DomainStats and DailySeries.
+
+Counts of whole UTC days come from ``event_counts`` (models/event_counts.py); the part of a
+period that does not fill a day, distinct deliveries (the Unique figures), recipient domains
+and hours are read from the events themselves.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.orm import Session
 
-from models import Event
+from models import Event, EventCount
 
 from .context import Context
 from .domains import domain_id_param, owned_domain
 from .errors import CommandError
-from .event_log import INVALID_EVENT, DateArg, EventTypes, Span, public_type
+from .event_log import INVALID_EVENT, DateArg, EventTypes, Span, plan_each_query, public_type
 from .registry import Auth, command
 from .schema import CommandSchema, param
 
@@ -42,7 +47,7 @@ def stat_period(
     start: Span | None, end: Span | None, today: date, end_code: int
 ) -> tuple[datetime, datetime]:
     """[from, to): the dates given (both inclusive), by default the last 30 days with today."""
-    tomorrow = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=1)
+    tomorrow = datetime.combine(today, time(), UTC) + timedelta(days=1)
     high = end.end if end else tomorrow
     low = start.start if start else high - timedelta(days=DEFAULT_DAYS)
     if high <= low:
@@ -50,49 +55,112 @@ def stat_period(
     return low, high
 
 
-def _where(user_id: int, domain_id: int, low: datetime, high: datetime) -> list[Any]:
-    return [
-        Event.domain_id == domain_id,
-        Event.user_id == user_id,
-        Event.created_at >= low,
-        Event.created_at < high,
-    ]
+class Scope:
+    """One domain of one user over [low, high), and how its counts are read."""
+
+    def __init__(self, db: Session, user_id: int, domain_id: int, low: datetime, high: datetime):
+        self.db, self.user_id, self.domain_id = db, user_id, domain_id
+        self.low, self.high = low, high
+        plan_each_query(db)
+
+    def events(self, low: datetime | None = None, high: datetime | None = None) -> list[Any]:
+        return [
+            Event.domain_id == self.domain_id,
+            Event.user_id == self.user_id,
+            Event.created_at >= (low or self.low),
+            Event.created_at < (high or self.high),
+        ]
+
+    def split(self) -> tuple[tuple[date, date] | None, list[tuple[datetime, datetime]]]:
+        """The whole days inside the period, [first, last), and the pieces left at its ends."""
+        first = datetime.combine(self.low.date(), time(), UTC)
+        if first < self.low:
+            first += timedelta(days=1)
+        last = datetime.combine(self.high.date(), time(), UTC)
+        if first >= last:
+            return None, [(self.low, self.high)]
+        ends = [(a, b) for a, b in ((self.low, first), (last, self.high)) if a < b]
+        return (first.date(), last.date()), ends
+
+    def counts(self, by: str | None = None, types: list[str] | None = None) -> Counter:
+        """Events per (group, type); ``by`` is None, "tags" (the tag list) or "day"."""
+        out: Counter = Counter()
+        days, ends = self.split()
+        if days:
+            shown = {None: [], "tags": [func.max(EventCount.tags)], "day": [EventCount.day]}[by]
+            group = {None: [], "tags": [EventCount.tags_key], "day": [EventCount.day]}[by]
+            query = select(*shown, EventCount.type, func.sum(EventCount.total)).where(
+                EventCount.domain_id == self.domain_id,
+                EventCount.user_id == self.user_id,
+                EventCount.day >= days[0],
+                EventCount.day < days[1],
+            )
+            if types:
+                query = query.where(EventCount.type.in_(types))
+            for *key, kind, n in self.db.execute(query.group_by(*group, EventCount.type)):
+                out[(*self._key(key, by), kind)] += int(n)
+        for low, high in ends:
+            column = self._column(by)
+            query = select(*column, Event.type, func.count()).where(*self.events(low, high))
+            if types:
+                query = query.where(Event.type.in_(types))
+            for *key, kind, n in self.db.execute(query.group_by(*column, Event.type)):
+                out[(*self._key(key, by), kind)] += n
+        return out
+
+    def uniques(self, by: str | None = None) -> Counter:
+        """Distinct deliveries with an open, and with a click, per (group, type)."""
+        column = self._column(by)
+        query = select(*column, Event.type, func.count(distinct(Event.delivery_id))).where(
+            *self.events(), Event.type.in_(list(UNIQUE))
+        )
+        out: Counter = Counter()
+        for *key, kind, n in self.db.execute(query.group_by(*column, Event.type)):
+            out[(*self._key(key, by), kind)] += n
+        return out
+
+    def figures(self, by: str | None = None) -> dict[tuple, dict[str, int]]:
+        """The Stats figures per group (every key, zero where nothing happened)."""
+        out: dict[tuple, dict[str, int]] = {}
+        for names, counter in (
+            (COUNTED, self.counts(by, list(COUNTED))),
+            (UNIQUE, self.uniques(by)),
+        ):
+            for (*key, kind), n in counter.items():
+                out.setdefault(tuple(key), _zero())[names[kind]] += n
+        return out
+
+    def _column(self, by: str | None) -> list[ColumnElement]:
+        return {None: [], "tags": [Event.tags], "day": [bucket(self.db, "day")]}[by]
+
+    @staticmethod
+    def _key(key: list, by: str | None) -> tuple:
+        return (bucket_key(key[0], "day"),) if by == "day" else tuple(key)
 
 
 def _zero() -> dict[str, int]:
     return dict.fromkeys(STAT_KEYS, 0)
 
 
-def _counts(db: Session, where: list[Any], *group: ColumnElement) -> dict[tuple, dict[str, int]]:
-    """Stats per value of ``group`` (every key zero where nothing happened)."""
-    out: dict[tuple, dict[str, int]] = {}
-    totals = select(*group, Event.type, func.count()).where(*where, Event.type.in_(list(COUNTED)))
-    uniques = select(*group, Event.type, func.count(distinct(Event.delivery_id))).where(
-        *where, Event.type.in_(list(UNIQUE))
-    )
-    for names, query in ((COUNTED, totals), (UNIQUE, uniques)):
-        for *key, kind, n in db.execute(query.group_by(*group, Event.type)):
-            out.setdefault(tuple(key), _zero())[names[kind]] += n
-    return out
-
-
-def _split_tags(by_tags: dict[tuple, dict[str, int]], limit: int) -> dict[str, dict[str, int]]:
-    """Per-tag figures from figures per tag list (a delivery has one list, so uniques add up)."""
-    per_tag: dict[str, dict[str, int]] = {}
-    for (tags_text,), figures in by_tags.items():
+def per_tag(by_tags: dict, add) -> dict[str, Any]:
+    """Figures per tag from figures per tag list (``add`` sums two of them)."""
+    out: dict[str, Any] = {}
+    for (tags_text, *_), figures in by_tags.items():
         try:
             tags = json.loads(tags_text)
         except ValueError:
             continue
         for tag in set(tags) if isinstance(tags, list) else ():
-            into = per_tag.setdefault(str(tag), _zero())
-            for key, n in figures.items():
-                into[key] += n
-    ranked = sorted(per_tag.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
-    return dict(ranked[:limit])
+            tag = str(tag)
+            out[tag] = add(out[tag], figures) if tag in out else figures
+    return out
 
 
-def _bucket(db: Session, unit: str) -> ColumnElement:
+def _add_figures(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a[k] + b[k] for k in a}
+
+
+def bucket(db: Session, unit: str) -> ColumnElement:
     """created_at truncated to its UTC day or hour, in this database's own way."""
     column = Event.created_at
     dialect = db.get_bind().dialect.name
@@ -103,14 +171,16 @@ def _bucket(db: Session, unit: str) -> ColumnElement:
     return func.substr(column, 1, 10 if unit == "day" else 13)  # SQLite keeps ISO text
 
 
-def _bucket_key(value: Any, unit: str) -> str:
+def bucket_key(value: Any, unit: str) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d" if unit == "day" else "%Y-%m-%d %H:00:00")
+    if isinstance(value, date):
+        return value.isoformat()
     text = str(value)
     return text[:10] if unit == "day" else text[:13] + ":00:00"
 
 
-def _recipient_domain(db: Session) -> ColumnElement:
+def recipient_domain(db: Session) -> ColumnElement:
     """The part of the recipient after its last @."""
     column = Event.recipient_lower
     dialect = db.get_bind().dialect.name
@@ -178,37 +248,27 @@ def aggr_events(
     """Event counts per type, recipient domain, tag, day or hour, largest (or latest) first."""
     domain = owned_domain(ctx, DomainID, DOMAIN_NOT_FOUND)
     low, high = stat_period(StartDate, EndDate, ctx.now.date(), 4)
-    where = _where(ctx.current_user.id, domain.id, low, high)
-    if types:
-        where.append(Event.type.in_(types))
-    size = AggregateSize
-    if AggregatedField == "tag":
-        totals: Counter[str] = Counter()
-        query = select(Event.tags, func.count()).where(*where, Event.tags != "[]")
-        for tags_text, n in ctx.db.execute(query.group_by(Event.tags)):
-            try:
-                tags = json.loads(tags_text)
-            except ValueError:
-                continue
-            for tag in set(tags) if isinstance(tags, list) else ():
-                totals[str(tag)] += n
+    scope = Scope(ctx.db, ctx.current_user.id, domain.id, low, high)
+    field, size = AggregatedField, AggregateSize
+    totals: Counter = Counter()
+    if field in ("eventType", "tag", "day"):
+        by = {"eventType": None, "tag": "tags", "day": "day"}[field]
+        for (*key, kind), n in scope.counts(by, types).items():
+            totals[public_type(kind) if by is None else key[0]] += n
+        if field == "tag":
+            totals = Counter(per_tag({(k,): n for k, n in totals.items()}, int.__add__))
+    else:
+        column = bucket(ctx.db, "hour") if field == "hour" else recipient_domain(ctx.db)
+        query = select(column, func.count()).where(*scope.events())
+        if types:
+            query = query.where(Event.type.in_(types))
+        for key, n in ctx.db.execute(query.group_by(column)):
+            totals[bucket_key(key, "hour") if field == "hour" else key] += n
+    if field in ("day", "hour"):  # the latest buckets, oldest first
+        ranked = sorted(totals.items())[-size:]
+    else:
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
-        return {"AggBuckets": [{"key": k, "doc_count": n} for k, n in ranked]}
-    if AggregatedField in ("day", "hour"):
-        bucket = _bucket(ctx.db, AggregatedField).label("bucket")
-        rows = ctx.db.execute(
-            select(bucket, func.count()).where(*where).group_by(bucket).order_by(bucket.desc())
-        ).all()[:size]
-        buckets = [{"key": _bucket_key(k, AggregatedField), "doc_count": n} for k, n in rows]
-        return {"AggBuckets": buckets[::-1]}
-    key = Event.type if AggregatedField == "eventType" else _recipient_domain(ctx.db)
-    count = func.count().label("n")
-    rows = ctx.db.execute(
-        select(key, count).where(*where).group_by(key).order_by(count.desc(), key).limit(size)
-    ).all()
-    if AggregatedField == "eventType":
-        return {"AggBuckets": [{"key": public_type(k), "doc_count": n} for k, n in rows]}
-    return {"AggBuckets": [{"key": k, "doc_count": n} for k, n in rows]}
+    return {"AggBuckets": [{"key": k, "doc_count": n} for k, n in ranked if n]}
 
 
 STATS_DOMAIN_NOT_FOUND = (2, "Unable to retrieve domain information")
@@ -227,16 +287,17 @@ def domain_stats(
     """Figures for the period, for the period as long before it, and per tag."""
     domain = owned_domain(ctx, DomainID, STATS_DOMAIN_NOT_FOUND)
     low, high = stat_period(StartDate, EndDate, ctx.now.date(), 4)
-    user_id = ctx.current_user.id
-    where = _where(user_id, domain.id, low, high)
-    earlier = _where(user_id, domain.id, low - (high - low), low)
-    by_tags = _counts(ctx.db, [*where, Event.tags != "[]"], Event.tags)
+    scope = Scope(ctx.db, ctx.current_user.id, domain.id, low, high)
+    earlier = Scope(ctx.db, ctx.current_user.id, domain.id, low - (high - low), low)
+    tagged = {k: v for k, v in scope.figures("tags").items() if k[0] != "[]"}
+    by_tag = per_tag(tagged, _add_figures)
+    ranked = sorted(by_tag.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:MAX_TAGS]
     return {
         "StartDate": low.strftime("%Y-%m-%d %H:%M:%S"),
         "EndDate": (high - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S"),
-        "Stats": _counts(ctx.db, where).get((), _zero()),
-        "ComparisonStats": _counts(ctx.db, earlier).get((), _zero()),
-        "TagStats": _split_tags(by_tags, MAX_TAGS),
+        "Stats": scope.figures().get((), _zero()),
+        "ComparisonStats": earlier.figures().get((), _zero()),
+        "TagStats": dict(ranked),
     }
 
 
@@ -250,11 +311,9 @@ def daily_series(
     first, last = low.date(), (high - timedelta(microseconds=1)).date()
     if (last - first).days >= MAX_SERIES_DAYS:
         raise CommandError(5, f"The period is longer than {MAX_SERIES_DAYS} days")
-    day = _bucket(ctx.db, "day").label("day")
-    figures = _counts(ctx.db, _where(ctx.current_user.id, domain.id, low, high), day)
-    by_day = {_bucket_key(k[0], "day"): v for k, v in figures.items()}
+    by_day = Scope(ctx.db, ctx.current_user.id, domain.id, low, high).figures("day")
     series = []
     for offset in range((last - first).days + 1):
         key = (first + timedelta(days=offset)).isoformat()
-        series.append({"Date": key, **by_day.get(key, _zero())})
+        series.append({"Date": key, **by_day.get((key,), _zero())})
     return {"Series": series}

@@ -3,6 +3,7 @@
 from .base import Base, UTCDateTime, utcnow
 from .database import Database
 from .domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
+from .event_counts import EventCount
 from .messages import Delivery, Event, Message, Suppression
 from .users import User, UserAPIKey, UserSession
 from .webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
@@ -10,6 +11,7 @@ from .webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
 __all__ = [
     "Delivery",
     "Event",
+    "EventCount",
     "Message",
     "Suppression",
     "Base",

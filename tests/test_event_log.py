@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from models import Domain, Event, Message
+from models import Domain, Event, EventCount, Message
 
 MAR1 = datetime(2024, 3, 1, tzinfo=UTC)
 OPEN = {"ip": "192.0.2.7", "user_agent": "Mozilla/5.0 (test)"}
@@ -132,8 +132,26 @@ def data(database, user, make_user):
     with database.transaction() as s:
         for name, row_id in w.events.items():
             uids[s.get(Event, row_id).uid] = name
+
+    def writer_event(name):
+        """A new event like the one written as ``name`` (a copy, with a new uid)."""
+        with database.transaction() as s:
+            e = s.get(Event, w.events[name])
+            columns = ("type", "created_at", "user_id", "domain_id", "domain_name", "message_id")
+            columns += ("delivery_id", "recipient", "tags", "details")
+            return Event(uid=str(uuid.uuid4()), **{c: getattr(e, c) for c in columns})
+
     return SimpleNamespace(
-        alice=user, bob=bob, d1=d1, d2=d2, d3=d3, m1=m1, m2=m2, uids=uids, writer=w
+        alice=user,
+        bob=bob,
+        d1=d1,
+        d2=d2,
+        d3=d3,
+        m1=m1,
+        m2=m2,
+        uids=uids,
+        writer=w,
+        writer_event=writer_event,
     )
 
 
@@ -452,6 +470,52 @@ def test_domain_stats(api, data):
     assert list(bob["TagStats"]) == ["welcome"]
 
 
+def test_stats_of_a_period_with_times(api, aggr, data):
+    """Whole days come from the daily counts, the hours at either end from the events."""
+    period = {"StartDate": "2024-03-01 12:00:00", "EndDate": "2024-03-03 09:30:00"}
+    body = api("EmailGateway.DomainStats", APIKey=data.alice.api_key, DomainID=data.d1, **period)
+    assert body["Stats"] == stats(
+        Sent=2, Delivered=1, Opened=2, Clicked=1, UniqueOpened=2, UniqueClicked=1
+    )
+    assert body["TagStats"] == {
+        "welcome": stats(Sent=1, Opened=2, Clicked=1, UniqueOpened=2, UniqueClicked=1),
+        "onboarding": stats(Opened=1, Clicked=1, UniqueOpened=1, UniqueClicked=1),
+        "invoice": stats(Sent=1, Delivered=1),
+    }
+    assert aggr(**period) == [
+        ("accepted", 2),
+        ("open", 2),
+        ("click", 1),
+        ("deferred", 1),
+        ("delivery", 1),
+    ]
+    assert aggr("day", **period) == [("2024-03-01", 2), ("2024-03-02", 4), ("2024-03-03", 1)]
+    assert aggr("tag", **period) == [("welcome", 4), ("invoice", 3), ("onboarding", 2)]
+
+
+def test_daily_counts_follow_the_events(data, database):
+    """Every event written through a session is counted once; a rolled-back one is not."""
+    kept, dropped = data.writer_event("e1"), data.writer_event("e2")
+    with database.transaction() as s:
+        s.add(kept)
+        with s.begin_nested() as nested:
+            s.add(dropped)
+            s.flush()
+            nested.rollback()
+    with database.transaction() as s:
+        counted = {
+            (c.domain_id, c.day, c.type, c.tags, c.user_id): c.total
+            for c in s.scalars(select(EventCount))
+        }
+        grouped: dict = {}
+        for e in s.scalars(select(Event)):
+            key = (e.domain_id, e.created_at.date(), e.type, e.tags)
+            key = (*key, e.user_id)
+            grouped[key] = grouped.get(key, 0) + 1
+    assert counted == grouped
+    assert sum(counted.values()) == 24  # 23 events and the copy of e1
+
+
 def test_domain_stats_default_period(api, data, clock):
     now = clock()
     w = data.writer
@@ -687,4 +751,6 @@ def test_migration_fills_in_lower_case_recipients(tmp_path):
         assert conn.execute(text("SELECT recipient_lower FROM events")).scalar() == (
             "ann@dest.example"
         )
+        counts = conn.execute(text("SELECT domain_id, day, type, tags, total FROM event_counts"))
+        assert [tuple(r) for r in counts] == [(1, "2024-03-01", "accepted", "[]", 1)]
     db.dispose()

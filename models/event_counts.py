@@ -1,0 +1,101 @@
+"""Daily event counts, kept with the event log as it is written; the statistics read them.
+
+Every Event row added through a session is counted, at commit, in ``event_counts`` under
+its user, domain, UTC day, type and tag list (one sorted upsert per transaction, so
+concurrent writers take the counters' row locks in one order and never deadlock on them).
+Events added in a savepoint that is rolled back are not counted. Event rows written
+without a session (raw SQL, COPY) must be counted by whoever writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from datetime import UTC, date
+
+from sqlalchemy import Date, Integer, String, Text, event, inspect
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from .base import Base
+from .messages import Event
+
+
+class EventCount(Base):
+    __tablename__ = "event_counts"
+
+    domain_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC
+    type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tags_key: Mapped[str] = mapped_column(String(40), primary_key=True)  # SHA-1 of tags
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tags: Mapped[str] = mapped_column(Text)  # the events' JSON tag list
+    total: Mapped[int] = mapped_column(Integer)
+
+
+def tags_key(tags: str) -> str:
+    return hashlib.sha1(tags.encode(), usedforsecurity=False).hexdigest()
+
+
+def count_rows(events) -> list[dict]:
+    """event_counts rows (to add) for events given as objects with the Event attributes."""
+    counts: Counter = Counter()
+    for e in events:
+        day = e.created_at.astimezone(UTC).date()
+        counts[(e.domain_id, day, e.type, tags_key(e.tags), e.user_id, e.tags)] += 1
+    return [
+        {
+            "domain_id": domain_id,
+            "day": day,
+            "type": kind,
+            "tags_key": key,
+            "user_id": user_id,
+            "tags": tags,
+            "total": n,
+        }
+        for (domain_id, day, kind, key, user_id, tags), n in sorted(counts.items())
+    ]
+
+
+def add_counts(session: Session, rows: list[dict]) -> None:
+    """Add ``rows`` to the counts: one upsert, in key order."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        stmt = mysql.insert(EventCount).values(rows)
+        stmt = stmt.on_duplicate_key_update(total=EventCount.total + stmt.inserted["total"])
+    else:
+        stmt = (postgresql if dialect == "postgresql" else sqlite).insert(EventCount).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["domain_id", "day", "type", "tags_key", "user_id"],
+            set_={"total": EventCount.total + stmt.excluded["total"]},
+        )
+    session.execute(stmt)
+
+
+_PENDING = "postern_new_events"
+
+
+@event.listens_for(Session, "after_flush")
+def _note_new_events(session: Session, _flush_context) -> None:
+    new = [obj for obj in session.new if isinstance(obj, Event)]
+    if new:
+        session.info.setdefault(_PENDING, []).extend(new)
+
+
+@event.listens_for(Session, "before_commit")
+def _count_new_events(session: Session) -> None:
+    if not session.info.get(_PENDING) and not any(isinstance(o, Event) for o in session.new):
+        return
+    session.flush()
+    # Rows of a rolled-back savepoint are no longer persistent: they are not counted.
+    written = [e for e in session.info.pop(_PENDING, []) if inspect(e).persistent]
+    add_counts(session, count_rows(written))
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_new_events(session: Session) -> None:
+    if not session.in_transaction():
+        session.info.pop(_PENDING, None)
