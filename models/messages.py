@@ -85,10 +85,11 @@ class Event(Base):
 
     __tablename__ = "events"
     # The event log's queries (commands/event_log.py, commands/stats.py) are answered from
-    # these indexes alone where they can be: a page and its exact count by domain and date,
-    # by domain, type and date (with the delivery, for unique opens and clicks), by recipient.
+    # these indexes alone where they can be: a page and its exact count by user or domain and
+    # date, by domain, type and date (with the delivery, for unique opens and clicks), by
+    # recipient.
     __table_args__ = (
-        Index("ix_events_user_id_created_at", "user_id", "created_at"),
+        Index("ix_events_user_id_created_at_type", "user_id", "created_at", "type"),
         Index("ix_events_domain_id_created_at_user_id", "domain_id", "created_at", "user_id"),
         Index(
             "ix_events_domain_id_type_created_at_user_id_delivery_id",

@@ -28,6 +28,10 @@ def upgrade() -> None:
             "recipient_lower", existing_type=sa.String(length=320), nullable=False
         )
         batch_op.drop_index(batch_op.f("ix_events_domain_id"))
+        batch_op.drop_index("ix_events_user_id_created_at")
+        batch_op.create_index(
+            "ix_events_user_id_created_at_type", ["user_id", "created_at", "type"], unique=False
+        )
         batch_op.create_index(
             "ix_events_domain_id_created_at_user_id",
             ["domain_id", "created_at", "user_id"],
@@ -109,6 +113,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_events_domain_id_type_created_at_user_id_delivery_id")
         batch_op.drop_index("ix_events_domain_id_created_at_user_id")
         batch_op.create_index(batch_op.f("ix_events_domain_id"), ["domain_id"], unique=False)
+        batch_op.drop_index("ix_events_user_id_created_at_type")
+        batch_op.create_index(
+            "ix_events_user_id_created_at", ["user_id", "created_at"], unique=False
+        )
         batch_op.drop_column("recipient_lower")
 
     # ### end Alembic commands ###
