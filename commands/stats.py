@@ -21,7 +21,7 @@ from models import Event, EventCount
 from .context import Context
 from .domains import domain_id_param, owned_domain
 from .errors import CommandError
-from .event_log import INVALID_EVENT, DateArg, EventTypes, Span, plan_each_query, public_type
+from .event_search import INVALID_EVENT, DateArg, EventTypes, Span, plan_each_query, public_type
 from .registry import Auth, command
 from .schema import CommandSchema, param
 
