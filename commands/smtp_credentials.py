@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,14 @@ from .schema import CommandSchema, RowID, param
 MASKED = "********"
 
 
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+PASSWORD_LENGTH = 32  # about 190 random bits
+
+
 def new_password() -> str:
-    """A generated password (192 random bits); only its SHA-256 digest is stored."""
-    return secrets.token_urlsafe(24)
+    """A generated password of letters and digits only, so that no mail program's command
+    line takes it for an option (``-…``); only its SHA-256 digest is stored."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
 def smtp_ports(ctx: Context) -> list[str]:

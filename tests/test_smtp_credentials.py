@@ -117,3 +117,12 @@ def test_errors(api, user, add_domain):
     for command, params, code, text in cases:
         body = api(command, APIKey=user.api_key, **params)
         assert (body["ErrorCode"], body["ErrorText"]) == (code, text), (command, params)
+
+
+def test_generated_passwords_are_letters_and_digits():
+    from commands.smtp_credentials import new_password
+
+    passwords = {new_password() for _ in range(200)}
+    assert len(passwords) == 200
+    # A leading "-" would be read as an option by mail programs' command lines (swaks).
+    assert all(len(p) == 32 and p.isascii() and p.isalnum() for p in passwords)
