@@ -36,6 +36,7 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
+import dns.resolver
 import dns.rrset
 import pytest
 
@@ -356,6 +357,19 @@ class DNSServer:
                         conn.sendall(len(out).to_bytes(2, "big") + out)
                     except OSError:
                         return
+
+
+def dns_txt(dns_session):
+    """A dkimpy ``dnsfunc`` that asks the loopback DNS server for TXT records."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [dns_session.host]
+    resolver.port = dns_session.port
+
+    def lookup(name, timeout=5):
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(answer[0].strings)
+
+    return lookup
 
 
 @pytest.fixture

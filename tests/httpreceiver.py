@@ -10,10 +10,14 @@ It records every request and answers a scripted sequence, then 200::
         assert receiver.requests[0].json()["event"] == "delivered"
 
 Or use the ``http_receiver`` fixture (import it into the test module).
+``assert_signed(request, signing_key)`` checks both signatures of a webhook POST.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -22,6 +26,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from standardwebhooks import Webhook as StandardWebhook
+
+from mta.webhook_payload import standard_webhooks_secret
 
 HOST = "127.0.0.1"
 
@@ -120,6 +127,16 @@ class HTTPReceiver:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def assert_signed(request, key):
+    """Both signatures check out: X-Postern-Signature by hand, Standard Webhooks by its package."""
+    fields = dict(part.split("=", 1) for part in request.headers["x-postern-signature"].split(","))
+    expected = hmac.new(key.encode(), fields["t"].encode() + b"." + request.body, hashlib.sha256)
+    assert hmac.compare_digest(fields["v1"], expected.hexdigest())
+    assert StandardWebhook(standard_webhooks_secret(key)).verify(request.body, request.headers)
+    secret = "whsec_" + base64.b64encode(bytes.fromhex(key)).decode()  # as the README says
+    assert StandardWebhook(secret).verify(request.body, request.headers) == request.json()
 
 
 @pytest.fixture

@@ -37,13 +37,27 @@ def postern(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60):
     )
 
 
+def wait_until(condition, timeout=60):
+    """Poll ``condition`` every 0.1 s until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running(role: str, cwd: Path, env: dict[str, str]):
-    """Start ``postern ROLE``; yield (base_url, log_path) once /healthz answers; stop it."""
+    """Start ``postern ROLE``; yield (base_url, log_path) once /healthz answers; stop it.
+
+    ``http.public_url`` is the server's own address unless ``env`` sets it, so that the
+    tracking hosts' DNS records and tracking links point at this server's port.
+    """
     port = free_port()
     smtp_ports = ",".join(str(free_port()) for _ in range(3))
     env = {
         "POSTERN_SMTP_PORTS": smtp_ports,
+        "POSTERN_HTTP_PUBLIC_URL": f"http://127.0.0.1:{port}",
         **env,
         "POSTERN_HTTP_PORT": str(port),
         "POSTERN_HTTP_WORKERS": "2",

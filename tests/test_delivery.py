@@ -7,7 +7,6 @@ import threading
 from datetime import timedelta
 
 import dkim
-import dns.resolver
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +16,7 @@ from mta.worker import Worker
 
 from . import smtppeer
 from .conftest import SECRET_KEY
+from .dnsserver import dns_txt
 
 smtp_peer = smtppeer.smtp_peer
 make_smtp_peer = smtppeer.make_smtp_peer
@@ -86,18 +86,6 @@ def event_types(database, message_id):
                 select(Event).where(Event.message_id == message_id).order_by(Event.id)
             )
         ]
-
-
-def dns_txt(dns_session):
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [dns_session.host]
-    resolver.port = dns_session.port
-
-    def lookup(name, timeout=5):
-        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
-        return b"".join(answer[0].strings)
-
-    return lookup
 
 
 def test_message_arrives_signed_and_intact(send, mx, worker_for, database, dns_server, domain):

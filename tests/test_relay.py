@@ -19,8 +19,8 @@ from mta.worker import Worker
 
 from . import smtppeer
 from .conftest import SECRET_KEY
+from .dnsserver import dns_txt
 from .livesrv import free_port
-from .test_delivery import dns_txt
 
 smtp_peer = smtppeer.smtp_peer
 NO_VERIFY = ssl._create_unverified_context()  # noqa: S323 - the relay's self-signed test certificate

@@ -20,6 +20,7 @@ from mta.tracking import CLICK, OPEN, UNSUBSCRIBE, Tracking, sign, verify
 
 from . import test_delivery as delivery_tests
 from .conftest import SECRET_KEY
+from .dnsserver import dns_txt
 from .livesrv import clean_env, running
 
 smtp_peer = delivery_tests.smtp_peer
@@ -28,7 +29,6 @@ worker_for = delivery_tests.worker_for
 domain = delivery_tests.domain
 send = delivery_tests.send
 deliveries = delivery_tests.deliveries
-dns_txt = delivery_tests.dns_txt
 
 KEY = SecretBox(SECRET_KEY.encode()).tracking_key
 TOKEN = "0123456789abcdef0123456789abcdef"

@@ -1,24 +1,21 @@
 """Webhook delivery: fan-out from the event log, signed POSTs to a loopback receiver, retries,
 GetWebhookDeliveries, and a real postern worker posting a delivered event."""
 
-import base64
-import hashlib
-import hmac
 import threading
 from collections import Counter
 
 import pytest
 from sqlalchemy import func, select
-from standardwebhooks import Webhook as StandardWebhook
 
 from commands import events
 from models import Delivery, Message, WebhookAttempt, WebhookDelivery
 from mta.webhook_fanout import fan_out
-from mta.webhook_payload import standard_webhooks_secret
 from mta.webhook_sender import WebhookSender
 
 from . import httpreceiver, smtppeer
-from .test_worker_processes import start_worker, wait_until, worker_env
+from .httpreceiver import assert_signed
+from .livesrv import wait_until
+from .test_worker_processes import start_worker, worker_env
 
 http_receiver = httpreceiver.http_receiver
 smtp_peer = smtppeer.smtp_peer
@@ -109,16 +106,6 @@ def drain(sender):
 
 def signing_key(api, user, domain):
     return api("EmailGateway.GetWebhooks", APIKey=user.api_key, DomainID=domain.id)["SigningKey"]
-
-
-def assert_signed(request, key):
-    """Both signatures check out: X-Postern-Signature by hand, Standard Webhooks by its package."""
-    fields = dict(part.split("=", 1) for part in request.headers["x-postern-signature"].split(","))
-    expected = hmac.new(key.encode(), fields["t"].encode() + b"." + request.body, hashlib.sha256)
-    assert hmac.compare_digest(fields["v1"], expected.hexdigest())
-    assert StandardWebhook(standard_webhooks_secret(key)).verify(request.body, request.headers)
-    secret = "whsec_" + base64.b64encode(bytes.fromhex(key)).decode()  # as the README says
-    assert StandardWebhook(secret).verify(request.body, request.headers) == request.json()
 
 
 def deliveries(database):

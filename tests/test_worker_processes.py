@@ -5,7 +5,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import dkim
 import httpx
@@ -16,8 +15,8 @@ from models import Delivery
 
 from . import smtppeer
 from .conftest import SECRET_KEY
-from .livesrv import clean_env, running
-from .test_delivery import dns_txt
+from .dnsserver import dns_txt
+from .livesrv import clean_env, running, wait_until
 
 smtp_peer = smtppeer.smtp_peer
 
@@ -73,14 +72,6 @@ def start_worker(env, tmp_path, name):
         stderr=subprocess.STDOUT,
     )
     return proc, log
-
-
-def wait_until(condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def count(database, *where):
