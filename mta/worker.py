@@ -13,6 +13,7 @@ import random
 import re
 import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -50,6 +51,18 @@ class BuildJob:
     created_at: datetime
     keys: list[tuple[str, str, bytes]]  # (selector, algorithm, private PEM)
     track: tracking.Tracking | None = None  # set: the message to one recipient, tracked
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a build process: end when the worker that started it is gone (killed with SIGKILL,
+    it cannot shut its pool down), instead of lingering as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def build_and_sign(b: BuildJob) -> bytes:
@@ -293,7 +306,10 @@ class Worker:
             return [build_and_sign(b) for b in builds]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+                max_workers=processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
         chunk = max(1, len(builds) // (processes * 4))
         return list(self._pool.map(build_and_sign, builds, chunksize=chunk))

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import dkim
 import httpx
@@ -74,6 +75,19 @@ def start_worker(env, tmp_path, name):
     return proc, log
 
 
+def children(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def count(database, *where):
     with database.transaction(readonly=True) as s:
         return s.scalar(select(func.count()).select_from(Delivery).where(*where))
@@ -108,13 +122,23 @@ def test_a_killed_worker_loses_nothing(
     send_many(client, domain.key, 10)
     hole = BlackHole()
     try:
-        env = worker_env(base_config, dns_server, hole.port, POSTERN_DELIVERY_CLAIM_TIMEOUT="3")
+        env = worker_env(
+            base_config,
+            dns_server,
+            hole.port,
+            POSTERN_DELIVERY_CLAIM_TIMEOUT="3",
+            POSTERN_DELIVERY_BUILD_PROCESSES="2",
+        )
         doomed, log1 = start_worker(env, tmp_path, "doomed")
         assert hole.accepted.wait(60), (tmp_path / "doomed.log").read_text()
         assert count(database, Delivery.status == "sending") == 10  # the batch is in hand
+        builders = children(doomed.pid)  # the build processes (2 for a batch of >= 8)
+        assert len(builders) >= 2
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=30)
         log1.close()
+        # Orphaned, they notice their worker is gone and end instead of lingering.
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in builders), 30)
     finally:
         hole.close()
     # Another worker, pointed at a working MX, takes the batch up once the claim has expired.
