@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Select, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -121,6 +121,11 @@ class Database:
         self._reader = sessionmaker(
             self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
         )
+
+    def skip_locked(self, query: Select) -> Select:
+        """``query`` locking the rows it returns and skipping rows another transaction has
+        locked (PostgreSQL, MariaDB); on SQLite the write transaction's lock does that."""
+        return query if self.backend == "sqlite" else query.with_for_update(skip_locked=True)
 
     @contextmanager
     def transaction(self, *, readonly: bool = False) -> Iterator[Session]:

@@ -109,9 +109,7 @@ class WebhookSender:
                 .order_by(WebhookDelivery.due_at)
                 .limit(limit)
             )
-            if self.db.backend != "sqlite":
-                query = query.with_for_update(skip_locked=True)
-            ids = list(s.scalars(query))
+            ids = list(s.scalars(self.db.skip_locked(query)))
             if not ids:
                 return []
             rounds = math.ceil(len(ids) / c.concurrency)

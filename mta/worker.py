@@ -190,9 +190,7 @@ class Worker:
                 .order_by(Delivery.due_at)
                 .limit(limit)
             )
-            if self.db.backend != "sqlite":
-                query = query.with_for_update(skip_locked=True)
-            ids = list(s.scalars(query))
+            ids = list(s.scalars(self.db.skip_locked(query)))
             if not ids:
                 return []
             s.execute(
