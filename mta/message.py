@@ -289,6 +289,12 @@ _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "
 
 
 _SOFT, _HARD = "\x01", "\x02"  # a line break and a paragraph break, before they are merged
+_CONTROLS_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F)}
+_MARKS_TO_SPACE = {ord(_SOFT): " ", ord(_HARD): " ", ord("\n"): " "}
+_SPACE_AROUND_NEWLINE = re.compile(r"[^\S\n]*\n[^\S\n]*")
+_SPACE_RUN = re.compile(r"[^\S\n]+")
+_BREAK_RUN = re.compile(r"[\x01\x02](?:[ \x01\x02])*")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class _TextExtractor(HTMLParser):
@@ -337,13 +343,13 @@ class _TextExtractor(HTMLParser):
             self.out.append(_SOFT)
         elif tag == "a" and self.links:
             url, start = self.links.pop()
-            label = " ".join(re.sub(r"[\x01\x02\n]", " ", "".join(self.out[start:])).split())
+            label = " ".join("".join(self.out[start:]).translate(_MARKS_TO_SPACE).split())
             if _worth_showing(url, label):
                 self.out.append(f" ({url})" if label else url)
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
-            self.out.append(re.sub(r"[\x00-\x1f\x7f]", " ", data))
+            self.out.append(data.translate(_CONTROLS_TO_SPACE))
 
 
 def _worth_showing(url: str, label: str) -> bool:
@@ -362,7 +368,8 @@ def html_to_text(html: str) -> str:
     parser = _TextExtractor()
     parser.feed(html)
     parser.close()
-    text = re.sub(r"\s+", lambda ws: "\n" * ws.group().count("\n") or " ", "".join(parser.out))
-    text = re.sub(r"[\x01\x02](?:[ \x01\x02])*", _merge_breaks, text)
+    # A run of white space becomes its line breaks, or one space when it has none.
+    text = _SPACE_AROUND_NEWLINE.sub("\n", "".join(parser.out))
+    text = _BREAK_RUN.sub(_merge_breaks, _SPACE_RUN.sub(" ", text))
     lines = (" ".join(line.split()) for line in text.split("\n"))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
