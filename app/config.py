@@ -134,6 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http", "timeout", int, 30, _positive),
     Setting("http", "max_body_bytes", int, 26_214_400, _positive),
     Setting("http", "public_url", str, "http://127.0.0.1:8080", _http_url),
+    Setting("http", "proxy_hops", int, 0, _not_negative),
     Setting("security", "secret_key", str, ""),
     Setting("security", "session_idle_timeout", int, 86_400, _positive),
     Setting("domains", "max_per_user", int, 50, _positive),

@@ -9,6 +9,7 @@ import uuid
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from commands import Gateway
 from commands.errors import INTERNAL_ERROR
@@ -26,6 +27,9 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     configure_logging(config.log.level, config.log.format)
     app = Flask("postern")
     app.config["MAX_CONTENT_LENGTH"] = config.http.max_body_bytes
+    if config.http.proxy_hops:
+        hops = config.http.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.extensions["postern.config"] = config
     app.extensions["postern.gateway"] = gateway or Gateway(config)
 

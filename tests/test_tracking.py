@@ -446,3 +446,20 @@ def test_each_recipient_gets_their_own_links_built_on_several_processes(
 
 
 HTML_URL = "https://example.com/x?a=1&b=2"
+
+
+def test_the_client_address_behind_a_reverse_proxy(
+    tracked_domain, deliver, live, database, make_app
+):
+    tracked_domain(LinkTracking=1)
+    message_id, received = deliver(HtmlContent=HTML)
+    link = hrefs(parsed(received["rcpt@dest.example"]).get_body(("html",)).get_content())[0]
+    path = link.removeprefix(live)
+    forwarded = {"X-Forwarded-For": "203.0.113.7", "User-Agent": "Proxied/1.0"}
+
+    # No proxy configured: the header is anyone's to write, so it is not believed.
+    assert make_app().client.get(path, headers=forwarded).status_code == 302
+    # One proxy (http.proxy_hops = 1): the address it saw is the client's.
+    assert make_app(http__proxy_hops=1).client.get(path, headers=forwarded).status_code == 302
+    ips = [details["ip"] for _, _, details in events_of(database, message_id, "clicked")]
+    assert ips == ["127.0.0.1", "203.0.113.7"]
