@@ -188,6 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhooks", "batch_size", int, 500, _positive),
     Setting("webhooks", "gap_expiry", int, 300, _positive),
     Setting("webhooks", "poll_interval", float, 1.0, _positive),
+    Setting("webhooks", "keep_days", int, 30, _not_negative),
     Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
     Setting("ratelimit", "requests", int, 100, _positive),

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.config import Config
 from app.crypto import SecretBox
@@ -39,6 +39,7 @@ log = logging.getLogger("postern.webhooks")
 
 CLAIM_MARGIN = 60  # seconds a claim outlasts the POSTs it was made for
 MAX_ERROR = 1000  # characters of an error kept with an attempt
+PRUNE_EVERY = 3600  # seconds between deletions of old finished deliveries
 
 
 @dataclass
@@ -91,6 +92,36 @@ class WebhookSender:
     def fan_out(self) -> int:
         """One fan-out pass (mta/webhook_fanout.py); the number of new events read."""
         return fan_out(self.db, self.config, self.clock())
+
+    def prune(self, chunk: int = 1000) -> int:
+        """Delete finished deliveries (and their attempts) last changed more than
+        ``webhooks.keep_days`` ago, ``chunk`` at a time; the number deleted."""
+        days = self.config.webhooks.keep_days
+        if not days:
+            return 0
+        cutoff = self.clock() - timedelta(days=days)
+        deleted = 0
+        while True:
+            with self.db.transaction() as s:
+                ids = list(
+                    s.scalars(
+                        select(WebhookDelivery.id)
+                        .where(
+                            WebhookDelivery.status.in_((SUCCEEDED, FAILED)),
+                            WebhookDelivery.updated_at < cutoff,
+                        )
+                        .limit(chunk)
+                    )
+                )
+                if ids:
+                    s.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+                    s.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < chunk:
+                break
+        if deleted:
+            log.info("old webhook deliveries deleted", extra={"count": deleted})
+        return deleted
 
     def claim(self, limit: int) -> list[Post | Attempt]:
         """Take up to ``limit`` due deliveries; nobody else posts them until the claim ends.
@@ -297,6 +328,7 @@ class WebhookSender:
 
         in_flight: set[asyncio.Task] = set()
         next_fan_out = 0.0
+        next_prune = time.monotonic() + PRUNE_EVERY / 10
         try:
             async with webhook_client(self.config) as client:
                 while not self._stop.is_set():
@@ -306,6 +338,9 @@ class WebhookSender:
                             read = await in_db(self.fan_out)
                             busy = read >= c.batch_size
                             next_fan_out = time.monotonic() + (0 if busy else c.poll_interval)
+                        if time.monotonic() >= next_prune:
+                            next_prune = time.monotonic() + PRUNE_EVERY
+                            await in_db(self.prune)
                         free = c.concurrency - len(in_flight)
                         jobs = await in_db(self.claim, free) if free > 0 else []
                     except Exception:  # noqa: BLE001 - a database hiccup must not end the sender

@@ -215,6 +215,31 @@ def test_failed_after_the_last_scheduled_retry(
     assert len(http_receiver.requests) == 3
 
 
+def test_finished_deliveries_are_deleted_after_keep_days(
+    domain, hook, message, emit, sender_for, http_receiver, database, clock
+):
+    hook(domain, "delivered,bounced", http_receiver.url())
+    emit(message(), "delivered")
+    http_receiver.answer(200, 503, 503)
+    sender = sender_for(webhooks__keep_days=7, webhooks__retry_schedule=[60])
+    assert sender.run_once() == 1  # delivered: succeeded at once
+    clock.advance(days=5)
+    emit(message(), "bounced")
+    assert sender.run_once() == 1  # bounced: pending, retried in a minute
+    clock.advance(days=3)
+    # The first is 8 days old; the second is still pending: both stay until it finishes.
+    assert sender.prune() == 1
+    assert [d.status for d in deliveries(database)] == ["pending"]
+    assert sender.run_once() == 1  # its last try: failed
+    assert sender.prune() == 0  # finished just now
+    clock.advance(days=8)
+    assert sender.prune() == 1
+    assert deliveries(database) == []
+    with database.transaction(readonly=True) as s:
+        assert s.scalar(select(func.count()).select_from(WebhookAttempt)) == 0
+    assert sender_for(webhooks__keep_days=0).prune() == 0  # 0 keeps everything
+
+
 def test_only_subscribed_events_in_the_webhooks_own_vocabulary(
     domain, hook, message, emit, sender_for, http_receiver, clock
 ):
