@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -89,6 +90,18 @@ class Clock:
 
     def advance(self, **kw):
         self.offset += timedelta(**kw)
+
+
+@pytest.fixture
+def one_window():
+    """Wait, if need be, until at least 10 s are left in the current rate-limit window, so a
+    test's requests all fall in one (the database limiter's fixed windows start at multiples
+    of the period in Unix time; a test crossing into the next one would see its count reset).
+    """
+    period = 60
+    left = period - time.time() % period
+    if left < 10:
+        time.sleep(left + 0.05)
 
 
 @pytest.fixture(scope="session")

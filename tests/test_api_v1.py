@@ -123,7 +123,7 @@ def test_unreadable_json(client, sender_key):
     assert error(resp)[:2] == (400, 100000)
 
 
-def test_rate_limit_per_key(make_app, sender_key, make_user):
+def test_rate_limit_per_key(make_app, sender_key, make_user, one_window):
     key, _ = sender_key()
     other_key, _ = sender_key("b.example")
     client = make_app(ratelimit__requests=5).client
@@ -140,7 +140,7 @@ def test_rate_limit_per_key(make_app, sender_key, make_user):
     assert client.get("/api/v1/webhooks", headers=bearer(other_key)).status_code == 200
 
 
-def test_default_limit_is_100_per_minute(client, sender_key):
+def test_default_limit_is_100_per_minute(client, sender_key, one_window):
     key, _ = sender_key()
     codes = [client.get("/api/v1/webhooks", headers=bearer(key)).status_code for _ in range(101)]
     assert codes.count(200) == 100 and codes[-1] == 429

@@ -649,7 +649,7 @@ def test_v1_events(v1, data):
     assert body["TotalRecords"] == 4
 
 
-def test_v1_events_errors(v1, make_app, api, data):
+def test_v1_events_errors(v1, make_app, api, data, one_window):
     def error(params=None, headers=None, status=400):
         errors = v1(params, headers=headers, status=status)["Errors"]
         assert len(errors) == 1

@@ -179,7 +179,7 @@ def test_clear_forgets_a_bucket(database):
     assert limiter.hit(name, now=T0).allowed
 
 
-def test_uses_the_clock_when_no_time_is_given(database):
+def test_uses_the_clock_when_no_time_is_given(database, one_window):
     limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
     name = bucket()
     assert limiter.hit(name) == Decision(allowed=True, limit=2, remaining=1, retry_after=0)

@@ -297,7 +297,7 @@ def test_duplicate_recipients_get_one_delivery(send, database):
     assert len(rows(database, Delivery, Delivery.message_id == message_id)) == 1
 
 
-def test_rate_limit_applies_to_sending(make_app, domain):
+def test_rate_limit_applies_to_sending(make_app, domain, one_window):
     client = make_app(ratelimit__requests=2).client
     codes = [
         client.post(
