@@ -12,7 +12,7 @@ from models import Delivery, Domain, Message
 from models.messages import BOUNCED
 
 from . import events
-from .suppression import suppress
+from .suppression import suppress, suppress_bounce
 
 COMPLAINED = "complained"
 
@@ -123,14 +123,7 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
                 text=text,
                 details=details,
             )
-            suppress(
-                db,
-                delivery.user_id,
-                delivery.recipient,
-                "bounce",
-                f"{code or ''} {enhanced or ''} {text or ''}".strip(),
-                now,
-            )
+            suppress_bounce(db, delivery, code, enhanced, text, now)
             out.bounced += 1
         elif status.soft:
             events.record(

@@ -55,6 +55,19 @@ def stat_period(
     return low, high
 
 
+def domain_scope(
+    ctx: Context,
+    domain_id: int,
+    start: Span | None,
+    end: Span | None,
+    not_found: tuple[int, str],
+) -> Scope:
+    """The user's domain over the period asked for (error 4 when it ends before it starts)."""
+    domain = owned_domain(ctx, domain_id, not_found)
+    low, high = stat_period(start, end, ctx.now.date(), 4)
+    return Scope(ctx.db, ctx.current_user.id, domain.id, low, high)
+
+
 class Scope:
     """One domain of one user over [low, high), and how its counts are read."""
 
@@ -246,9 +259,7 @@ def aggr_events(
     types: list[str] | None = None,
 ) -> dict[str, Any]:
     """Event counts per type, recipient domain, tag, day or hour, largest (or latest) first."""
-    domain = owned_domain(ctx, DomainID, DOMAIN_NOT_FOUND)
-    low, high = stat_period(StartDate, EndDate, ctx.now.date(), 4)
-    scope = Scope(ctx.db, ctx.current_user.id, domain.id, low, high)
+    scope = domain_scope(ctx, DomainID, StartDate, EndDate, DOMAIN_NOT_FOUND)
     field, size = AggregatedField, AggregateSize
     totals: Counter = Counter()
     if field in ("eventType", "tag", "day"):
@@ -285,10 +296,9 @@ def domain_stats(
     ctx: Context, DomainID: int, StartDate: Span | None = None, EndDate: Span | None = None
 ) -> dict[str, Any]:
     """Figures for the period, for the period as long before it, and per tag."""
-    domain = owned_domain(ctx, DomainID, STATS_DOMAIN_NOT_FOUND)
-    low, high = stat_period(StartDate, EndDate, ctx.now.date(), 4)
-    scope = Scope(ctx.db, ctx.current_user.id, domain.id, low, high)
-    earlier = Scope(ctx.db, ctx.current_user.id, domain.id, low - (high - low), low)
+    scope = domain_scope(ctx, DomainID, StartDate, EndDate, STATS_DOMAIN_NOT_FOUND)
+    low, high = scope.low, scope.high
+    earlier = Scope(ctx.db, scope.user_id, scope.domain_id, low - (high - low), low)
     tagged = {k: v for k, v in scope.figures("tags").items() if k[0] != "[]"}
     by_tag = per_tag(tagged, _add_figures)
     ranked = sorted(by_tag.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:MAX_TAGS]
@@ -306,12 +316,11 @@ def daily_series(
     ctx: Context, DomainID: int, StartDate: Span | None = None, EndDate: Span | None = None
 ) -> dict[str, Any]:
     """The Stats figures day by day (UTC), every day of the period, with nothing as zeros."""
-    domain = owned_domain(ctx, DomainID, STATS_DOMAIN_NOT_FOUND)
-    low, high = stat_period(StartDate, EndDate, ctx.now.date(), 4)
-    first, last = low.date(), (high - timedelta(microseconds=1)).date()
+    scope = domain_scope(ctx, DomainID, StartDate, EndDate, STATS_DOMAIN_NOT_FOUND)
+    first, last = scope.low.date(), (scope.high - timedelta(microseconds=1)).date()
     if (last - first).days >= MAX_SERIES_DAYS:
         raise CommandError(5, f"The period is longer than {MAX_SERIES_DAYS} days")
-    by_day = Scope(ctx.db, ctx.current_user.id, domain.id, low, high).figures("day")
+    by_day = scope.figures("day")
     series = []
     for offset in range((last - first).days + 1):
         key = (first + timedelta(days=offset)).isoformat()

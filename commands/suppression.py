@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import Domain, Suppression
+from models import Delivery, Domain, Suppression
 
 from .context import Context, format_date
 from .errors import CommandError
@@ -72,6 +72,20 @@ def suppress(
     except IntegrityError:  # added at the same moment elsewhere
         return False
     return True
+
+
+def suppress_bounce(
+    db: Session,
+    delivery: Delivery,
+    code: int | None,
+    enhanced: str | None,
+    text: str | None,
+    now: datetime,
+) -> bool:
+    """Suppress a hard-bounced delivery's address for all the user's domains, with the
+    SMTP reply as the reason."""
+    reason = f"{code or ''} {enhanced or ''} {text or ''}".strip()
+    return suppress(db, delivery.user_id, delivery.recipient, "bounce", reason, now)
 
 
 def entry_view(row: Suppression) -> dict[str, Any]:

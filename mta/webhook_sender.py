@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from models.webhooks import FAILED, PENDING, SUCCEEDED
 from .webhook_fanout import fan_out
 from .webhook_http import Refused, response_snippet, webhook_client
 from .webhook_payload import event_body, signature_headers
+from .worker import new_worker_id
 
 log = logging.getLogger("postern.webhooks")
 
@@ -83,7 +81,7 @@ class WebhookSender:
         self.db = db
         self.box = box
         self.clock = clock
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_worker_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -27,7 +27,7 @@ from app.config import Config
 from app.crypto import SecretBox
 from commands import events
 from commands.dns_records import make_resolver, tracking_host
-from commands.suppression import suppress
+from commands.suppression import suppress_bounce
 from models import Database, Delivery, Domain, Message, utcnow
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
 
@@ -153,6 +153,11 @@ def retry_delay(attempts: int, base: int, cap: int) -> float:
     return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
 
 
+def new_worker_id() -> str:
+    """What marks the claims of one worker process: host, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 class Worker:
     def __init__(
         self,
@@ -167,7 +172,7 @@ class Worker:
         self.db = db
         self.box = box
         self.clock = clock
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_worker_id()
         self.resolver = make_resolver(config)
         self._stop = threading.Event()
         self._pool: ProcessPoolExecutor | None = None
@@ -451,14 +456,7 @@ class Worker:
                     delivery.status = {"delivered": DELIVERED, "bounced": BOUNCED}.get(kind, FAILED)
                     delivery.due_at = None
                 if kind == "bounced":
-                    suppress(
-                        s,
-                        delivery.user_id,
-                        delivery.recipient,
-                        "bounce",
-                        f"{code or ''} {enhanced or ''} {text}".strip(),
-                        now,
-                    )
+                    suppress_bounce(s, delivery, code, enhanced, text, now)
                 events.record(
                     s,
                     kind,
