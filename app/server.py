@@ -6,8 +6,18 @@ import os
 import subprocess
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from .config import Config
+
+
+class QuietAccessLogger(Logger):
+    """Gunicorn's logger without its access log: Postern logs each request itself (without
+    query strings), and gunicorn would otherwise format an access line per request only to
+    drop it."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        return None
 
 
 class GunicornServer(BaseApplication):
@@ -32,6 +42,7 @@ class GunicornServer(BaseApplication):
             "timeout": c.http.timeout,
             "graceful_timeout": 10,
             "accesslog": None,  # Postern logs each request itself, without query strings
+            "logger_class": QuietAccessLogger,
             "loglevel": c.log.level.lower(),
             "proc_name": "postern",
             "logconfig_dict": {

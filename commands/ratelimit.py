@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -97,7 +98,7 @@ class DatabaseLimiter(RateLimiter):
         self.period = period
         self.sweep_every = max(1, sweep_every)
         self._hits = itertools.count(1)
-        self._insert = _insert_for(db.backend)
+        self._upsert, self._returning = _upsert_for(db.backend)
 
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         _check_bucket(bucket)
@@ -119,19 +120,19 @@ class DatabaseLimiter(RateLimiter):
         return Decision(False, self.requests, 0, retry_after)
 
     def _count(self, bucket: str, window_start: int, now: float) -> int:
-        """Add one hit to the bucket's window and return the window's count, in one transaction."""
-        with self.db.transaction() as session:
-            if self.db.backend == "postgresql":
-                # A counter lost in a crash costs nothing: do not wait for the WAL flush.
-                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            session.execute(self._insert(bucket, window_start))
-            hits = session.execute(
-                select(RateCounter.hits).where(
-                    RateCounter.bucket == bucket, RateCounter.window_start == window_start
-                )
-            ).scalar_one()
+        """Add one hit to the bucket's window and return the window's count, in one transaction.
+
+        Core statements on a connection of their own: this runs on every /api/v1 request.
+        """
+        params = {"bucket": bucket, "window_start": window_start}
+        with self.db.engine.begin() as conn:
+            if self._returning:
+                hits = conn.execute(self._upsert, params).scalar_one()
+            else:
+                conn.execute(self._upsert, params)
+                hits = conn.execute(_READ_HITS, params).scalar_one()
             if hits == 1:  # this hit opened the window: drop the bucket's old ones
-                session.execute(
+                conn.execute(
                     delete(RateCounter).where(
                         RateCounter.bucket == bucket,
                         RateCounter.window_start < self._cutoff(now),
@@ -164,27 +165,27 @@ class DatabaseLimiter(RateLimiter):
             session.execute(delete(RateCounter).where(RateCounter.bucket == bucket))
 
 
-def _insert_for(backend: str):
-    """The dialect's atomic "insert hits=1, or add 1 to the existing row" statement."""
+_READ_HITS = select(RateCounter.hits).where(
+    RateCounter.bucket == bindparam("bucket"), RateCounter.window_start == bindparam("window_start")
+)
+
+
+def _upsert_for(backend: str):
+    """The dialect's atomic "insert hits=1, or add 1 to the existing row" statement, and
+    whether it returns the new count (SQLite and PostgreSQL; MariaDB's is read back)."""
     table = RateCounter.__table__
+    values = {"bucket": bindparam("bucket"), "window_start": bindparam("window_start"), "hits": 1}
     if backend in ("sqlite", "postgresql"):
         insert = sqlite_insert if backend == "sqlite" else postgresql_insert
-
-        def upsert(bucket: str, window_start: int):
-            stmt = insert(table).values(bucket=bucket, window_start=window_start, hits=1)
-            return stmt.on_conflict_do_update(
-                index_elements=[table.c.bucket, table.c.window_start],
-                set_={"hits": table.c.hits + 1},
-            )
-
-        return upsert
+        stmt = insert(table).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.bucket, table.c.window_start],
+            set_={"hits": table.c.hits + 1},
+        )
+        return stmt.returning(table.c.hits), True
     if backend in ("mysql", "mariadb"):
-
-        def upsert(bucket: str, window_start: int):
-            stmt = mysql_insert(table).values(bucket=bucket, window_start=window_start, hits=1)
-            return stmt.on_duplicate_key_update(hits=table.c.hits + 1)
-
-        return upsert
+        stmt = mysql_insert(table).values(**values)
+        return stmt.on_duplicate_key_update(hits=table.c.hits + 1), False
     raise ValueError(f"rate limiting does not support the {backend} database")
 
 
@@ -243,14 +244,30 @@ class RedisLimiter(RateLimiter):
         client.connection_pool.disconnect()
 
 
-def sqlite_sidecar(db: Database) -> Database:
-    """On SQLite the counters live in a file of their own beside the database.
+_COUNTERS: dict[str, Database] = {}
+_COUNTERS_LOCK = threading.Lock()
 
-    SQLite has one writer at a time per file: counters kept apart never wait for (or hold
-    up) the transactions that accept mail. They also need no fsync per request: a power cut
-    forgets a few counts and loses no mail.
+
+def counters_database(db: Database) -> Database:
+    """Where the counters of ``db``'s limiter live: one per database URL and process.
+
+    Counters need no durability (a power cut forgets a few counts and loses no mail), so
+    their commits do not wait for the disk. On PostgreSQL that is an engine of its own with
+    ``synchronous_commit`` off. On SQLite, which has one writer at a time per file, it is a
+    file of its own beside the database, so counters never wait for (or hold up) the
+    transactions that accept mail.
     """
+    with _COUNTERS_LOCK:
+        counters = _COUNTERS.get(db.url)
+        if counters is None:
+            counters = _COUNTERS[db.url] = _counters_database(db)
+        return counters
+
+
+def _counters_database(db: Database) -> Database:
     url = make_url(db.url)
+    if db.backend == "postgresql":
+        return Database(db.url, pool_size=db.engine.pool.size(), durable=False)
     if not url.database or url.database == ":memory:":
         return Database(db.url, durable=False)
     sidecar = Database(
@@ -265,7 +282,7 @@ def make_limiter(config: Config, db: Database) -> RateLimiter:
     """The limiter ``config.ratelimit`` asks for: the database's, or Redis's."""
     rl = config.ratelimit
     if rl.storage == "database":
-        if db.backend == "sqlite":
-            db = sqlite_sidecar(db)
+        if db.backend in ("sqlite", "postgresql"):
+            db = counters_database(db)
         return DatabaseLimiter(db, rl.requests, rl.period)
     return RedisLimiter(rl.storage, rl.requests, rl.period)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import functools
 import json
 import mimetypes
 import secrets
@@ -25,14 +26,17 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
+from types import SimpleNamespace
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import fields
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
 
-from models import Delivery, Domain, Message, User
+from models import Delivery, Domain, Event, Message, User
 from models.domains import ENABLED
+from models.event_counts import add_counts, count_rows
 from models.messages import QUEUED, SUPPRESSED
 from mta.message import header_problem
 
@@ -88,14 +92,24 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _address(raw: str) -> str | None:
+def _address(raw: Any) -> str | None:
     """The normalised address, or None when it is not a valid (ASCII) email address."""
+    if not isinstance(raw, str):
+        return None
+    # Remembered: a sender's From address (and often its recipients) recur in every send.
+    return _remembered_address(raw) if len(raw) <= 512 else _check_address(raw)
+
+
+def _check_address(raw: str) -> str | None:
     try:
         return validate_email(
             raw.strip(), check_deliverability=False, allow_smtputf8=False
         ).normalized
-    except (EmailNotValidError, AttributeError):
+    except EmailNotValidError:
         return None
+
+
+_remembered_address = functools.lru_cache(maxsize=4096)(_check_address)
 
 
 def _entries(value: Any, *, strict: bool, not_array: tuple[int, str]) -> list[Any]:
@@ -502,14 +516,13 @@ def store(
     """Suppression and quota checks, then the message, its deliveries and their events."""
     user = ctx.current_user  # the domain's owner: keys, credentials and DomainID are checked
     quota = quota_of(ctx.config, user)
-    # Reads first, in a short transaction of their own, so that the write transaction below
-    # only inserts (on SQLite it holds the database's single write lock).
-    with ctx.read() as s:
-        blocked = suppressed_among(s, domain.user_id, domain.id, (r.email for r in recipients))
-        used = 0
-        if quota:
-            period = ctx.config.sending.quota_period
-            start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
+    used = 0
+    if quota:
+        # Counting the period's deliveries can take a while: in a read transaction of its
+        # own, before the write transaction (on SQLite that holds the single write lock).
+        period = ctx.config.sending.quota_period
+        start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
+        with ctx.read() as s:
             used = s.scalar(
                 select(func.count())
                 .select_from(Delivery)
@@ -519,29 +532,33 @@ def store(
                     Delivery.status != SUPPRESSED,
                 )
             )
+    # An indexed look-up: read in the write transaction, so a suppression added meanwhile
+    # is seen (the write transaction begins here).
+    blocked = suppressed_among(ctx.db, domain.user_id, domain.id, (r.email for r in recipients))
     active = [r for r in recipients if r.email.lower() not in blocked]
-    message = Message(
-        id=str(uuid.uuid4()),
-        user_id=domain.user_id,
-        domain_id=domain.id,
-        domain_name=domain.name,
-        sender_key_id=sender_key_id,
-        source=source,
-        from_email=from_email,
-        subject=subject[:1000],
-        tags=json.dumps(tags),
-        size=size,
-        send_at=send_at,
-        created_at=ctx.now,
-        payload=json.dumps(payload),
-    )
+    message = {
+        "id": str(uuid.uuid4()),
+        "user_id": domain.user_id,
+        "domain_id": domain.id,
+        "domain_name": domain.name,
+        "sender_key_id": sender_key_id,
+        "source": source,
+        "from_email": from_email,
+        "subject": subject[:1000],
+        "tags": json.dumps(tags),
+        "size": size,
+        "send_at": send_at,
+        "created_at": ctx.now,
+        "payload": json.dumps(payload),
+    }
     if not active:
         # Nothing will be sent: keep the refusal in the event log, answer 14.
+        refused = Message(**message)  # not stored: only the events are kept
         for r in recipients:
             events.record(
                 ctx.db,
                 events.REJECTED,
-                message,
+                refused,
                 None,
                 r.email,
                 ctx.now,
@@ -552,48 +569,83 @@ def store(
         )
     if quota and used + len(active) > quota:
         raise CommandError(17, "Email sending limit reached")
-    due = send_at or ctx.now
-    rows: list[Any] = [message]
+    write_message(ctx.db, message, recipients, blocked, ctx.now)
+    return {"MessageID": message["id"]}
+
+
+_SUPPRESSED_TEXT = "Email address is in the suppression list"
+
+
+def write_message(
+    db: Session,
+    message: dict[str, Any],
+    recipients: list[Recipient],
+    blocked: set[str],
+    now: datetime,
+) -> None:
+    """Insert the message, a delivery per recipient and its event, and count the events.
+
+    Core statements rather than ORM objects: accepting mail is the hot path, and the
+    unit of work costs more than the inserts themselves. Events written here bypass the
+    session hook of models/event_counts.py, so they are counted here.
+    """
+    conn = db.connection()
+    conn.execute(insert(Message), [message])
+    due = message["send_at"] or now
+    deliveries = []
     for r in recipients:
         is_blocked = r.email.lower() in blocked
-        delivery = Delivery(
-            message_id=message.id,
-            user_id=message.user_id,
-            domain_id=domain.id,
-            recipient=r.email,
-            recipient_domain=r.email.rsplit("@", 1)[1].lower(),
-            kind=r.kind,
-            token=secrets.token_hex(16),
-            status=SUPPRESSED if is_blocked else QUEUED,
-            due_at=None if is_blocked else due,
-            created_at=ctx.now,
-            updated_at=ctx.now,
+        deliveries.append(
+            {
+                "message_id": message["id"],
+                "user_id": message["user_id"],
+                "domain_id": message["domain_id"],
+                "recipient": r.email,
+                "recipient_domain": r.email.rsplit("@", 1)[1].lower(),
+                "kind": r.kind,
+                "token": secrets.token_hex(16),
+                "status": SUPPRESSED if is_blocked else QUEUED,
+                "due_at": None if is_blocked else due,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-        message.deliveries.append(delivery)
-        if is_blocked:
-            rows.append(
-                events.event_row(
-                    events.SUPPRESSED,
-                    message,
-                    delivery,
-                    r.email,
-                    ctx.now,
-                    text="Email address is in the suppression list",
-                )
+    if len(deliveries) == 1:
+        ids = [conn.execute(insert(Delivery), deliveries).inserted_primary_key[0]]
+    else:
+        ids = (
+            conn.execute(
+                insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True), deliveries
             )
-        else:
-            rows.append(
-                events.event_row(
-                    events.ACCEPTED,
-                    message,
-                    delivery,
-                    r.email,
-                    ctx.now,
-                    details={"send_at": send_at.isoformat()} if send_at else None,
-                )
-            )
-    ctx.db.add_all(rows)  # written in one flush, at commit
-    return {"MessageID": message.id}
+            .scalars()
+            .all()
+        )
+    details = json.dumps({"send_at": message["send_at"].isoformat()} if message["send_at"] else {})
+    rows = []
+    for delivery_id, d in zip(ids, deliveries, strict=True):
+        suppressed = d["status"] == SUPPRESSED
+        rows.append(
+            {
+                "uid": str(uuid.uuid4()),
+                "type": events.SUPPRESSED if suppressed else events.ACCEPTED,
+                "created_at": now,
+                "user_id": message["user_id"],
+                "domain_id": message["domain_id"],
+                "domain_name": message["domain_name"],
+                "message_id": message["id"],
+                "delivery_id": delivery_id,
+                "recipient": d["recipient"],
+                "recipient_lower": d["recipient"].lower(),
+                "tags": message["tags"],
+                "smtp_code": None,
+                "enhanced_code": None,
+                "smtp_text": _SUPPRESSED_TEXT if suppressed else None,
+                "details": "{}" if suppressed else details,
+            }
+        )
+    conn.execute(insert(Event), rows)
+    add_counts(db, count_rows(SimpleNamespace(**row) for row in rows))
 
 
 def _person(r: Recipient) -> dict[str, str]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import fields, validate
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,19 +22,23 @@ ALL_DOMAINS = 0
 SOURCES = ("bounce", "complaint", "unsubscribe", "manual")
 
 
+_SUPPRESSED_AMONG = select(Suppression.email).where(
+    Suppression.user_id == bindparam("user_id"),
+    Suppression.email.in_(bindparam("emails", expanding=True)),
+    Suppression.domain_id.in_(bindparam("domain_ids", expanding=True)),
+)
+
+
 def suppressed_among(db: Session, user_id: int, domain_id: int, emails: Iterable[str]) -> set[str]:
     """The lower-cased addresses among ``emails`` that this user's mail must not go to."""
-    wanted = {e.lower() for e in emails}
+    wanted = sorted({e.lower() for e in emails})
     if not wanted:
         return set()
-    rows = db.scalars(
-        select(Suppression.email).where(
-            Suppression.user_id == user_id,
-            Suppression.email.in_(wanted),
-            Suppression.domain_id.in_((ALL_DOMAINS, domain_id)),
-        )
+    rows = db.connection().execute(
+        _SUPPRESSED_AMONG,
+        {"user_id": user_id, "emails": wanted, "domain_ids": [ALL_DOMAINS, domain_id]},
     )
-    return set(rows)
+    return set(rows.scalars())
 
 
 def suppress(

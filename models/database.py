@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Select, create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -18,8 +18,9 @@ def make_engine(
 ) -> Engine:
     """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL.
 
-    ``durable=False`` (SQLite only) lets commits return before the disk has them, for data
-    whose loss in a power cut costs nothing (rate-limit counters); mail is always durable.
+    ``durable=False`` (SQLite and PostgreSQL) lets commits return before the disk has them,
+    for data whose loss in a power cut costs nothing (rate-limit counters); mail is always
+    durable.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -34,7 +35,16 @@ def make_engine(
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         kwargs["pool_recycle"] = 3600
-    return create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
+    engine = create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
+    if backend == "postgresql" and not durable:
+
+        @event.listens_for(engine, "connect")
+        def _no_wal_wait(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SET synchronous_commit TO OFF")
+            dbapi_conn.commit()
+
+    return engine
 
 
 def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
@@ -118,9 +128,8 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
-        self._reader = sessionmaker(
-            self.engine.execution_options(postern_begin="DEFERRED"), expire_on_commit=False
-        )
+        self._read_engine = self.engine.execution_options(postern_begin="DEFERRED")
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
 
     def skip_locked(self, query: Select) -> Select:
         """``query`` locking the rows it returns and skipping rows another transaction has
@@ -137,6 +146,15 @@ class Database:
         factory = self._reader if readonly else self._writer
         with factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A Core connection inside a read transaction (no ORM session: for hot paths)."""
+        with self._read_engine.connect() as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
