@@ -125,7 +125,7 @@ class DatabaseLimiter(RateLimiter):
         Core statements on a connection of their own: this runs on every /api/v1 request.
         """
         params = {"bucket": bucket, "window_start": window_start}
-        with self.db.engine.begin() as conn:
+        with self.db.counter_connection() as conn:
             if self._returning:
                 hits = conn.execute(self._upsert, params).scalar_one()
             else:

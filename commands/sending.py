@@ -574,6 +574,10 @@ def store(
 
 
 _SUPPRESSED_TEXT = "Email address is in the suppression list"
+_INSERT_MESSAGE = insert(Message)
+_INSERT_DELIVERY = insert(Delivery)
+_INSERT_DELIVERIES = insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True)
+_INSERT_EVENT = insert(Event)
 
 
 def write_message(
@@ -590,7 +594,7 @@ def write_message(
     session hook of models/event_counts.py, so they are counted here.
     """
     conn = db.connection()
-    conn.execute(insert(Message), [message])
+    conn.execute(_INSERT_MESSAGE, [message])
     due = message["send_at"] or now
     deliveries = []
     for r in recipients:
@@ -612,15 +616,9 @@ def write_message(
             }
         )
     if len(deliveries) == 1:
-        ids = [conn.execute(insert(Delivery), deliveries).inserted_primary_key[0]]
+        ids = [conn.execute(_INSERT_DELIVERY, deliveries).inserted_primary_key[0]]
     else:
-        ids = (
-            conn.execute(
-                insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True), deliveries
-            )
-            .scalars()
-            .all()
-        )
+        ids = conn.execute(_INSERT_DELIVERIES, deliveries).scalars().all()
     details = json.dumps({"send_at": message["send_at"].isoformat()} if message["send_at"] else {})
     rows = []
     for delivery_id, d in zip(ids, deliveries, strict=True):
@@ -644,7 +642,7 @@ def write_message(
                 "details": "{}" if suppressed else details,
             }
         )
-    conn.execute(insert(Event), rows)
+    conn.execute(_INSERT_EVENT, rows)
     add_counts(db, count_rows(SimpleNamespace(**row) for row in rows))
 
 

@@ -72,6 +72,8 @@ def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         mode = conn.get_execution_options().get("postern_begin", "IMMEDIATE")
+        if mode == "NONE":  # single statements, each its own transaction
+            return
         if mode != "IMMEDIATE":
             conn.exec_driver_sql(f"BEGIN {mode}")
             return
@@ -129,6 +131,11 @@ class Database:
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = self.engine.execution_options(postern_begin="DEFERRED")
+        self._autocommit_engine = self.engine.execution_options(
+            **{"postern_begin": "NONE"}
+            if self.backend == "sqlite"
+            else {"isolation_level": "AUTOCOMMIT"}
+        )
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
 
     def skip_locked(self, query: Select) -> Select:
@@ -149,12 +156,30 @@ class Database:
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
-        """A Core connection inside a read transaction (no ORM session: for hot paths)."""
+        """A Core connection for reads on hot paths (no ORM session). On SQLite and PostgreSQL
+        each statement is its own transaction: read what must be consistent in one."""
+        if self.backend in ("postgresql", "sqlite"):
+            # Each statement its own snapshot: no BEGIN and ROLLBACK (round trips, on
+            # PostgreSQL; psycopg switches to autocommit without asking the server).
+            with self._autocommit_engine.connect() as conn:
+                yield conn
+            return
         with self._read_engine.connect() as conn:
             try:
                 yield conn
             finally:
                 conn.rollback()
+
+    @contextmanager
+    def counter_connection(self) -> Iterator[Connection]:
+        """A connection for one atomic statement on counters: autocommit on PostgreSQL (no
+        BEGIN and COMMIT round trips), a write transaction elsewhere."""
+        if self.backend == "postgresql":
+            with self._autocommit_engine.connect() as conn:
+                yield conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
