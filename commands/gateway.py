@@ -10,7 +10,7 @@ from marshmallow import Schema
 
 from app.config import Config, resolve_secret_key
 from app.crypto import SecretBox
-from models import Database, Domain, User, utcnow
+from models import Database, User, utcnow
 
 from . import registry
 from .auth import Caller, authenticate
@@ -23,6 +23,7 @@ from .sender_keys import (
     INVALID_KEY,
     SenderCaller,
     authenticate_sender,
+    load_owner,
     unauthorised,
 )
 
@@ -111,11 +112,10 @@ class Gateway:
         """
         from .sending import accept_raw
 
-        with self.db.transaction(readonly=True) as s:
-            user = s.get(User, caller.user_id)
-            domain = s.get(Domain, caller.domain_id)
-        if user is None or not user.enabled or domain is None:
+        owner = load_owner(self.db, caller.user_id, caller.domain_id)
+        if owner is None or not owner[0].enabled:
             raise CommandError(12, "Invalid or deactivated user account")
+        user, domain = owner
         with self.db.transaction() as session:
             ctx = Context(
                 db=session,

@@ -85,6 +85,22 @@ _TOUCH = (
 )
 
 
+_OWNER_QUERY = (
+    select(*_USER_COLUMNS, *_DOMAIN_COLUMNS)
+    .select_from(Domain)
+    .join(User, User.id == Domain.user_id)
+    .where(Domain.id == bindparam("domain_id"), User.id == bindparam("user_id"))
+)
+
+
+def load_owner(db: Database, user_id: int, domain_id: int) -> tuple[User, Domain] | None:
+    """The user and their domain, in one Core query (SMTP submissions: once per message),
+    as new unattached objects to read; None when either is gone."""
+    with db.read_connection() as conn:
+        row = conn.execute(_OWNER_QUERY, {"user_id": user_id, "domain_id": domain_id}).first()
+    return None if row is None else (_make_user(row), _make_domain(row))
+
+
 def authenticate_sender(db: Database, key: str | None, now: datetime) -> SenderCaller:
     """The sender key's domain and user; CommandError 13 for a bad key, 2 for a disabled user.
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.policy
 import functools
 import json
 import mimetypes
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.parser import BytesParser
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from types import SimpleNamespace
 from typing import Any
 
@@ -462,11 +465,10 @@ def accept_raw(
     valid address (19). The worker adds Message-ID and Date when missing, drops any Bcc
     header, and DKIM-signs it like any other message.
     """
-    headers = BytesParser(policy=email.policy.default).parsebytes(data, headersonly=True)
-    try:
-        authors = [a.addr_spec for a in headers["From"].addresses] if headers["From"] else []
-    except (AttributeError, IndexError, TypeError, ValueError):
-        authors = []
+    # The raw header values (compat32): the default policy builds header objects (and new
+    # classes) per header, which costs more than the rest of accepting the message.
+    headers = BytesHeaderParser().parsebytes(data)
+    authors = [addr for _name, addr in getaddresses(headers.get_all("From") or []) if addr]
     if not authors or not all(_belongs(a, domain.name) for a in authors):
         raise _fail(3, f"From must be an address at {domain.name} (or one of its subdomains)")
     people: list[Recipient] = []
@@ -478,8 +480,8 @@ def accept_raw(
         if address.lower() not in seen:
             seen.add(address.lower())
             people.append(Recipient(address, "", "to"))
-    subject = str(headers["Subject"] or "")[:1000]
-    tags = [t.strip() for t in str(headers["X-Postern-Tags"] or "").split(",") if t.strip()]
+    subject = _decoded(headers["Subject"])[:1000]
+    tags = [t.strip() for t in _decoded(headers["X-Postern-Tags"]).split(",") if t.strip()]
     payload = {
         "raw": base64.b64encode(data).decode("ascii"),
         "track_links": None,
@@ -497,6 +499,20 @@ def accept_raw(
         size=len(data),
         send_at=None,
     )
+
+
+def _decoded(value: Any) -> str:
+    """A raw header value with its RFC 2047 encoded words decoded, unfolded."""
+    if value is None:
+        return ""
+    value = _FOLD.sub("", str(value)).strip()
+    try:
+        return str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return value
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 def store(
