@@ -205,6 +205,24 @@ def test_make_limiter_defaults_to_the_database(base_config, database):
     assert (limiter.requests, limiter.period) == (7, 30)
 
 
+def test_counters_live_apart_without_waiting_for_the_disk(base_config, database):
+    """One counters database per database and process; its commits skip the disk flush."""
+    first = make_limiter(base_config, database)
+    second = make_limiter(base_config, database)
+    assert first.db is second.db
+    first.hit("v1:apart", now=T0)
+    with first.db.engine.connect() as conn:
+        if database.backend == "postgresql":
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        elif database.backend == "sqlite":
+            assert first.db.url.endswith("-ratelimit.db")
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    if database.backend != "sqlite":
+        with database.transaction(readonly=True) as s:
+            assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == "v1:apart"))
+    first.clear("v1:apart")
+
+
 def test_too_many_requests_text():
     decision = Decision(allowed=False, limit=100, remaining=0, retry_after=42)
     assert too_many_requests_text(decision) == (

@@ -91,6 +91,35 @@ def test_submission_with_starttls(relay, credential, database):
     assert (m.source, m.subject, m.from_email) == ("smtp", "Over SMTP", "news@example.com")
 
 
+def test_encoded_and_folded_headers_are_read_decoded(relay, credential, database):
+    raw = (
+        b"From: =?utf-8?q?Caf=C3=A9_News?= <news@example.com>\r\n"
+        b"To: rcpt@dest.example\r\n"
+        b"Subject: =?utf-8?q?Caf=C3=A9?= order\r\n  has shipped\r\n"
+        b"X-Postern-Tags: order,\r\n shipping\r\n"
+        b"\r\nHello.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        c.sendmail("news@example.com", ["rcpt@dest.example"], raw)
+    with database.transaction(readonly=True) as s:
+        m = s.scalars(select(Message)).one()
+    assert (m.subject, m.from_email) == ("Café order  has shipped", "news@example.com")
+    assert m.tags == '["order", "shipping"]'
+
+
+def test_every_from_address_must_be_the_domains(relay, credential, database):
+    raw = b"From: news@example.com, other@elsewhere.example\r\nTo: r@dest.example\r\n\r\nHi\r\n"
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("news@example.com", ["r@dest.example"], raw)
+    assert refused.value.smtp_code == 550 and b"From must be" in refused.value.smtp_error
+    assert queued(database) == []
+
+
 def test_implicit_tls_and_the_250_names_the_message(relay, credential, database):
     with smtplib.SMTP_SSL("127.0.0.1", relay.ports["tls"], context=NO_VERIFY, timeout=10) as c:
         c.login(*credential)
