@@ -25,10 +25,10 @@ CLICKED = "clicked"
 UNSUBSCRIBED = "unsubscribed"
 
 
-def event_row(
+def event_values(
     kind: str,
-    message: Message,
-    delivery: Delivery | None,
+    message: Any,
+    delivery_id: int | None,
     recipient: str,
     now: datetime,
     *,
@@ -36,22 +36,39 @@ def event_row(
     enhanced: str | None = None,
     text: str | None = None,
     details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An event's column values; ``message`` is anything with the Message attributes."""
+    return {
+        "uid": str(uuid.uuid4()),
+        "type": kind,
+        "created_at": now,
+        "user_id": message.user_id,
+        "domain_id": message.domain_id,
+        "domain_name": message.domain_name,
+        "message_id": message.id,
+        "delivery_id": delivery_id,
+        "recipient": recipient,
+        "recipient_lower": recipient.lower(),
+        "tags": message.tags,
+        "smtp_code": code,
+        "enhanced_code": enhanced,
+        "smtp_text": text,
+        "details": json.dumps(details or {}),
+    }
+
+
+def event_row(
+    kind: str,
+    message: Message,
+    delivery: Delivery | None,
+    recipient: str,
+    now: datetime,
+    **kw: Any,
 ) -> Event:
     row = Event(
-        uid=str(uuid.uuid4()),
-        type=kind,
-        created_at=now,
-        user_id=message.user_id,
-        domain_id=message.domain_id,
-        domain_name=message.domain_name,
-        message_id=message.id,
-        delivery_id=delivery.id if delivery is not None else None,
-        recipient=recipient,
-        tags=message.tags,
-        smtp_code=code,
-        enhanced_code=enhanced,
-        smtp_text=text,
-        details=json.dumps(details or {}),
+        **event_values(
+            kind, message, delivery.id if delivery is not None else None, recipient, now, **kw
+        )
     )
     if delivery is not None and delivery.id is None:
         row.delivery = delivery  # not written yet: the flush fills delivery_id in

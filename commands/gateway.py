@@ -112,10 +112,9 @@ class Gateway:
         """
         from .sending import accept_raw
 
-        owner = load_owner(self.db, caller.user_id, caller.domain_id)
-        if owner is None or not owner[0].enabled:
+        user, domain = load_owner(self.db, caller.user_id, caller.domain_id) or (None, None)
+        if user is None or not user.enabled:
             raise CommandError(12, "Invalid or deactivated user account")
-        user, domain = owner
         with self.db.transaction() as session:
             ctx = Context(
                 db=session,

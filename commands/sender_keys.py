@@ -44,11 +44,10 @@ def unauthorised(code_text: tuple[int, str]) -> CommandError:
 
 def _loaded(model, prefix: str):
     """The columns of ``model`` labelled ``prefix + attribute``, and a maker of instances."""
-    attrs = [(a.key, a.columns[0]) for a in inspect(model).column_attrs]
-    labelled = [column.label(prefix + key) for key, column in attrs]
-
-    new_instance = inspect(model).class_manager.new_instance
-    names = [(key, prefix + key) for key, _ in attrs]
+    mapper = inspect(model)
+    names = [(a.key, prefix + a.key) for a in mapper.column_attrs]
+    labelled = [a.columns[0].label(prefix + a.key) for a in mapper.column_attrs]
+    new_instance = mapper.class_manager.new_instance
 
     def make(row):
         # A bare instance with its column values (the constructor's bookkeeping costs more

@@ -95,10 +95,8 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _address(raw: Any) -> str | None:
+def _address(raw: str) -> str | None:
     """The normalised address, or None when it is not a valid (ASCII) email address."""
-    if not isinstance(raw, str):
-        return None
     # Remembered: a sender's From address (and often its recipients) recur in every send.
     return _remembered_address(raw) if len(raw) <= 512 else _check_address(raw)
 
@@ -572,13 +570,7 @@ def store(
         refused = Message(**message)  # not stored: only the events are kept
         for r in recipients:
             events.record(
-                ctx.db,
-                events.REJECTED,
-                refused,
-                None,
-                r.email,
-                ctx.now,
-                text="Email address is in the suppression list",
+                ctx.db, events.REJECTED, refused, None, r.email, ctx.now, text=_SUPPRESSED_TEXT
             )
         raise CommandError(
             14, "Email address is in the suppression list. Email delivery is blocked.", commit=True
@@ -591,7 +583,6 @@ def store(
 
 _SUPPRESSED_TEXT = "Email address is in the suppression list"
 _INSERT_MESSAGE = insert(Message)
-_INSERT_DELIVERY = insert(Delivery)
 _INSERT_DELIVERIES = insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True)
 _INSERT_EVENT = insert(Event)
 
@@ -631,33 +622,19 @@ def write_message(
                 "updated_at": now,
             }
         )
-    if len(deliveries) == 1:
-        ids = [conn.execute(_INSERT_DELIVERY, deliveries).inserted_primary_key[0]]
-    else:
-        ids = conn.execute(_INSERT_DELIVERIES, deliveries).scalars().all()
-    details = json.dumps({"send_at": message["send_at"].isoformat()} if message["send_at"] else {})
-    rows = []
-    for delivery_id, d in zip(ids, deliveries, strict=True):
-        suppressed = d["status"] == SUPPRESSED
-        rows.append(
-            {
-                "uid": str(uuid.uuid4()),
-                "type": events.SUPPRESSED if suppressed else events.ACCEPTED,
-                "created_at": now,
-                "user_id": message["user_id"],
-                "domain_id": message["domain_id"],
-                "domain_name": message["domain_name"],
-                "message_id": message["id"],
-                "delivery_id": delivery_id,
-                "recipient": d["recipient"],
-                "recipient_lower": d["recipient"].lower(),
-                "tags": message["tags"],
-                "smtp_code": None,
-                "enhanced_code": None,
-                "smtp_text": _SUPPRESSED_TEXT if suppressed else None,
-                "details": "{}" if suppressed else details,
-            }
+    ids = conn.execute(_INSERT_DELIVERIES, deliveries).scalars().all()
+    columns = SimpleNamespace(**message)
+    accepted = {"send_at": columns.send_at.isoformat()} if columns.send_at else None
+    rows = [
+        events.event_values(
+            events.SUPPRESSED, columns, delivery_id, d["recipient"], now, text=_SUPPRESSED_TEXT
         )
+        if d["status"] == SUPPRESSED
+        else events.event_values(
+            events.ACCEPTED, columns, delivery_id, d["recipient"], now, details=accepted
+        )
+        for delivery_id, d in zip(ids, deliveries, strict=True)
+    ]
     conn.execute(_INSERT_EVENT, rows)
     add_counts(db, count_rows(SimpleNamespace(**row) for row in rows))
 

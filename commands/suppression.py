@@ -25,12 +25,6 @@ SOURCES = ("bounce", "complaint", "unsubscribe", "manual")
 _SUPPRESSED_AMONG = select(Suppression.email).where(
     Suppression.user_id == bindparam("user_id"),
     Suppression.email.in_(bindparam("emails", expanding=True)),
-    Suppression.domain_id.in_(bindparam("domain_ids", expanding=True)),
-)
-
-_SUPPRESSED_ONE = select(Suppression.email).where(
-    Suppression.user_id == bindparam("user_id"),
-    Suppression.email == bindparam("email"),
     Suppression.domain_id.in_([ALL_DOMAINS, bindparam("domain_id")]),
 )
 
@@ -40,14 +34,8 @@ def suppressed_among(db: Session, user_id: int, domain_id: int, emails: Iterable
     wanted = sorted({e.lower() for e in emails})
     if not wanted:
         return set()
-    if len(wanted) == 1:  # the usual send: a statement compiled once, not per list length
-        params = {"user_id": user_id, "email": wanted[0], "domain_id": domain_id}
-        return set(db.connection().execute(_SUPPRESSED_ONE, params).scalars())
-    rows = db.connection().execute(
-        _SUPPRESSED_AMONG,
-        {"user_id": user_id, "emails": wanted, "domain_ids": [ALL_DOMAINS, domain_id]},
-    )
-    return set(rows.scalars())
+    params = {"user_id": user_id, "emails": wanted, "domain_id": domain_id}
+    return set(db.connection().execute(_SUPPRESSED_AMONG, params).scalars())
 
 
 def suppress(

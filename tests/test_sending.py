@@ -81,6 +81,8 @@ def test_send_is_committed_before_the_answer(send, database, domain):
     assert len({d.token for d in deliveries}) == 3
     accepted = rows(database, Event, Event.message_id == message_id)
     assert sorted(e.type for e in accepted) == ["accepted"] * 3
+    by_recipient = {d.recipient: d.id for d in deliveries}
+    assert all(e.delivery_id == by_recipient[e.recipient] for e in accepted)
     assert accepted[0].tags == '["welcome", "v2"]'
 
 
@@ -149,6 +151,9 @@ ERRORS = [
     (dict(To=[{"name": "x"}]), 18),
     (dict(To=[{"email": "nope"}]), 19),
     (dict(To=["a@b.example", {"email": "bad@"}]), 19),
+    (dict(To=[{"email": ["a@b.example"]}]), 18),
+    (dict(To=[{"email": 5}]), 18),
+    (dict(From={"email": ["news@example.com"]}), 3),
     (dict(CC=[{"name": "x"}]), 21),
     (dict(CC=[{"email": "x@@y"}]), 22),
     (dict(BCC={"email": "a@b.example"}), 24),
@@ -242,6 +247,10 @@ def test_suppressed_recipients(send, api, user, database, domain):
         (e.recipient, e.type) for e in rows(database, Event, Event.message_id == message_id)
     )
     assert kinds == [("gone@dest.example", "suppressed"), ("here@dest.example", "accepted")]
+    # Each event names its own recipient's delivery.
+    for e in rows(database, Event, Event.message_id == message_id):
+        assert e.delivery_id == deliveries[e.recipient].id
+        assert e.recipient_lower == e.recipient.lower()
     # Everyone suppressed: refused with 14, and the refusal is in the event log.
     resp = send(To=[{"email": "gone@dest.example"}])
     assert error_of(resp) == 14
