@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu import tree_cpu  # noqa: E402
 from tests.dnsserver import DNSServer  # noqa: E402
 from tests.livesrv import clean_env, free_port  # noqa: E402
 
@@ -269,6 +270,7 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
 
         # Phase A: accept messages (the worker is not running).
         accepted = mp.Value("i", 0)
+        api_cpu = tree_cpu(api.pid)
         if opts.injector == "wrk":
             accept_s = inject_wrk(base, sender, opts, work)
             with create_engine(url).connect() as c:
@@ -291,6 +293,7 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             for p in injectors:
                 p.join()
             accept_s = time.perf_counter() - start
+        api_cpu = tree_cpu(api.pid) - api_cpu
 
         # Phase B: deliver them all.
         sink_count.value = 0
@@ -307,13 +310,16 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
                 )
             )
         first = None
+        worker_cpu = 0.0
         while sink_count.value < accepted.value:
             if first is None and sink_count.value:
                 first = time.perf_counter()
+                worker_cpu = -sum(tree_cpu(p.pid) for p in procs[1:])  # less the start-up
             time.sleep(0.02)
             if time.perf_counter() - start > 600:
                 break
         deliver_s = time.perf_counter() - start
+        worker_cpu += sum(tree_cpu(p.pid) for p in procs[1:])
         return {
             "backend": backend,
             "accepted": accepted.value,
@@ -322,6 +328,8 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             "deliver_s": deliver_s,
             "deliver_steady_s": time.perf_counter() - (first or start),
             "workers": workers,
+            "accept_cpu_ms": api_cpu * 1000 / max(1, accepted.value),
+            "deliver_cpu_ms": worker_cpu * 1000 / max(1, sink_count.value),
         }
     finally:
         for p in procs:
@@ -374,15 +382,21 @@ def main() -> None:
     )
     print(
         f"{'database':<12}{'accepted/s':>12}{'delivered/s':>13}{'steady/s':>10}"
-        f"{'workers':>9}{'accepted':>10}{'delivered':>11}"
+        f"{'workers':>9}{'accepted':>10}{'delivered':>11}{'CPU ms/accept':>15}"
+        f"{'CPU ms/delivery':>17}"
     )
     for r in results:
         print(
             f"{r['backend']:<12}{r['accepted'] / r['accept_s']:>12.0f}"
             f"{r['delivered'] / r['deliver_s']:>13.0f}"
             f"{r['delivered'] / r['deliver_steady_s']:>10.0f}{r['workers']:>9}"
-            f"{r['accepted']:>10}{r['delivered']:>11}"
+            f"{r['accepted']:>10}{r['delivered']:>11}{r['accept_cpu_ms']:>15.2f}"
+            f"{r['deliver_cpu_ms']:>17.2f}"
         )
+    print(
+        "CPU ms: processor time used by Postern's processes (the API and its gunicorn workers; "
+        "the delivery workers and their build processes) per message, read from /proc"
+    )
 
 
 if __name__ == "__main__":

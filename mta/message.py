@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address as _HeaderAddress
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, MIMEPart
-from email.policy import SMTP
+from email.policy import EmailPolicy
 from html.parser import HTMLParser
 
 import idna
 
-# CRLF line ends; 7bit so bodies are quoted-printable or base64 whenever they are not plain
-# short-lined ASCII; "none" so the raw header values we fold ourselves are written untouched.
-POLICY = SMTP.clone(cte_type="7bit", refold_source="none")
+
+class _BuildPolicy(EmailPolicy):
+    """The policy of the messages Postern builds: header values set raw (folded by Postern)
+    are read back as plain strings, not parsed into header objects on every read (the
+    generator reads Content-Type and its parameters several times per part)."""
+
+    def header_fetch_parse(self, name, value):
+        if hasattr(value, "name"):
+            return value
+        return "".join(value.splitlines())
+
+
+# email.policy.SMTP's CRLF line ends; 7bit so bodies are quoted-printable or base64 whenever
+# they are not plain short-lined ASCII; "none" so the raw header values we fold ourselves are
+# written untouched.
+POLICY = _BuildPolicy(linesep="\r\n", cte_type="7bit", refold_source="none")
 
 MAX_LINE = 998  # RFC 5322 2.1.1: octets per line, CRLF excluded
 FOLD_AT = 78  # ...and the line length it recommends
@@ -145,8 +161,8 @@ def build_message(spec: MessageSpec) -> bytes:
     _body_filler(spec)(body)
     # Move the body in below the headers above (filling ``msg`` directly would reorder them
     # and drop any custom Content-* header, which set_content clears).
-    for name, value in body.items():
-        msg[name] = value
+    for name, value in body.raw_items():
+        msg.set_raw(name, value)
     msg.set_payload(body.get_payload())
     return msg.as_bytes()
 
@@ -230,21 +246,51 @@ def _body_filler(spec: MessageSpec) -> Filler:
 
 
 def _text(content: str, subtype: str) -> Filler:
+    """A text part in UTF-8, encoded as ``set_content`` would choose (7bit when every line is
+    short ASCII, else the shorter of quoted-printable and base64), with binascii's C encoders
+    instead of the email package's pure-Python quoted-printable, and its header values
+    written as they are rather than parsed back."""
+
     def fill(part: MIMEPart) -> None:
-        part.set_content(content, subtype=subtype, charset="utf-8")
+        cte, payload = _encoded_text(content)
+        part.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
+        part.set_raw("Content-Transfer-Encoding", cte)
+        part.set_payload(payload)
 
     return fill
+
+
+def _encoded_text(content: str) -> tuple[str, str]:
+    data = b"\n".join(content.encode("utf-8").splitlines()) + b"\n"
+    if data.isascii() and max(map(len, data.split(b"\n"))) <= FOLD_AT:
+        return "7bit", data.decode("ascii")
+    qp = binascii.b2a_qp(data, istext=True)
+    b64 = base64.encodebytes(data)
+    if len(qp) <= len(b64):
+        return "quoted-printable", qp.decode("ascii")
+    return "base64", b64.decode("ascii")
 
 
 def _multipart(subtype: str, children: list[Filler]) -> Filler:
     def fill(part: MIMEPart) -> None:
-        getattr(part, f"make_{subtype}")()
+        parts = []
         for child in children:
             sub = MIMEPart(policy=POLICY)
             child(sub)
-            part.attach(sub)
+            parts.append(sub)
+        boundary = _boundary(parts)
+        part.set_raw("Content-Type", f'multipart/{subtype}; boundary="{boundary}"')
+        part.set_payload(parts)
 
     return fill
+
+
+def _boundary(parts: list[MIMEPart]) -> str:
+    """A boundary found in none of the parts (a random one, checked as the generator does)."""
+    while True:
+        boundary = f"=_{secrets.token_hex(16)}"
+        if not any(boundary in p.get_payload() for p in parts if not p.is_multipart()):
+            return boundary
 
 
 def _is_inline(a: Attachment) -> bool:

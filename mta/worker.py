@@ -109,7 +109,8 @@ def build_and_sign(b: BuildJob) -> bytes:
 
 def prepare_raw(data: bytes, b: BuildJob) -> bytes:
     """A submitted message made ready to sign: CRLF lines, no Bcc, Message-ID and Date."""
-    data = re.sub(rb"\r?\n", b"\r\n", data)
+    if data.count(b"\n") != data.count(b"\r\n"):  # a bare LF somewhere
+        data = re.sub(rb"\r?\n", b"\r\n", data)
     head, sep, body = data.partition(b"\r\n\r\n")
     lines: list[bytes] = []
     skipping = False

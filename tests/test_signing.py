@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -16,9 +17,11 @@ from app.crypto import SecretBox
 from commands.dkim import new_key, private_pem, txt_value
 from mta.message import Address, Attachment, MessageSpec, build_message
 from mta.signing import (
+    _RELAXED,
     DEFAULT_SIGNED_HEADERS,
     SigningKey,
     load_private_key,
+    relaxed_body,
     sign_message,
 )
 
@@ -291,3 +294,20 @@ def test_refusals(keyring, message, key_changes, kwargs, match):
     key = SigningKey(**{**key.__dict__, **key_changes})
     with pytest.raises(ValueError, match=match):
         sign_message(message, [key], **kwargs)
+
+
+def test_relaxed_body_is_dkimpys():
+    """The body canonicalization gives dkimpy's bytes for bodies made of the characters that
+    matter to it (white space, CR, LF, CRLF), thousands of them at random."""
+    rng = random.Random(6376)
+    pieces = [b"a", b"b", b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r\n\r\n", b"\r", b"\n"]
+    bodies = [b"", b"\r\n", b"\r\n\r\n", b" ", b"x", b" \r\n", b"x \t\r\n\r\n \r\n"]
+    bodies += [b"".join(rng.choices(pieces, k=rng.randint(1, 40))) for _ in range(5000)]
+    for body in bodies:
+        assert relaxed_body(body) == _RELAXED.canonicalize_body(body), body
+
+
+def test_bare_line_feeds_are_read_as_dkimpy_reads_them(keyring, dns):
+    message = b"From: a@example.com\nSubject: lf\n\nline one  \nline two\n"
+    signed = sign_message(message, [keyring.keys["rsa2048"]], now=NOW)
+    assert verifies(signed, dns)
