@@ -13,9 +13,9 @@ from email.headerregistry import Address as _HeaderAddress
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
-from html.parser import HTMLParser
 
 import idna
+from lxml import etree
 
 
 class _BuildPolicy(EmailPolicy):
@@ -337,33 +337,25 @@ _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "
 _SOFT, _HARD = "\x01", "\x02"  # a line break and a paragraph break, before they are merged
 _CONTROLS_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F)}
 _MARKS_TO_SPACE = {ord(_SOFT): " ", ord(_HARD): " ", ord("\n"): " "}
-_SPACE_AROUND_NEWLINE = re.compile(r"[^\S\n]*\n[^\S\n]*")
-_SPACE_RUN = re.compile(r"[^\S\n]+")
-_BREAK_RUN = re.compile(r"[\x01\x02](?:[ \x01\x02])*")
+_BREAK_RUN = re.compile(r"[\x01\x02][^\S\n]*(?:[\x01\x02][^\S\n]*)*")  # marks, white space
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-class _TextExtractor(HTMLParser):
-    """Collects the readable text of an HTML document, marking where lines break."""
+class _TextExtractor:
+    """Collects the readable text of an HTML document, marking where lines break: the target
+    of lxml's HTML parser (libxml2), which calls it for each tag and run of text."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.skip = 0
         self.links: list[tuple[str, int]] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, attrs) -> None:
         if tag in _SKIP:
             self.skip += 1
-        elif not self.skip:
-            self._tag(tag, attrs)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if not self.skip and tag not in _SKIP:
-            self._tag(tag, attrs)
-
-    def _tag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "br":
+        elif self.skip:
+            return
+        elif tag == "br":
             self.out.append("\n")  # explicit: <br><br> leaves a blank line
         elif tag in _PARAGRAPH:
             self.out.append(_HARD)
@@ -372,13 +364,13 @@ class _TextExtractor(HTMLParser):
         elif tag in ("td", "th"):
             self.out.append(" ")
         elif tag == "a":
-            self.links.append(((dict(attrs).get("href") or "").strip(), len(self.out)))
+            self.links.append(((attrs.get("href") or "").strip(), len(self.out)))
         elif tag == "img":
-            alt = dict(attrs).get("alt")
+            alt = attrs.get("alt")
             if alt:
                 self.out.append(f" {alt} ")
 
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         if tag in _SKIP:
             self.skip = max(0, self.skip - 1)
         elif self.skip:
@@ -393,9 +385,12 @@ class _TextExtractor(HTMLParser):
             if _worth_showing(url, label):
                 self.out.append(f" ({url})" if label else url)
 
-    def handle_data(self, data: str) -> None:
+    def data(self, data: str) -> None:
         if not self.skip:
             self.out.append(data.translate(_CONTROLS_TO_SPACE))
+
+    def close(self) -> list[str]:
+        return self.out
 
 
 def _worth_showing(url: str, label: str) -> bool:
@@ -411,11 +406,13 @@ def _merge_breaks(run: re.Match[str]) -> str:
 
 def html_to_text(html: str) -> str:
     """A readable plain-text rendering of ``html`` for the text/plain alternative."""
-    parser = _TextExtractor()
+    if not html.strip():
+        return ""
+    parser = etree.HTMLParser(target=_TextExtractor())
     parser.feed(html)
-    parser.close()
-    # A run of white space becomes its line breaks, or one space when it has none.
-    text = _SPACE_AROUND_NEWLINE.sub("\n", "".join(parser.out))
-    text = _BREAK_RUN.sub(_merge_breaks, _SPACE_RUN.sub(" ", text))
+    out = parser.close()
+    # A run of break marks (and the white space among them) becomes its line breaks; each
+    # line's white space then becomes single spaces between words.
+    text = _BREAK_RUN.sub(_merge_breaks, "".join(out))
     lines = (" ".join(line.split()) for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")

@@ -454,6 +454,22 @@ def test_html_to_text_renders_readable_text():
         ('<a href="https://x.example/p"><img src="x.png"></a>', "https://x.example/p"),
         ('<a href="https://x.example/p">Go  <b>now</b></a>', "Go now (https://x.example/p)"),
         ("<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>", "a b\nc"),
+        # Loose HTML, as mail templates have it.
+        ("<b>a</b> <i>b</i>", "a b"),
+        ("<p>x</p> <p>y</p>", "x\n\ny"),
+        ("<p>a<p>b", "a\n\nb"),
+        ("<p>unclosed <b>bold", "unclosed bold"),
+        ("x < y and y > z", "x < y and y > z"),
+        ("Tom &amp Jerry &copy 2024", "Tom & Jerry \u00a9 2024"),
+        ("<!-- c --> a <!doctype html>", "a"),
+        ("<title>T</title>body", "body"),
+        ("<html><body>a</body></html> tail", "a tail"),
+        ("a&nbsp;&nbsp;b \t\u2003 c", "a b c"),
+        ("<p>\u00e9 \u00f1 \U0001f600</p>", "\u00e9 \u00f1 \U0001f600"),
+        (
+            '<meta charset="iso-8859-1"><p>Gr\u00fc\u00dfe \u2014 ok</p>',
+            "Gr\u00fc\u00dfe \u2014 ok",
+        ),
     ],
 )
 def test_html_to_text_cases(html, text):
