@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Select, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -30,12 +31,13 @@ def make_engine(
         )
         _configure_sqlite(engine, durable)
         return engine
-    kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size}
     if backend in ("mysql", "mariadb"):
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         kwargs["pool_recycle"] = 3600
     engine = create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
+    _ping_when_idle(engine)
     if backend == "postgresql" and not durable:
 
         @event.listens_for(engine, "connect")
@@ -45,6 +47,41 @@ def make_engine(
             dbapi_conn.commit()
 
     return engine
+
+
+IDLE_PING = 5.0  # seconds a pooled connection may rest before it is tested on checkout
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection on checkout only when it has rested a while.
+
+    ``pool_pre_ping`` costs a round trip on every checkout, several per request; a
+    connection returned moments ago is as good as the last statement it ran. One that
+    fails the test is dropped and another taken (SQLAlchemy's pessimistic disconnect
+    handling); a server restart between two busy moments fails at most the statements
+    then in flight, and the pool is renewed.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _rested_from(_dbapi_conn, record):
+        record.info["postern_checkin"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _test_if_rested(dbapi_conn, record, _proxy):
+        since = record.info.get("postern_checkin")
+        if since is None or time.monotonic() - since < IDLE_PING:
+            return
+        try:
+            _ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its test: {exc}") from exc
+
+
+def _ping(dbapi_conn) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("SELECT 1")
+    cursor.close()
+    dbapi_conn.rollback()
 
 
 def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
