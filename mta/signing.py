@@ -1,4 +1,4 @@
-"""DKIM signing: dkimpy's canonicalization and header format, `cryptography` for the key step.
+"""DKIM signing: dkimpy's header canonicalization and format, `cryptography` for the key step.
 
 Why not ``dkim.sign`` as it is: dkimpy 1.1 does RSA in pure Python (about 100 signatures a
 second for a 2048-bit key) and parses the PEM again for every message. It offers no hook for
@@ -9,11 +9,13 @@ dkimpy's own ASN.1 reader, or PyNaCl for ed25519) and ``t=`` read from ``time.ti
 global would change signing for every other user of dkimpy in the process.
 
 So ``_signature`` follows ``DKIM.sign`` and ``gen_header`` step by step with dkimpy's own
-pieces (``rfc822_parse``, the relaxed canonicalization policy, ``fold``, ``RE_BTAG``,
+pieces (``rfc822_parse``, the relaxed header canonicalization, ``fold``, ``RE_BTAG``,
 ``hash_headers``); only the signature over the header hash comes from ``cryptography``:
 RSASSA-PKCS1-v1_5 over the SHA-256 digest, or Ed25519 over it as RFC 8463 and dkimpy do.
-Both are deterministic, and the tests check the result is byte-for-byte what ``dkim.sign``
-itself produces. Verification stays with dkimpy, untouched.
+The relaxed body canonicalization is ``relaxed_body`` (dkimpy's rewrites every space of the
+body; the tests check both give the same bytes). Both signatures are deterministic, and the
+tests check the result is byte-for-byte what ``dkim.sign`` itself produces. Verification
+stays with dkimpy, untouched.
 """
 
 from __future__ import annotations
