@@ -464,8 +464,11 @@ def accept_raw(
     header, and DKIM-signs it like any other message.
     """
     # The raw header values (compat32): the default policy builds header objects (and new
-    # classes) per header, which costs more than the rest of accepting the message.
-    headers = BytesHeaderParser().parsebytes(data)
+    # classes) per header, which costs more than the rest of accepting the message. Only
+    # the header block is given to the parser, which would otherwise split the whole body
+    # into lines it then ignores.
+    end = _HEADER_END.search(data)
+    headers = BytesHeaderParser().parsebytes(data[: end.end()] if end else data)
     authors = [addr for _name, addr in getaddresses(headers.get_all("From") or []) if addr]
     if not authors or not all(_belongs(a, domain.name) for a in authors):
         raise _fail(3, f"From must be an address at {domain.name} (or one of its subdomains)")
@@ -511,6 +514,7 @@ def _decoded(value: Any) -> str:
 
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def store(

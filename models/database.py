@@ -209,9 +209,10 @@ class Database:
 
     @contextmanager
     def counter_connection(self) -> Iterator[Connection]:
-        """A connection for one atomic statement on counters: autocommit on PostgreSQL (no
-        BEGIN and COMMIT round trips), a write transaction elsewhere."""
-        if self.backend == "postgresql":
+        """A connection for atomic statements on counters, each its own transaction
+        (PostgreSQL: no BEGIN and COMMIT round trips; SQLite: no BEGIN IMMEDIATE, the
+        statement takes the write lock itself); a write transaction on MariaDB."""
+        if self.backend in ("postgresql", "sqlite"):
             with self._autocommit_engine.connect() as conn:
                 yield conn
             return

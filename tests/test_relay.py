@@ -98,6 +98,8 @@ def test_encoded_and_folded_headers_are_read_decoded(relay, credential, database
         b"Subject: =?utf-8?q?Caf=C3=A9?= order\r\n  has shipped\r\n"
         b"X-Postern-Tags: order,\r\n shipping\r\n"
         b"\r\nHello.\r\n"
+        # Header-like lines after the blank line are body, never read as headers.
+        b"Subject: not this\r\nFrom: someone@elsewhere.example\r\n\r\nX-Postern-Tags: no\r\n"
     )
     with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
         c.starttls(context=NO_VERIFY)
