@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import threading
 import time
@@ -11,7 +12,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 from app.config import Config, ConfigError, sqlite_path
 from commands.errors import CommandError
@@ -35,6 +36,38 @@ REPLIES = {
     19: "550 5.1.3 {text}",
     12: "550 5.7.1 Account disabled",
 }
+
+
+# An address in angle brackets made of dot-atoms only ("<local.part@host.example>"), the form
+# nearly every client sends; the rest of the line (MAIL and RCPT parameters) follows it.
+_PLAIN_ADDRESS = re.compile(
+    r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+)
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with a quicker reading of the plain addresses of MAIL and RCPT.
+
+    aiosmtpd reads every address with the email package's header parser (and defines a
+    class on each call); the plain ``<local@domain>`` form gives the same answer read by
+    one regular expression, and anything else still goes to aiosmtpd's own reading.
+    """
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _PLAIN_ADDRESS.match(arg or "")
+        rest = arg[match.end() :].lstrip(" \t") if match else ""
+        if match is None or rest.startswith("("):  # a comment after it: aiosmtpd's reading
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
+
+
+class RelayController(Controller):
+    def factory(self) -> SMTP:
+        return RelaySMTP(self.handler, **self.SMTP_kwargs)
 
 
 class LoginThrottle:
@@ -241,9 +274,9 @@ class Relay:
                 # Encrypted from the first byte (aiosmtpd only recognises TLS begun by STARTTLS);
                 # handle_MAIL refuses anyone who has not logged in.
                 options["auth_require_tls"] = False
-                controller = Controller(handler, ssl_context=tls, **options)
+                controller = RelayController(handler, ssl_context=tls, **options)
             else:
-                controller = Controller(
+                controller = RelayController(
                     handler,
                     tls_context=tls,
                     require_starttls=role == "submission",

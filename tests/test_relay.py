@@ -1,6 +1,7 @@
 """The SMTP relay with real clients on loopback: smtplib and swaks."""
 
 import email.policy
+import random
 import shutil
 import smtplib
 import ssl
@@ -258,3 +259,34 @@ def test_swaks_through_starttls_arrives_signed(
     data = smtp_peer.messages[0].data
     assert dkim.verify(data, dnsfunc=dns_txt(dns_server))
     assert b"Sent with swaks" in data and b"message-id:" in data.lower()
+
+
+def test_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them():
+    """The relay's quick reading of plain <local@domain> addresses gives aiosmtpd's answers."""
+    from aiosmtpd.smtp import SMTP
+
+    from mta.relay import RelaySMTP
+
+    ours, theirs = RelaySMTP(object()), SMTP(object())
+    rnd = random.Random(5)
+    atext = "ab1!#$%&'*+/=?^_`{|}~-.\" ()@<>\t"
+    cases = [
+        "<a@b.c>",
+        "<a.b+c@x-y.example> SIZE=100 BODY=8BITMIME",
+        "<a@b.c>\tSIZE=1",
+        "<a@b.c> (comment) SIZE=1",
+        "<>",
+        "a@b.c",
+        "<a..b@c>",
+        '<"q u"@b.c>',
+        "<a@[127.0.0.1]>",
+        "<@relay.example:a@b.c>",
+        "<" + "x" * 65 + "@b.c>",
+    ]
+    for _ in range(5000):
+        local = "".join(rnd.choice(atext) for _ in range(rnd.randint(0, 8)))
+        host = "".join(rnd.choice("ab1-.") for _ in range(rnd.randint(0, 8)))
+        tail = "".join(rnd.choice(" \t(x)=S") for _ in range(rnd.randint(0, 6)))
+        cases.append(f"{rnd.choice(['', ' '])}<{local}@{host}>{tail}")
+    for case in cases:
+        assert ours._getaddr(case) == theirs._getaddr(case), case
