@@ -1,5 +1,6 @@
 """The SMTP relay with real clients on loopback: smtplib and swaks."""
 
+import asyncio
 import email.policy
 import random
 import shutil
@@ -267,7 +268,8 @@ def test_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them():
 
     from mta.relay import RelaySMTP
 
-    ours, theirs = RelaySMTP(object()), SMTP(object())
+    loop = asyncio.new_event_loop()  # the protocol objects want one; closed at the end
+    ours, theirs = RelaySMTP(object(), loop=loop), SMTP(object(), loop=loop)
     rnd = random.Random(5)
     atext = "ab1!#$%&'*+/=?^_`{|}~-.\" ()@<>\t"
     cases = [
@@ -288,5 +290,8 @@ def test_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them():
         host = "".join(rnd.choice("ab1-.") for _ in range(rnd.randint(0, 8)))
         tail = "".join(rnd.choice(" \t(x)=S") for _ in range(rnd.randint(0, 6)))
         cases.append(f"{rnd.choice(['', ' '])}<{local}@{host}>{tail}")
-    for case in cases:
-        assert ours._getaddr(case) == theirs._getaddr(case), case
+    try:
+        for case in cases:
+            assert ours._getaddr(case) == theirs._getaddr(case), case
+    finally:
+        loop.close()
