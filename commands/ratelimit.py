@@ -80,11 +80,12 @@ def _check_bucket(bucket: str) -> None:
 
 
 class DatabaseLimiter(RateLimiter):
-    """Fixed windows counted in ``rate_counters``, one short transaction per hit.
+    """Fixed windows counted in ``rate_counters``, one short write per hit.
 
     The count is incremented by a single upsert (atomic on every backend: the row is locked
-    by the statement itself) and read back in the same transaction, so concurrent processes
-    never lose or double-count a hit. When a hit opens a new window for its bucket, that
+    by the statement itself) that returns the new count (SQLite, PostgreSQL) or is read back
+    in the same transaction (MariaDB), so concurrent processes never lose or double-count
+    a hit. When a hit opens a new window for its bucket, that
     bucket's old windows are deleted; every ``sweep_every`` hits of this process, old
     windows of every bucket are deleted too (buckets that went quiet).
     """
@@ -120,9 +121,10 @@ class DatabaseLimiter(RateLimiter):
         return Decision(False, self.requests, 0, retry_after)
 
     def _count(self, bucket: str, window_start: int, now: float) -> int:
-        """Add one hit to the bucket's window and return the window's count, in one transaction.
+        """Add one hit to the bucket's window and return the window's count.
 
-        Core statements on a connection of their own: this runs on every /api/v1 request.
+        Core statements on a connection of their own (``Database.counter_connection``):
+        this runs on every /api/v1 request.
         """
         params = {"bucket": bucket, "window_start": window_start}
         with self.db.counter_connection() as conn:

@@ -37,9 +37,8 @@ from marshmallow import fields
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from models import Delivery, Domain, Event, Message, User
+from models import Delivery, Domain, Message, User
 from models.domains import ENABLED
-from models.event_counts import add_counts, count_rows
 from models.messages import QUEUED, SUPPRESSED
 from mta.message import header_problem
 
@@ -588,7 +587,6 @@ def store(
 _SUPPRESSED_TEXT = "Email address is in the suppression list"
 _INSERT_MESSAGE = insert(Message)
 _INSERT_DELIVERIES = insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True)
-_INSERT_EVENT = insert(Event)
 
 
 def write_message(
@@ -601,8 +599,7 @@ def write_message(
     """Insert the message, a delivery per recipient and its event, and count the events.
 
     Core statements rather than ORM objects: accepting mail is the hot path, and the
-    unit of work costs more than the inserts themselves. Events written here bypass the
-    session hook of models/event_counts.py, so they are counted here.
+    unit of work costs more than the inserts themselves.
     """
     conn = db.connection()
     conn.execute(_INSERT_MESSAGE, [message])
@@ -639,8 +636,7 @@ def write_message(
         )
         for delivery_id, d in zip(ids, deliveries, strict=True)
     ]
-    conn.execute(_INSERT_EVENT, rows)
-    add_counts(db, count_rows(SimpleNamespace(**row) for row in rows))
+    events.insert_values(db, rows)
 
 
 def _person(r: Recipient) -> dict[str, str]:

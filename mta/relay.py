@@ -56,8 +56,10 @@ class RelaySMTP(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_ADDRESS.match(arg or "")
-        rest = arg[match.end() :].lstrip(" \t") if match else ""
-        if match is None or rest.startswith("("):  # a comment after it: aiosmtpd's reading
+        if match is None:
+            return super()._getaddr(arg)
+        rest = arg[match.end() :].lstrip(" \t")
+        if rest.startswith("("):  # a comment after the address: aiosmtpd's reading
             return super()._getaddr(arg)
         address = match.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:

@@ -20,17 +20,15 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
-from types import SimpleNamespace
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 
 from app.config import Config
 from app.crypto import SecretBox
 from commands import events
 from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress_bounce
-from models import Database, Delivery, Domain, Event, Message, utcnow
-from models.event_counts import add_counts, count_rows
+from models import Database, Delivery, Domain, Message, utcnow
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
 
 from . import mx, tracking
@@ -161,15 +159,16 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-# What recording an outcome reads of a claimed delivery and its message (not the payload).
+# What recording an outcome reads of a claimed delivery and its message (not the payload),
+# named so that a row also reads as the message an event takes (id is the message's).
 _OURS = (
     select(
-        Delivery.id,
+        Delivery.id.label("delivery_id"),
         Delivery.user_id,
         Delivery.recipient,
         Delivery.attempts,
         Delivery.created_at,
-        Message.id.label("message_id"),
+        Message.id,
         Message.domain_id,
         Message.domain_name,
         Message.tags,
@@ -195,16 +194,6 @@ _RECORD = (
         last_host=bindparam("b_host"),
     )
 )
-
-
-class _MessageColumns:
-    """The message fields an event takes, from a row of ``_OURS``."""
-
-    __slots__ = ("id", "user_id", "domain_id", "domain_name", "tags")
-
-    def __init__(self, row):
-        self.id, self.user_id, self.domain_id = row.message_id, row.user_id, row.domain_id
-        self.domain_name, self.tags = row.domain_name, row.tags
 
 
 class Worker:
@@ -468,7 +457,7 @@ class Worker:
         with self.db.transaction() as s:
             conn = s.connection()
             ours = {
-                row.id: row
+                row.delivery_id: row
                 for row in conn.execute(
                     _OURS,
                     {"ids": [j.delivery_id for j in jobs], "worker": self.worker_id},
@@ -493,7 +482,7 @@ class Worker:
                         )
                 changes.append(
                     {
-                        "b_id": delivery.id,
+                        "b_id": delivery.delivery_id,
                         "b_status": DEFERRED
                         if kind == "deferred"
                         else {"delivered": DELIVERED, "bounced": BOUNCED}.get(kind, FAILED),
@@ -510,8 +499,8 @@ class Worker:
                 rows.append(
                     events.event_values(
                         kind,
-                        _MessageColumns(delivery),
-                        delivery.id,
+                        delivery,  # its message's columns too
+                        delivery.delivery_id,
                         delivery.recipient,
                         now,
                         code=code,
@@ -522,8 +511,7 @@ class Worker:
                 )
             if changes:
                 conn.execute(_RECORD, changes)
-                conn.execute(insert(Event), rows)
-                add_counts(s, count_rows(SimpleNamespace(**row) for row in rows))
+                events.insert_values(s, rows)
 
     # -- the loop -----------------------------------------------------------------------
 
