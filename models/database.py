@@ -9,25 +9,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Select, create_engine, event, text
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(
-    url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True
+    url: str,
+    *,
+    pool_size: int = 5,
+    echo: bool = False,
+    durable: bool = True,
+    begin: str = "IMMEDIATE",
 ) -> Engine:
     """An engine set up for Postern on SQLite, PostgreSQL or MariaDB/MySQL.
 
     ``durable=False`` (SQLite and PostgreSQL) lets commits return before the disk has them,
     for data whose loss in a power cut costs nothing (rate-limit counters); mail is always
-    durable.
+    durable. ``begin`` (SQLite) is how the engine's transactions begin: ``IMMEDIATE``
+    (writes), ``DEFERRED`` (reads) or ``NONE`` (each statement its own transaction).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         engine = create_engine(
-            parsed, echo=echo, connect_args={"timeout": 30, "check_same_thread": False}
+            parsed.set(drivername="sqlite+postern"),
+            echo=echo,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            postern_begin=begin,
         )
         _configure_sqlite(engine, durable)
         return engine
@@ -85,16 +96,11 @@ def _ping(dbapi_conn) -> None:
 
 
 def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
-    """WAL, foreign keys, a busy timeout, and BEGIN issued by SQLAlchemy itself.
-
-    pysqlite's own transaction handling starts transactions late; Postern turns it off and
-    emits BEGIN (reads) or BEGIN IMMEDIATE (writes, so a transaction never has to upgrade
-    its lock and fail with SQLITE_BUSY) at the start of every unit of work.
-    """
+    """WAL, durable commits (or not), foreign keys and a busy timeout on every connection."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None
+        dbapi_conn.isolation_level = None  # the dialect begins transactions itself
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
@@ -102,33 +108,71 @@ def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
-    # SQLite has one writer at a time: this process's threads queue on this lock, taken at
-    # BEGIN IMMEDIATE and let go at commit or rollback, rather than in SQLite's busy handler.
-    write_lock = threading.Lock()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        mode = conn.get_execution_options().get("postern_begin", "IMMEDIATE")
-        if mode == "NONE":  # single statements, each its own transaction
+class SQLiteDialect(SQLiteDialect_pysqlite):
+    """pysqlite, with each engine's transactions begun one way by the dialect itself.
+
+    pysqlite's own transaction handling starts transactions late; Postern turns it off and
+    an engine begins every transaction with BEGIN IMMEDIATE (writes: a transaction never
+    has to upgrade its lock and fail with SQLITE_BUSY), BEGIN DEFERRED (reads) or nothing
+    (each statement its own transaction). These are the dialect's begin, commit and
+    rollback steps rather than engine events: an engine with connection events dispatches
+    several of them around every statement, which costs more than SQLite running it.
+    Registered as ``sqlite+postern``; ``make_engine`` uses it for every SQLite URL.
+    """
+
+    supports_statement_cache = True
+
+    def __init__(self, postern_begin: str = "IMMEDIATE", **kwargs):
+        super().__init__(**kwargs)
+        if postern_begin not in ("IMMEDIATE", "DEFERRED", "NONE"):
+            raise ValueError(f"unknown way to begin a transaction: {postern_begin}")
+        self.postern_begin = postern_begin
+        # SQLite has one writer at a time: this engine's threads queue on this lock, taken
+        # at BEGIN IMMEDIATE and let go at commit or rollback, rather than in SQLite's busy
+        # handler. ``_writer`` is the DBAPI connection holding it.
+        self._write_lock = threading.Lock()
+        self._writer = None
+
+    def do_begin(self, dbapi_connection):
+        if self.postern_begin == "NONE":
             return
-        if mode != "IMMEDIATE":
-            conn.exec_driver_sql(f"BEGIN {mode}")
+        if self.postern_begin == "DEFERRED":
+            dbapi_connection.cursor().execute("BEGIN DEFERRED")
             return
-        if not write_lock.acquire(timeout=30):
+        if not self._write_lock.acquire(timeout=30):
             raise sqlite3.OperationalError("database is locked (30 s waiting for a writer)")
-        conn.info["postern_write_lock"] = True
+        self._writer = _driver(dbapi_connection)
         try:
-            _begin_immediate(conn.connection.dbapi_connection)
+            _begin_immediate(dbapi_connection)
         except BaseException:
-            del conn.info["postern_write_lock"]
-            write_lock.release()
+            self._release(dbapi_connection)
             raise
 
-    @event.listens_for(engine, "commit")
-    @event.listens_for(engine, "rollback")
-    def _on_end(conn):
-        if conn.info.pop("postern_write_lock", False):
-            write_lock.release()
+    def do_commit(self, dbapi_connection):
+        try:
+            dbapi_connection.commit()
+        finally:
+            self._release(dbapi_connection)
+
+    def do_rollback(self, dbapi_connection):
+        try:
+            dbapi_connection.rollback()
+        finally:
+            self._release(dbapi_connection)
+
+    def _release(self, dbapi_connection) -> None:
+        if self._writer is not None and self._writer is _driver(dbapi_connection):
+            self._writer = None
+            self._write_lock.release()
+
+
+def _driver(connection):
+    """The sqlite3 connection behind a pool's proxy (or the connection itself)."""
+    return getattr(connection, "dbapi_connection", connection)
+
+
+registry.register("sqlite.postern", __name__, "SQLiteDialect")
 
 
 def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
@@ -167,12 +211,13 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
-        self._read_engine = self.engine.execution_options(postern_begin="DEFERRED")
-        self._autocommit_engine = self.engine.execution_options(
-            **{"postern_begin": "NONE"}
-            if self.backend == "sqlite"
-            else {"isolation_level": "AUTOCOMMIT"}
-        )
+        if self.backend == "sqlite":
+            # An engine (and a pool) for each way of beginning; see SQLiteDialect.
+            self._read_engine = make_engine(url, echo=echo, durable=durable, begin="DEFERRED")
+            self._autocommit_engine = make_engine(url, echo=echo, durable=durable, begin="NONE")
+        else:
+            self._read_engine = self.engine
+            self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
 
     def skip_locked(self, query: Select) -> Select:
@@ -225,3 +270,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.backend == "sqlite":
+            self._read_engine.dispose()
+            self._autocommit_engine.dispose()
