@@ -18,6 +18,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .base import Base
+from .direct import Direct
 from .messages import Event
 
 
@@ -58,28 +59,28 @@ def count_rows(events) -> list[dict]:
 
 
 def add_counts(session: Session, rows: list[dict]) -> None:
-    """Add ``rows`` to the counts, in key order (a Core upsert: the ORM's costs 1 ms more)."""
+    """Add ``rows`` to the counts, in key order (a Direct upsert: the ORM's costs 1 ms more)."""
     if rows:
-        session.connection().execute(_upsert(session.get_bind().dialect.name), rows)
+        _upsert(session.get_bind().dialect.name).execute(session.connection(), rows)
 
 
-_UPSERTS: dict = {}
+_UPSERTS: dict[str, Direct] = {}
 
 
-def _upsert(dialect: str):
+def _upsert(dialect: str) -> Direct:
     stmt = _UPSERTS.get(dialect)
     if stmt is None:
         table = EventCount.__table__
         if dialect in ("mysql", "mariadb"):
-            stmt = mysql.insert(table)
-            stmt = stmt.on_duplicate_key_update(total=table.c.total + stmt.inserted["total"])
+            upsert = mysql.insert(table)
+            upsert = upsert.on_duplicate_key_update(total=table.c.total + upsert.inserted["total"])
         else:
-            stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
-            stmt = stmt.on_conflict_do_update(
+            upsert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+            upsert = upsert.on_conflict_do_update(
                 index_elements=[c.name for c in table.primary_key],
-                set_={"total": table.c.total + stmt.excluded["total"]},
+                set_={"total": table.c.total + upsert.excluded["total"]},
             )
-        _UPSERTS[dialect] = stmt
+        stmt = _UPSERTS[dialect] = Direct(upsert)
     return stmt
 
 

@@ -1,0 +1,137 @@
+"""Core statements executed straight on the DBAPI cursor, for the few statements of hot paths.
+
+SQLAlchemy's execution layer (execution context, parameter processing, result set-up,
+events) costs several times what SQLite takes to run a small INSERT, and accepting a message
+runs several of them. A ``Direct`` statement is still written with Core and compiled by
+SQLAlchemy, once per dialect and set of columns: its SQL text, the order of its
+parameters and each type's bind processor (UTC timestamps, for one) are SQLAlchemy's own.
+Executing it then hands the processed parameters to the DBAPI cursor of the connection's
+current transaction.
+
+The same behaviour as ``Connection.execute`` where it matters: a transaction is begun
+if none is, DBAPI errors come out as SQLAlchemy's (``IntegrityError`` and the other
+``DBAPIError`` classes, parameters hidden: they carry message content), and a connection
+the error shows to be lost is invalidated. What it leaves out: Python-side column defaults
+(every column with one must be given a value; compiling refuses otherwise), expanding
+parameters (``IN`` lists) and result processing: results are the DBAPI's raw values, so
+read only row ids, counts and strings from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable
+
+_Row = dict[str, Any]
+
+
+class Direct:
+    """One Core statement, executed on the DBAPI cursor (see the module's docstring)."""
+
+    def __init__(self, statement: Executable):
+        self.statement = statement
+        self._plans: dict[tuple[Dialect, tuple[str, ...]], _Plan] = {}
+
+    def execute(self, conn: Connection, rows: Sequence[_Row]) -> None:
+        """Execute once per row (one row, or ``executemany`` for several)."""
+        if not rows:
+            return
+        plan = self._plan(conn.dialect, rows[0])
+        if len(rows) == 1:
+            self._run(conn, plan, plan.args(rows[0])).close()
+        else:
+            self._run(conn, plan, [plan.args(r) for r in rows], many=True).close()
+
+    def first(self, conn: Connection, row: _Row) -> tuple | None:
+        """Execute for one row; the first row of its result (RETURNING, SELECT), raw."""
+        plan = self._plan(conn.dialect, row)
+        cursor = self._run(conn, plan, plan.args(row))
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
+    def all(self, conn: Connection, row: _Row) -> list[tuple]:
+        """Execute for one row; every row of its result, raw."""
+        plan = self._plan(conn.dialect, row)
+        cursor = self._run(conn, plan, plan.args(row))
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def _plan(self, dialect: Dialect, row: _Row) -> _Plan:
+        key = (dialect, tuple(row))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(self.statement, dialect, key[1])
+        return plan
+
+    @staticmethod
+    def _run(conn: Connection, plan: _Plan, args: Any, many: bool = False):
+        if not conn.in_transaction():
+            conn.begin()  # as Connection.execute begins one
+        cursor = conn.connection.cursor()
+        try:
+            if many:
+                cursor.executemany(plan.sql, args)
+            else:
+                cursor.execute(plan.sql, args)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+            if lost:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(
+                plan.sql,
+                args,
+                exc,
+                conn.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=lost,
+                dialect=conn.dialect,
+                ismulti=many,
+            ) from exc
+        return cursor
+
+
+class _Plan:
+    """A statement compiled for one dialect and set of given columns."""
+
+    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]):
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            missing = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
+            raise ValueError(f"give every column a value; these have Python defaults: {missing}")
+        if compiled.post_compile_params:
+            raise ValueError("expanding parameters (IN lists) are not supported")
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
+        given = set(keys)
+        # (name, bind processor or None, whether the row gives it, the processed constant)
+        self.order: list[tuple[str, Any, bool, Any]] = []
+        for name in names:
+            bind = compiled.binds[name]
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if name in given:
+                self.order.append((name, processor, True, None))
+            elif bind.callable is None and not bind.required:
+                # A literal of the statement itself ("hits + 1").
+                value = processor(bind.value) if processor else bind.value
+                self.order.append((name, None, False, value))
+            else:
+                raise ValueError(f"no value for the parameter {name}")
+
+    def args(self, row: _Row) -> Any:
+        values = [
+            (processor(row[name]) if processor else row[name]) if given else constant
+            for name, processor, given, constant in self.order
+        ]
+        if self.positional:
+            return values
+        return dict(zip((entry[0] for entry in self.order), values, strict=True))
