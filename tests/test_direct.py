@@ -51,8 +51,7 @@ def test_rows_written_read_back_as_the_orm_wrote_them(database, user):
         assert sorted(got) == ["a@x.test", "b@x.test", "c@x.test", "d@x.test"]
         assert got["d@x.test"].id == new_id
         assert all(
-            r.created_at == datetime(2026, 11, 21, 12, 30, 15, tzinfo=UTC)
-            for r in got.values()
+            r.created_at == datetime(2026, 11, 21, 12, 30, 15, tzinfo=UTC) for r in got.values()
         )
         assert [e for (e,) in EMAILS.all(s.connection(), {"user_id": user.id})] == sorted(got)
         # A literal of the statement itself (" (seen)") needs no value in the row.
