@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.config import Config
 from models import Database, RateCounter
+from models.direct import Direct
 
 log = logging.getLogger("postern.ratelimit")
 
@@ -99,7 +100,8 @@ class DatabaseLimiter(RateLimiter):
         self.period = period
         self.sweep_every = max(1, sweep_every)
         self._hits = itertools.count(1)
-        self._upsert, self._returning = _upsert_for(db.backend)
+        upsert, self._returning = _upsert_for(db.backend)
+        self._upsert = Direct(upsert)
 
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         _check_bucket(bucket)
@@ -123,16 +125,16 @@ class DatabaseLimiter(RateLimiter):
     def _count(self, bucket: str, window_start: int, now: float) -> int:
         """Add one hit to the bucket's window and return the window's count.
 
-        Core statements on a connection of their own (``Database.counter_connection``):
+        Direct statements on a connection of their own (``Database.counter_connection``):
         this runs on every /api/v1 request.
         """
         params = {"bucket": bucket, "window_start": window_start}
         with self.db.counter_connection() as conn:
             if self._returning:
-                hits = conn.execute(self._upsert, params).scalar_one()
+                (hits,) = self._upsert.first(conn, params)
             else:
-                conn.execute(self._upsert, params)
-                hits = conn.execute(_READ_HITS, params).scalar_one()
+                self._upsert.execute(conn, [params])
+                (hits,) = _READ_HITS.first(conn, params)
             if hits == 1:  # this hit opened the window: drop the bucket's old ones
                 conn.execute(
                     delete(RateCounter).where(
@@ -167,8 +169,11 @@ class DatabaseLimiter(RateLimiter):
             session.execute(delete(RateCounter).where(RateCounter.bucket == bucket))
 
 
-_READ_HITS = select(RateCounter.hits).where(
-    RateCounter.bucket == bindparam("bucket"), RateCounter.window_start == bindparam("window_start")
+_READ_HITS = Direct(
+    select(RateCounter.hits).where(
+        RateCounter.bucket == bindparam("bucket"),
+        RateCounter.window_start == bindparam("window_start"),
+    )
 )
 
 
