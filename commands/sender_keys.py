@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, delete, inspect, select, update
 
 from app.crypto import digests_match, new_token, token_digest
 from models import Database, Domain, SenderAPIKey, User
+from models.direct import Direct
 
 from .context import Context, format_date
 from .domains import domain_id_param, owned_domain
@@ -49,10 +50,9 @@ def _loaded(model, prefix: str):
     labelled = [a.columns[0].label(prefix + a.key) for a in mapper.column_attrs]
     new_instance = mapper.class_manager.new_instance
 
-    def make(row):
+    def make(mapping):
         # A bare instance with its column values (the constructor's bookkeeping costs more
         # than the query on this path); like a detached object, for reading fields only.
-        mapping = row._mapping
         obj = new_instance()
         obj.__dict__.update({key: mapping[label] for key, label in names})
         return obj
@@ -62,8 +62,8 @@ def _loaded(model, prefix: str):
 
 _USER_COLUMNS, _make_user = _loaded(User, "u_")
 _DOMAIN_COLUMNS, _make_domain = _loaded(Domain, "d_")
-# Built once: the hot path of every /api/v1 request (compiled once per dialect, then cached).
-_KEY_QUERY = (
+# The hot path of every /api/v1 request: a Direct statement.
+_KEY_QUERY = Direct(
     select(
         SenderAPIKey.id,
         SenderAPIKey.key_digest,
@@ -84,7 +84,7 @@ _TOUCH = (
 )
 
 
-_OWNER_QUERY = (
+_OWNER_QUERY = Direct(
     select(*_USER_COLUMNS, *_DOMAIN_COLUMNS)
     .select_from(Domain)
     .join(User, User.id == Domain.user_id)
@@ -93,33 +93,34 @@ _OWNER_QUERY = (
 
 
 def load_owner(db: Database, user_id: int, domain_id: int) -> tuple[User, Domain] | None:
-    """The user and their domain, in one Core query (SMTP submissions: once per message),
+    """The user and their domain, in one Direct query (SMTP submissions: once per message),
     as new unattached objects to read; None when either is gone."""
     with db.read_connection() as conn:
-        row = conn.execute(_OWNER_QUERY, {"user_id": user_id, "domain_id": domain_id}).first()
+        row = _OWNER_QUERY.mapping(conn, {"user_id": user_id, "domain_id": domain_id})
     return None if row is None else (_make_user(row), _make_domain(row))
 
 
 def authenticate_sender(db: Database, key: str | None, now: datetime) -> SenderCaller:
     """The sender key's domain and user; CommandError 13 for a bad key, 2 for a disabled user.
 
-    One Core query on a connection of its own (no ORM session): it runs on every /api/v1
+    One Direct query on a connection of its own (no ORM session): it runs on every /api/v1
     request. The user and domain come back as new, unattached objects: read their fields.
     """
     if not isinstance(key, str) or not key.strip():
         raise unauthorised(MISSING_KEY)
     digest = token_digest(key.strip())
     with db.read_connection() as conn:
-        row = conn.execute(_KEY_QUERY, {"digest": digest}).first()
-    if row is None or not digests_match(row.key_digest, digest):
+        row = _KEY_QUERY.mapping(conn, {"digest": digest})
+    if row is None or not digests_match(row["key_digest"], digest):
         raise unauthorised(INVALID_KEY)
-    if not row.u_enabled:
+    if not row["u_enabled"]:
         raise unauthorised(INVALID_ACCOUNT)
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > TOUCH_SECONDS:
+    used = row["last_used_at"]
+    if used is None or (now - used).total_seconds() > TOUCH_SECONDS:
         with db.engine.begin() as conn:
-            conn.execute(_TOUCH, {"key_id": row.id, "now": now})
+            conn.execute(_TOUCH, {"key_id": row["id"], "now": now})
     return SenderCaller(
-        row.id, digest, row.domain_id, row.user_id, _make_user(row), _make_domain(row)
+        row["id"], digest, row["domain_id"], row["user_id"], _make_user(row), _make_domain(row)
     )
 
 

@@ -12,9 +12,10 @@ The same behaviour as ``Connection.execute`` where it matters: a transaction is 
 if none is, DBAPI errors come out as SQLAlchemy's (``IntegrityError`` and the other
 ``DBAPIError`` classes, parameters hidden: they carry message content), and a connection
 the error shows to be lost is invalidated. What it leaves out: Python-side column defaults
-(every column with one must be given a value; compiling refuses otherwise), expanding
-parameters (``IN`` lists) and result processing: results are the DBAPI's raw values, so
-read only row ids, counts and strings from them.
+(every column with one must be given a value; compiling refuses otherwise) and expanding
+parameters (``IN`` lists). ``first`` and ``all`` give the DBAPI's raw values (read only
+row ids, counts and strings from them); ``mapping`` gives a row as a dict by column name,
+each value read by its column type's result processor as SQLAlchemy reads it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ class Direct:
             return list(cursor.fetchall())
         finally:
             cursor.close()
+
+    def mapping(self, conn: Connection, row: _Row) -> dict[str, Any] | None:
+        """Execute a SELECT for one row; its first row by column name, values typed."""
+        plan = self._plan(conn.dialect, row)
+        first = self.first(conn, row)
+        if first is None:
+            return None
+        return {
+            name: processor(value) if processor else value
+            for (name, processor), value in zip(plan.columns, first, strict=True)
+        }
 
     def _plan(self, dialect: Dialect, row: _Row) -> _Plan:
         key = (dialect, tuple(row))
@@ -126,6 +138,13 @@ class _Plan:
                 self.order.append((name, None, False, value))
             else:
                 raise ValueError(f"no value for the parameter {name}")
+        # The result's columns (a SELECT or RETURNING) and their types' result processors.
+        self.columns = [
+            (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            for column in getattr(statement, "selected_columns", ())
+        ]
+        if len({name for name, _ in self.columns}) != len(self.columns):
+            raise ValueError("label the result's columns with names of their own")
 
     def args(self, row: _Row) -> Any:
         values = [

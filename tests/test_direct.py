@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Suppression
+from models import Suppression, User
 from models.direct import Direct
 
 ADD = Direct(insert(Suppression))
@@ -94,3 +94,22 @@ def test_what_it_cannot_do_is_refused_when_compiled(database, user):
             listed.all(conn, {"e": ["x@x.test"]})
         with pytest.raises(ValueError, match="user_id"):
             EMAILS.all(conn, {})
+
+
+def test_mapping_reads_values_by_their_column_types(database, user):
+    read = Direct(
+        select(User.username.label("name"), User.enabled, Suppression.created_at)
+        .join(Suppression, Suppression.user_id == User.id)
+        .where(Suppression.email == bindparam("email"))
+    )
+    with database.transaction() as s:
+        ADD.execute(s.connection(), [row(user.id, "typed@x.test")])
+    with database.engine.begin() as conn:
+        got = read.mapping(conn, {"email": "typed@x.test"})
+        assert read.mapping(conn, {"email": "nobody@x.test"}) is None
+    assert got == {
+        "name": user.username,
+        "enabled": True,
+        "created_at": datetime(2026, 11, 21, 12, 30, 15, tzinfo=UTC),
+    }
+    assert type(got["enabled"]) is bool
