@@ -23,16 +23,10 @@ ALL_DOMAINS = 0
 SOURCES = ("bounce", "complaint", "unsubscribe", "manual")
 
 
-_SUPPRESSED_AMONG = select(Suppression.email).where(
-    Suppression.user_id == bindparam("user_id"),
-    Suppression.email.in_(bindparam("emails", expanding=True)),
-    Suppression.domain_id.in_([ALL_DOMAINS, bindparam("domain_id")]),
-)
-# One address (most sends): a Direct statement, without the IN list it cannot expand.
-_SUPPRESSED_ONE = Direct(
+_SUPPRESSED_AMONG = Direct(
     select(Suppression.email).where(
         Suppression.user_id == bindparam("user_id"),
-        Suppression.email == bindparam("email"),
+        Suppression.email.in_(bindparam("emails", expanding=True)),
         Suppression.domain_id.in_([ALL_DOMAINS, bindparam("domain_id")]),
     )
 )
@@ -43,11 +37,8 @@ def suppressed_among(db: Session, user_id: int, domain_id: int, emails: Iterable
     wanted = sorted({e.lower() for e in emails})
     if not wanted:
         return set()
-    if len(wanted) == 1:
-        params = {"user_id": user_id, "email": wanted[0], "domain_id": domain_id}
-        return {email for (email,) in _SUPPRESSED_ONE.all(db.connection(), params)}
     params = {"user_id": user_id, "emails": wanted, "domain_id": domain_id}
-    return set(db.connection().execute(_SUPPRESSED_AMONG, params).scalars())
+    return {email for (email,) in _SUPPRESSED_AMONG.all(db.connection(), params)}
 
 
 def suppress(

@@ -12,10 +12,12 @@ The same behaviour as ``Connection.execute`` where it matters: a transaction is 
 if none is, DBAPI errors come out as SQLAlchemy's (``IntegrityError`` and the other
 ``DBAPIError`` classes, parameters hidden: they carry message content), and a connection
 the error shows to be lost is invalidated. What it leaves out: Python-side column defaults
-(every column with one must be given a value; compiling refuses otherwise) and expanding
-parameters (``IN`` lists). ``first`` and ``all`` give the DBAPI's raw values (read only
-row ids, counts and strings from them); ``mapping`` gives a row as a dict by column name,
-each value read by its column type's result processor as SQLAlchemy reads it.
+(every column with one must be given a value; compiling refuses otherwise). Expanding
+parameters (``IN`` lists) are rendered for each execution by SQLAlchemy's
+``construct_expanded_state``, in single executions only. ``first`` and ``all`` give the
+DBAPI's raw values (read only row ids, counts and strings from them); ``mapping`` gives a
+row as a dict by column name (``mappings``: every row), each value read by its column
+type's result processor as SQLAlchemy reads it.
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ class Direct:
             return
         plan = self._plan(conn.dialect, rows[0])
         if len(rows) == 1:
-            self._run(conn, plan, plan.args(rows[0])).close()
+            self._run(conn, *plan.bind(rows[0])).close()
         else:
-            self._run(conn, plan, [plan.args(r) for r in rows], many=True).close()
+            if plan.expanding:
+                raise ValueError("expanding parameters (IN lists) in an executemany")
+            self._run(conn, plan.sql, [plan.args(r) for r in rows], many=True).close()
 
     def first(self, conn: Connection, row: _Row) -> tuple | None:
         """Execute for one row; the first row of its result (RETURNING, SELECT), raw."""
-        plan = self._plan(conn.dialect, row)
-        cursor = self._run(conn, plan, plan.args(row))
+        cursor = self._run(conn, *self._plan(conn.dialect, row).bind(row))
         try:
             return cursor.fetchone()
         finally:
@@ -58,8 +61,7 @@ class Direct:
 
     def all(self, conn: Connection, row: _Row) -> list[tuple]:
         """Execute for one row; every row of its result, raw."""
-        plan = self._plan(conn.dialect, row)
-        cursor = self._run(conn, plan, plan.args(row))
+        cursor = self._run(conn, *self._plan(conn.dialect, row).bind(row))
         try:
             return list(cursor.fetchall())
         finally:
@@ -67,14 +69,13 @@ class Direct:
 
     def mapping(self, conn: Connection, row: _Row) -> dict[str, Any] | None:
         """Execute a SELECT for one row; its first row by column name, values typed."""
-        plan = self._plan(conn.dialect, row)
         first = self.first(conn, row)
-        if first is None:
-            return None
-        return {
-            name: processor(value) if processor else value
-            for (name, processor), value in zip(plan.columns, first, strict=True)
-        }
+        return None if first is None else self._plan(conn.dialect, row).typed(first)
+
+    def mappings(self, conn: Connection, row: _Row) -> list[dict[str, Any]]:
+        """Execute a SELECT for one row; every row by column name, values typed."""
+        plan = self._plan(conn.dialect, row)
+        return [plan.typed(raw) for raw in self.all(conn, row)]
 
     def _plan(self, dialect: Dialect, row: _Row) -> _Plan:
         key = (dialect, tuple(row))
@@ -84,22 +85,22 @@ class Direct:
         return plan
 
     @staticmethod
-    def _run(conn: Connection, plan: _Plan, args: Any, many: bool = False):
+    def _run(conn: Connection, sql: str, args: Any, many: bool = False):
         if not conn.in_transaction():
             conn.begin()  # as Connection.execute begins one
         cursor = conn.connection.cursor()
         try:
             if many:
-                cursor.executemany(plan.sql, args)
+                cursor.executemany(sql, args)
             else:
-                cursor.execute(plan.sql, args)
+                cursor.execute(sql, args)
         except conn.dialect.loaded_dbapi.Error as exc:
             cursor.close()
             lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
             if lost:
                 conn.invalidate(exc)
             raise DBAPIError.instance(
-                plan.sql,
+                sql,
                 args,
                 exc,
                 conn.dialect.loaded_dbapi.Error,
@@ -119,8 +120,10 @@ class _Plan:
         if compiled.insert_prefetch or compiled.update_prefetch:
             missing = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
             raise ValueError(f"give every column a value; these have Python defaults: {missing}")
-        if compiled.post_compile_params:
-            raise ValueError("expanding parameters (IN lists) are not supported")
+        self.compiled = compiled
+        self.expanding = bool(compiled.post_compile_params)
+        self.lists = [compiled.bind_names[bind] for bind in compiled.post_compile_params]
+        self._expanded: dict[tuple[int, ...], tuple[str, list]] = {}
         self.sql = compiled.string
         self.positional = compiled.positional
         names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
@@ -145,6 +148,51 @@ class _Plan:
         ]
         if len({name for name, _ in self.columns}) != len(self.columns):
             raise ValueError("label the result's columns with names of their own")
+
+    def typed(self, raw: Sequence[Any]) -> dict[str, Any]:
+        """A result row by column name, each value read by its type's result processor."""
+        return {
+            name: processor(value) if processor else value
+            for (name, processor), value in zip(self.columns, raw, strict=True)
+        }
+
+    def bind(self, row: _Row) -> tuple[str, Any]:
+        """The SQL text and the DBAPI parameters for one execution."""
+        if not self.expanding:
+            return self.sql, self.args(row)
+        # The SQL text depends only on the lengths of the lists: rendered once for each.
+        lengths = tuple(len(row[name]) for name in self.lists)
+        expanded = self._expanded.get(lengths)
+        if expanded is None:
+            expanded = self._expanded[lengths] = self._expand(row)
+        sql, entries = expanded
+        values = [
+            processor(value) if processor else value
+            for processor, value in (
+                (processor, row[source][index] if index is not None else row.get(source, constant))
+                for _name, source, index, processor, constant in entries
+            )
+        ]
+        if self.positional:
+            return sql, values
+        return sql, dict(zip((entry[0] for entry in entries), values, strict=True))
+
+    def _expand(self, row: _Row) -> tuple[str, list[tuple[str, str, int | None, Any, Any]]]:
+        state = self.compiled.construct_expanded_state(row)
+        source = {
+            rendered: (name, index)
+            for name, names in state.parameter_expansion.items()
+            for index, rendered in enumerate(names)
+        }
+        names = state.positiontup if self.positional else list(state.parameters)
+        entries = []
+        for name in names or ():
+            origin, index = source.get(name, (name, None))
+            # (rendered name, the row's key, index in its list, processor, the constant)
+            entries.append(
+                (name, origin, index, state.processors.get(name), state.parameters[name])
+            )
+        return state.statement, entries
 
     def args(self, row: _Row) -> Any:
         values = [

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 
 from sqlalchemy import bindparam, select, update
 
@@ -29,6 +30,7 @@ from commands import events
 from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress_bounce
 from models import Database, Delivery, Domain, Message, utcnow
+from models.direct import Direct
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
 
 from . import mx, tracking
@@ -161,7 +163,7 @@ def new_worker_id() -> str:
 
 # What recording an outcome reads of a claimed delivery and its message (not the payload),
 # named so that a row also reads as the message an event takes (id is the message's).
-_OURS = (
+_OURS = Direct(
     select(
         Delivery.id.label("delivery_id"),
         Delivery.user_id,
@@ -180,7 +182,7 @@ _OURS = (
         Delivery.status == SENDING,
     )
 )
-_RECORD = (
+_RECORD = Direct(
     update(Delivery)
     .where(Delivery.id == bindparam("b_id"))
     .values(
@@ -448,7 +450,7 @@ class Worker:
     def record(self, jobs: list[Job], outcomes: list[Outcome], failures: dict[int, str]) -> None:
         """Write every outcome in one transaction; a delivery no longer ours is left alone.
 
-        Core statements (one UPDATE executed for every row, one INSERT of the events): the
+        Direct statements (one UPDATE executed for every row, one INSERT of the events): the
         unit of work cost more than the statements, and loading whole messages read every
         payload back only to take five columns from it.
         """
@@ -457,10 +459,9 @@ class Worker:
         with self.db.transaction() as s:
             conn = s.connection()
             ours = {
-                row.delivery_id: row
-                for row in conn.execute(
-                    _OURS,
-                    {"ids": [j.delivery_id for j in jobs], "worker": self.worker_id},
+                row["delivery_id"]: SimpleNamespace(**row)
+                for row in _OURS.mappings(
+                    conn, {"ids": [j.delivery_id for j in jobs], "worker": self.worker_id}
                 )
             }
             results = [(o.ref, o.status, o.code, o.enhanced, o.text, o.host) for o in outcomes]
@@ -510,7 +511,7 @@ class Worker:
                     )
                 )
             if changes:
-                conn.execute(_RECORD, changes)
+                _RECORD.execute(conn, changes)
                 events.insert_values(s, rows)
 
     # -- the loop -----------------------------------------------------------------------

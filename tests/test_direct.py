@@ -87,13 +87,31 @@ def test_what_it_cannot_do_is_refused_when_compiled(database, user):
     with database.engine.begin() as conn:
         with pytest.raises(ValueError, match="created_at"):
             ADD.execute(conn, [incomplete])
-        listed = Direct(
-            select(Suppression.id).where(Suppression.email.in_(bindparam("e", expanding=True)))
-        )
-        with pytest.raises(ValueError, match="expanding"):
-            listed.all(conn, {"e": ["x@x.test"]})
         with pytest.raises(ValueError, match="user_id"):
             EMAILS.all(conn, {})
+        with pytest.raises(ValueError, match="expanding"):
+            since = datetime(2026, 11, 21, tzinfo=UTC)
+            LISTED.execute(conn, [{"emails": ["a@x.test"], "since": since}] * 2)
+
+
+LISTED = Direct(
+    select(Suppression.email, Suppression.created_at)
+    .where(Suppression.email.in_(bindparam("emails", expanding=True)))
+    .where(Suppression.created_at >= bindparam("since"))
+    .order_by(Suppression.email)
+)
+
+
+def test_in_lists_are_rendered_for_each_execution(database, user):
+    with database.transaction() as s:
+        ADD.execute(s.connection(), [row(user.id, f"{n}@x.test") for n in "abc"])
+    since = datetime(2026, 11, 21, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        for wanted in (["a@x.test"], ["c@x.test", "a@x.test", "z@x.test"], []):
+            found = LISTED.all(conn, {"emails": wanted, "since": since})
+            assert [email for email, _ in found] == sorted(set(wanted) - {"z@x.test"})
+        later = since + timedelta(days=1)  # the time goes through its bind processor
+        assert LISTED.all(conn, {"emails": ["a@x.test"], "since": later}) == []
 
 
 def test_mapping_reads_values_by_their_column_types(database, user):
