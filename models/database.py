@@ -167,6 +167,11 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
             self._write_lock.release()
 
 
+def _in_memory(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+
+
 def _driver(connection):
     """The sqlite3 connection behind a pool's proxy (or the connection itself)."""
     return getattr(connection, "dbapi_connection", connection)
@@ -211,10 +216,15 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
-        if self.backend == "sqlite":
+        self._own_engines = self.backend == "sqlite" and not _in_memory(url)
+        if self._own_engines:
             # An engine (and a pool) for each way of beginning; see SQLiteDialect.
             self._read_engine = make_engine(url, echo=echo, durable=durable, begin="DEFERRED")
             self._autocommit_engine = make_engine(url, echo=echo, durable=durable, begin="NONE")
+        elif self.backend == "sqlite":
+            # In memory, every engine would have a database of its own: one engine, whose
+            # transactions all begin IMMEDIATE.
+            self._read_engine = self._autocommit_engine = self.engine
         else:
             self._read_engine = self.engine
             self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -270,6 +280,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self.backend == "sqlite":
+        if self._own_engines:
             self._read_engine.dispose()
             self._autocommit_engine.dispose()

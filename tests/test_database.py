@@ -1,0 +1,67 @@
+"""The SQLite engines of models/database.py: one database whichever way a transaction
+begins, and the writers' lock let go however a transaction ends."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from commands.users import create_user
+from models import Database, User
+from models.migrate import upgrade
+
+
+@pytest.fixture(params=["file", "memory"])
+def sqlite_db(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'one.db'}" if request.param == "file" else "sqlite://"
+    db = Database(url)
+    upgrade(db.engine)
+    yield db
+    db.dispose()
+
+
+def count(db: Database) -> tuple[int, int]:
+    """Users seen by a read transaction and by a single read statement."""
+    with db.transaction(readonly=True) as s:
+        read = s.scalar(select(func.count()).select_from(User))
+    with db.read_connection() as conn:
+        single = conn.scalar(select(func.count()).select_from(User))
+    return read, single
+
+
+def test_reads_see_what_writes_committed(sqlite_db):
+    with sqlite_db.transaction() as s:
+        create_user(s, "alice", "correct horse battery", "")
+    assert count(sqlite_db) == (1, 1)
+    with pytest.raises(RuntimeError), sqlite_db.transaction() as s:
+        create_user(s, "bob", "correct horse battery", "")
+        raise RuntimeError("rolled back")
+    assert count(sqlite_db) == (1, 1)
+
+
+def test_the_write_lock_is_let_go_after_commit_rollback_and_error(sqlite_db):
+    for _ in range(3):
+        with sqlite_db.transaction() as s:
+            create_user(s, f"u{_}", "correct horse battery", "")
+        with pytest.raises(RuntimeError), sqlite_db.transaction() as s:
+            s.scalar(select(func.count()).select_from(User))
+            raise RuntimeError("rolled back")
+        with pytest.raises(Exception), sqlite_db.transaction() as s:  # noqa: B017 - any
+            create_user(s, "u0", "correct horse battery", "")  # a duplicate name
+            s.flush()
+    # Another thread can still write: nothing kept the lock.
+    done = threading.Event()
+
+    def write():
+        with sqlite_db.transaction() as s:
+            create_user(s, "late", "correct horse battery", "")
+        done.set()
+
+    if sqlite_db.url != "sqlite://":  # in memory, each thread has a database of its own
+        worker = threading.Thread(target=write)
+        worker.start()
+        worker.join(10)
+        assert done.is_set()
+        assert count(sqlite_db) == (4, 4)
