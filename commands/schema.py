@@ -26,7 +26,7 @@ def param(
 
 
 class CommandSchema(Schema):
-    """Base schema: names match case-insensitively; blank strings count as absent.
+    """Base schema: names match case-insensitively; nulls and blank strings count as absent.
 
     Strings are stripped, except in ``fields.Raw`` fields (message bodies), which stay as sent.
     """
@@ -43,7 +43,7 @@ class CommandSchema(Schema):
         out: dict[str, Any] = {}
         for key, value in data.items():
             canonical = by_lower.get(str(key).lower())
-            if canonical is None:
+            if canonical is None or value is None:  # a JSON null: as if not given
                 continue
             if isinstance(value, str) and canonical not in raw:  # Raw fields stay as sent
                 value = value.strip()

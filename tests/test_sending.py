@@ -86,6 +86,18 @@ def test_send_is_committed_before_the_answer(send, database, domain):
     assert accepted[0].tags == '["welcome", "v2"]'
 
 
+def test_nulls_count_as_absent(send, database):
+    # Client libraries often send every field, the unused ones as null.
+    nulls = dict.fromkeys(
+        ["PlainContent", "CC", "BCC", "ReplyTo", "Attachments", "Headers", "Tags"]
+        + ["TrackLinks", "TrackOpens", "SendAt", "TemplateID", "TargetListID"]
+    )
+    resp = send(body={**payload(), **nulls})
+    assert resp.status_code == 200, resp.get_json()
+    resp = send(body={**payload(), "Subject": None})
+    assert resp.status_code == 400 and error_of(resp) == 8
+
+
 def test_sender_key_in_the_body(client, domain):
     body = payload()
     body["SenderAPIKey"] = domain.key
