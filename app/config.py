@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from models.database import sqlite_in_memory
+
 ENV_PREFIX = "POSTERN_"
 
 
@@ -331,7 +333,7 @@ def load_config(
 def sqlite_path(config: Config) -> Path | None:
     """The SQLite database file, or None for in-memory and server databases."""
     url = make_url(config.database.url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    if url.get_backend_name() != "sqlite" or sqlite_in_memory(config.database.url):
         return None
     return Path(url.database)
 

@@ -167,7 +167,8 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
             self._write_lock.release()
 
 
-def _in_memory(url: str) -> bool:
+def sqlite_in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database rather than a file."""
     parsed = make_url(url)
     return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
 
@@ -216,7 +217,7 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
-        self._own_engines = self.backend == "sqlite" and not _in_memory(url)
+        self._own_engines = self.backend == "sqlite" and not sqlite_in_memory(url)
         if self._own_engines:
             # An engine (and a pool) for each way of beginning; see SQLiteDialect.
             self._read_engine = make_engine(url, echo=echo, durable=durable, begin="DEFERRED")

@@ -12,12 +12,12 @@ The same behaviour as ``Connection.execute`` where it matters: a transaction is 
 if none is, DBAPI errors come out as SQLAlchemy's (``IntegrityError`` and the other
 ``DBAPIError`` classes, parameters hidden: they carry message content), and a connection
 the error shows to be lost is invalidated. What it leaves out: Python-side column defaults
-(every column with one must be given a value; compiling refuses otherwise). Expanding
-parameters (``IN`` lists) are rendered for each execution by SQLAlchemy's
-``construct_expanded_state``, in single executions only. ``first`` and ``all`` give the
-DBAPI's raw values (read only row ids, counts and strings from them); ``mapping`` gives a
-row as a dict by column name (``mappings``: every row), each value read by its column
-type's result processor as SQLAlchemy reads it.
+(every column with one must be given a value; compiling refuses otherwise). The SQL text
+and parameters are SQLAlchemy's ``construct_expanded_state``, rendered once per set of
+lengths of the expanding parameters (``IN`` lists; single executions only). ``first``
+and ``all`` give the DBAPI's raw values (read only row ids, counts and strings from them);
+``mapping`` gives a row as a dict by column name (``mappings``: every row), each value
+read by its column type's result processor as SQLAlchemy reads it.
 """
 
 from __future__ import annotations
@@ -47,9 +47,7 @@ class Direct:
         if len(rows) == 1:
             self._run(conn, *plan.bind(rows[0])).close()
         else:
-            if plan.expanding:
-                raise ValueError("expanding parameters (IN lists) in an executemany")
-            self._run(conn, plan.sql, [plan.args(r) for r in rows], many=True).close()
+            self._run(conn, *plan.bind_many(rows), many=True).close()
 
     def first(self, conn: Connection, row: _Row) -> tuple | None:
         """Execute for one row; the first row of its result (RETURNING, SELECT), raw."""
@@ -121,26 +119,14 @@ class _Plan:
             missing = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
             raise ValueError(f"give every column a value; these have Python defaults: {missing}")
         self.compiled = compiled
-        self.expanding = bool(compiled.post_compile_params)
-        self.lists = [compiled.bind_names[bind] for bind in compiled.post_compile_params]
-        self._expanded: dict[tuple[int, ...], tuple[str, list]] = {}
-        self.sql = compiled.string
         self.positional = compiled.positional
-        names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
-        given = set(keys)
-        # (name, bind processor or None, whether the row gives it, the processed constant)
-        self.order: list[tuple[str, Any, bool, Any]] = []
-        for name in names:
-            bind = compiled.binds[name]
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if name in given:
-                self.order.append((name, processor, True, None))
-            elif bind.callable is None and not bind.required:
-                # A literal of the statement itself ("hits + 1").
-                value = processor(bind.value) if processor else bind.value
-                self.order.append((name, None, False, value))
-            else:
-                raise ValueError(f"no value for the parameter {name}")
+        self._processors = {
+            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+            for name, bind in compiled.binds.items()
+        }
+        # The IN lists: the SQL text depends only on their lengths, rendered once for each.
+        self.lists = [compiled.bind_names[bind] for bind in compiled.post_compile_params]
+        self._rendered: dict[tuple[int, ...], tuple[str, list[_Entry]]] = {}
         # The result's columns (a SELECT or RETURNING) and their types' result processors.
         self.columns = [
             (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
@@ -158,27 +144,27 @@ class _Plan:
 
     def bind(self, row: _Row) -> tuple[str, Any]:
         """The SQL text and the DBAPI parameters for one execution."""
-        if not self.expanding:
-            return self.sql, self.args(row)
-        # The SQL text depends only on the lengths of the lists: rendered once for each.
-        lengths = tuple(len(row[name]) for name in self.lists)
-        expanded = self._expanded.get(lengths)
-        if expanded is None:
-            expanded = self._expanded[lengths] = self._expand(row)
-        sql, entries = expanded
-        values = [
-            processor(value) if processor else value
-            for processor, value in (
-                (processor, row[source][index] if index is not None else row.get(source, constant))
-                for _name, source, index, processor, constant in entries
-            )
-        ]
-        if self.positional:
-            return sql, values
-        return sql, dict(zip((entry[0] for entry in entries), values, strict=True))
+        sql, entries = self._render(row)
+        return sql, self._args(entries, row)
 
-    def _expand(self, row: _Row) -> tuple[str, list[tuple[str, str, int | None, Any, Any]]]:
-        state = self.compiled.construct_expanded_state(row)
+    def bind_many(self, rows: Sequence[_Row]) -> tuple[str, list[Any]]:
+        """The SQL text and the DBAPI parameters of each row, for an executemany."""
+        if self.lists:
+            raise ValueError("expanding parameters (IN lists) in an executemany")
+        sql, entries = self._render(rows[0])
+        return sql, [self._args(entries, row) for row in rows]
+
+    def _render(self, row: _Row) -> tuple[str, list[_Entry]]:
+        lengths = tuple(len(row[name]) for name in self.lists)
+        rendered = self._rendered.get(lengths)
+        if rendered is None:
+            rendered = self._rendered[lengths] = self._expand(row)
+        return rendered
+
+    def _expand(self, row: _Row) -> tuple[str, list[_Entry]]:
+        """SQLAlchemy's rendering for these list lengths: the SQL text, and for each DBAPI
+        parameter where its value comes from and its bind processor."""
+        state = self.compiled.construct_expanded_state(row)  # a value missing fails here
         source = {
             rendered: (name, index)
             for name, names in state.parameter_expansion.items()
@@ -187,18 +173,24 @@ class _Plan:
         names = state.positiontup if self.positional else list(state.parameters)
         entries = []
         for name in names or ():
-            origin, index = source.get(name, (name, None))
-            # (rendered name, the row's key, index in its list, processor, the constant)
-            entries.append(
-                (name, origin, index, state.processors.get(name), state.parameters[name])
-            )
+            key, index = source.get(name, (name, None))
+            if key not in row:  # a literal of the statement itself ("hits + 1")
+                key = None
+            # The rendered members of an IN list have processors of their own.
+            processor = state.processors.get(name) or self._processors.get(name)
+            entries.append((name, key, index, processor, state.parameters[name]))
         return state.statement, entries
 
-    def args(self, row: _Row) -> Any:
-        values = [
-            (processor(row[name]) if processor else row[name]) if given else constant
-            for name, processor, given, constant in self.order
-        ]
+    def _args(self, entries: list[_Entry], row: _Row) -> Any:
+        values = []
+        for _name, key, index, processor, constant in entries:
+            value = constant if key is None else row[key] if index is None else row[key][index]
+            values.append(processor(value) if processor else value)
         if self.positional:
             return values
-        return dict(zip((entry[0] for entry in self.order), values, strict=True))
+        return dict(zip((entry[0] for entry in entries), values, strict=True))
+
+
+# A DBAPI parameter: its rendered name, the row's key giving its value (None: the constant),
+# the index in that key's list (IN lists), its bind processor, the statement's constant.
+_Entry = tuple[str, str | None, int | None, Any, Any]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 
 from models import Suppression, User
 from models.direct import Direct
@@ -87,7 +87,7 @@ def test_what_it_cannot_do_is_refused_when_compiled(database, user):
     with database.engine.begin() as conn:
         with pytest.raises(ValueError, match="created_at"):
             ADD.execute(conn, [incomplete])
-        with pytest.raises(ValueError, match="user_id"):
+        with pytest.raises(InvalidRequestError, match="user_id"):
             EMAILS.all(conn, {})
         with pytest.raises(ValueError, match="expanding"):
             since = datetime(2026, 11, 21, tzinfo=UTC)

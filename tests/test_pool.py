@@ -58,3 +58,25 @@ def test_only_a_rested_connection_is_tested(server_db, monkeypatch):
     with server_db.engine.connect() as conn:
         conn.execute(text("SELECT 2"))
     assert len(pings) == 1
+
+
+def test_a_direct_statement_on_a_dropped_connection_invalidates_it(server_db, database_url):
+    # Direct statements (models/direct.py) bypass Connection.execute, which would notice
+    # the loss; they must too, so the pool does not hand the dead connection out again.
+    from sqlalchemy import select
+    from sqlalchemy.exc import DBAPIError
+
+    from models.direct import Direct
+
+    one = Direct(select(text("1")))
+    with server_db.engine.connect() as conn:
+        first = _session_id(conn)
+        conn.commit()
+        _kill(database_url, first, server_db.backend)
+        with pytest.raises(DBAPIError) as caught:
+            one.first(conn, {})
+        assert caught.value.connection_invalidated
+        assert conn.invalidated
+    with server_db.engine.connect() as conn:  # a new connection, without any test needed
+        assert _session_id(conn) != first
+        assert one.first(conn, {}) == (1,)
