@@ -6,18 +6,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app.config import Config
 from app.crypto import SecretBox
 from models import Database, Domain, User
+from models.database import UnitOfWork
 
 
 @dataclass
 class Context:
     # The command's own transaction. It begins at the first statement, so slow work
-    # (DNS, key generation) done before touching it holds no lock.
-    db: Session
+    # (DNS, key generation) done before touching it holds no lock. ``db`` is its ORM
+    # session, ``conn`` its Core connection (for Direct statements on hot paths).
+    work: UnitOfWork
     config: Config
     box: SecretBox
     now: datetime
@@ -26,6 +29,14 @@ class Context:
     remote_addr: str | None = None
     sender: Any = None  # the SenderCaller of /api/v1 commands
     database: Database | None = None  # for a short read transaction of its own
+
+    @property
+    def db(self) -> Session:
+        return self.work.session
+
+    @property
+    def conn(self) -> Connection:
+        return self.work.conn
 
     def read(self):
         """A separate, short read transaction (to read before slow work, then write in db)."""

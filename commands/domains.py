@@ -12,6 +12,7 @@ from marshmallow import fields, validate
 from sqlalchemy import func, select
 
 from models import Domain
+from models.database import UnitOfWork
 from models.domains import ENABLED, PENDING
 
 from . import dkim
@@ -273,7 +274,9 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
     domain as it was and says so per record.
     """
     with ctx.read() as s:
-        read_ctx = Context(db=s, config=ctx.config, box=ctx.box, now=ctx.now, user=ctx.user)
+        read_ctx = Context(
+            work=UnitOfWork.of(s), config=ctx.config, box=ctx.box, now=ctx.now, user=ctx.user
+        )
         domain = owned_domain(read_ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
         records = required_records(domain, ctx.config)
     results = check_records(records, make_resolver(ctx.config))

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import Delivery, Event, Message
@@ -96,12 +97,12 @@ def record(
 _INSERT_EVENT = Direct(insert(Event))
 
 
-def insert_values(db: Session, rows: list[dict[str, Any]]) -> None:
+def insert_values(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert events given as ``event_values`` with one Core statement, and count them.
 
     For hot paths (a Direct statement): the unit of work costs more than the insert. Such
     rows bypass the session hook of models/event_counts.py, so they are counted here.
     """
     if rows:
-        _INSERT_EVENT.execute(db.connection(), rows)
-        add_counts(db, count_rows(SimpleNamespace(**row) for row in rows))
+        _INSERT_EVENT.execute(conn, rows)
+        add_counts(conn, count_rows(SimpleNamespace(**row) for row in rows))

@@ -85,9 +85,9 @@ class Gateway:
                 raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
             if cmd.auth is registry.Auth.ADMIN and not user.is_admin:
                 raise NotPermitted("Not enough privileges: this command needs an administrator")
-        with self.db.transaction(readonly=cmd.readonly) as session:
+        with self.db.unit_of_work(readonly=cmd.readonly) as work:
             ctx = Context(
-                db=session,
+                work=work,
                 config=self.config,
                 box=self.box,
                 now=now,
@@ -115,9 +115,9 @@ class Gateway:
         user, domain = load_owner(self.db, caller.user_id, caller.domain_id) or (None, None)
         if user is None or not user.enabled:
             raise CommandError(12, "Invalid or deactivated user account")
-        with self.db.transaction() as session:
+        with self.db.unit_of_work() as work:
             ctx = Context(
-                db=session,
+                work=work,
                 config=self.config,
                 box=self.box,
                 now=self.clock(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
@@ -34,12 +35,19 @@ class CommandSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    @pre_load
-    def _normalise(self, data: Mapping[str, Any], **_kw) -> dict[str, Any]:
+    @cached_property
+    def _names(self) -> tuple[dict[str, str], set[str]]:
+        """Each parameter name by its lower case, and the names of Raw fields (made once per
+        schema instance: a command's schema is loaded on every call)."""
         by_lower = {
             (f.data_key or name).lower(): (f.data_key or name) for name, f in self.fields.items()
         }
         raw = {f.data_key or name for name, f in self.fields.items() if type(f) is fields.Raw}
+        return by_lower, raw
+
+    @pre_load
+    def _normalise(self, data: Mapping[str, Any], **_kw) -> dict[str, Any]:
+        by_lower, raw = self._names
         out: dict[str, Any] = {}
         for key, value in data.items():
             canonical = by_lower.get(str(key).lower())

@@ -35,7 +35,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import fields
 from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from models import Delivery, Domain, Message, User
 from models.direct import Direct
@@ -552,7 +552,7 @@ def store(
             )
     # An indexed look-up: read in the write transaction, so a suppression added meanwhile
     # is seen (the write transaction begins here).
-    blocked = suppressed_among(ctx.db, domain.user_id, domain.id, (r.email for r in recipients))
+    blocked = suppressed_among(ctx.conn, domain.user_id, domain.id, (r.email for r in recipients))
     active = [r for r in recipients if r.email.lower() not in blocked]
     message = {
         "id": str(uuid.uuid4()),
@@ -581,7 +581,7 @@ def store(
         )
     if quota and used + len(active) > quota:
         raise CommandError(17, "Email sending limit reached")
-    write_message(ctx.db, message, recipients, blocked, ctx.now)
+    write_message(ctx.conn, message, recipients, blocked, ctx.now)
     return {"MessageID": message["id"]}
 
 
@@ -591,7 +591,7 @@ _INSERT_DELIVERY = Direct(insert(Delivery).returning(Delivery.id))
 
 
 def write_message(
-    db: Session,
+    conn: Connection,
     message: dict[str, Any],
     recipients: list[Recipient],
     blocked: set[str],
@@ -602,7 +602,6 @@ def write_message(
     Direct statements rather than ORM objects: accepting mail is the hot path, and the
     unit of work (or even Core's execution layer) costs more than the inserts themselves.
     """
-    conn = db.connection()
     _INSERT_MESSAGE.execute(conn, [message])
     due = message["send_at"] or now
     deliveries = []
@@ -637,7 +636,7 @@ def write_message(
         )
         for delivery_id, d in zip(ids, deliveries, strict=True)
     ]
-    events.insert_values(db, rows)
+    events.insert_values(conn, rows)
 
 
 def _person(r: Recipient) -> dict[str, str]:

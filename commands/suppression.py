@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,13 +33,15 @@ _SUPPRESSED_AMONG = Direct(
 )
 
 
-def suppressed_among(db: Session, user_id: int, domain_id: int, emails: Iterable[str]) -> set[str]:
+def suppressed_among(
+    conn: Connection, user_id: int, domain_id: int, emails: Iterable[str]
+) -> set[str]:
     """The lower-cased addresses among ``emails`` that this user's mail must not go to."""
     wanted = sorted({e.lower() for e in emails})
     if not wanted:
         return set()
     params = {"user_id": user_id, "emails": wanted, "domain_id": domain_id}
-    return {email for (email,) in _SUPPRESSED_AMONG.all(db.connection(), params)}
+    return {email for (email,) in _SUPPRESSED_AMONG.all(conn, params)}
 
 
 def suppress(

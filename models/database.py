@@ -248,6 +248,25 @@ class Database:
             yield session
 
     @contextmanager
+    def unit_of_work(self, *, readonly: bool = False) -> Iterator[UnitOfWork]:
+        """One transaction, committed on success and rolled back on any error, seen as a Core
+        connection and (when first asked for) an ORM session joined to it.
+
+        Like ``transaction``, it begins at its first statement. Hot paths use the connection
+        alone and never pay for a session.
+        """
+        engine = self._read_engine if readonly else self.engine
+        factory = self._reader if readonly else self._writer
+        with engine.connect() as conn:
+            work = UnitOfWork(conn, factory)
+            try:
+                yield work
+                work.commit()
+            except BaseException:
+                work.rollback()
+                raise
+
+    @contextmanager
     def read_connection(self) -> Iterator[Connection]:
         """A Core connection for reads on hot paths (no ORM session). On SQLite and PostgreSQL
         each statement is its own transaction: read what must be consistent in one."""
@@ -284,3 +303,52 @@ class Database:
         if self._own_engines:
             self._read_engine.dispose()
             self._autocommit_engine.dispose()
+
+
+class UnitOfWork:
+    """One transaction on one connection: ``conn`` for Core (and Direct) statements, and
+    ``session``, an ORM session on the same connection, made the first time it is asked for.
+
+    Whichever begins the transaction first, both work in it: a session that finds the
+    connection in a transaction joins it, and a session that begins it is committed (or
+    rolled back) by ``commit`` (``rollback``), after it has flushed what it holds.
+    """
+
+    __slots__ = ("conn", "_factory", "_session")
+
+    def __init__(self, conn: Connection, factory: sessionmaker | None = None):
+        self.conn = conn
+        self._factory = factory
+        self._session: Session | None = None
+
+    @classmethod
+    def of(cls, session: Session) -> UnitOfWork:
+        """The unit of work of an open session (its connection, and the session itself)."""
+        work = cls(session.connection())
+        work._session = session
+        return work
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            if self._factory is None:  # pragma: no cover - ``of`` always sets the session
+                raise RuntimeError("unit of work without a session factory")
+            self._session = self._factory(bind=self.conn)
+        return self._session
+
+    def commit(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.commit()  # flushes; commits the transaction if the session began it
+            finally:
+                session.close()
+        if self.conn.in_transaction():
+            self.conn.commit()
+
+    def rollback(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()  # rolls back, the connection's transaction too
+        if self.conn.in_transaction():
+            self.conn.rollback()

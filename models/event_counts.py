@@ -15,6 +15,7 @@ from datetime import UTC, date
 
 from sqlalchemy import Date, Integer, String, Text, event, inspect
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .base import Base
@@ -58,10 +59,10 @@ def count_rows(events) -> list[dict]:
     ]
 
 
-def add_counts(session: Session, rows: list[dict]) -> None:
+def add_counts(conn: Connection, rows: list[dict]) -> None:
     """Add ``rows`` to the counts, in key order (a Direct upsert: the ORM's costs 1 ms more)."""
     if rows:
-        _upsert(session.get_bind().dialect.name).execute(session.connection(), rows)
+        _upsert(conn.dialect.name).execute(conn, rows)
 
 
 _UPSERTS: dict[str, Direct] = {}
@@ -101,7 +102,7 @@ def _count_new_events(session: Session) -> None:
     session.flush()
     # Rows of a rolled-back savepoint are no longer persistent: they are not counted.
     written = [e for e in session.info.pop(_PENDING, []) if inspect(e).persistent]
-    add_counts(session, count_rows(written))
+    add_counts(session.connection(), count_rows(written))
 
 
 @event.listens_for(Session, "after_commit")
