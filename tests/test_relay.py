@@ -1,6 +1,7 @@
 """The SMTP relay with real clients on loopback: smtplib and swaks."""
 
 import asyncio
+import contextlib
 import email.policy
 import random
 import shutil
@@ -295,3 +296,112 @@ def test_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them():
             assert ours._getaddr(case) == theirs._getaddr(case), case
     finally:
         loop.close()
+
+
+class _Recorder:
+    def __init__(self):
+        self.contents = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.contents.append(envelope.original_content)
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def data_servers():
+    """aiosmtpd's own SMTP and the relay's RelaySMTP side by side, same settings."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    from mta.relay import RelaySMTP
+
+    servers = {}
+    for name, cls in (("aiosmtpd", SMTP), ("relay", RelaySMTP)):
+
+        class Ctl(Controller):
+            def factory(self, cls=cls):
+                return cls(self.handler, **self.SMTP_kwargs)
+
+        recorder = _Recorder()
+        ctl = Ctl(
+            recorder, hostname="127.0.0.1", port=free_port(), data_size_limit=3000, ident="x"
+        )
+        ctl.start()
+        servers[name] = (ctl, recorder)
+    yield servers
+    for ctl, _ in servers.values():
+        ctl.stop()
+
+
+def _transcript(port: int, chunks: list[bytes], pause: float) -> bytes:
+    """Send EHLO, one envelope and DATA, then ``chunks`` one by one, then QUIT; every reply."""
+    import socket
+    import time
+
+    replies = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            s.sendall(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@d.example>\r\nDATA\r\n")
+            for chunk in chunks:
+                time.sleep(pause)
+                s.sendall(chunk)
+            time.sleep(pause)
+            s.sendall(b"QUIT\r\n")
+            while block := s.recv(65536):
+                replies += block
+        except (BrokenPipeError, ConnectionResetError):  # the server hung up (bad commands)
+            with contextlib.suppress(OSError):
+                while block := s.recv(65536):
+                    replies += block
+    return replies
+
+
+def _compare(data_servers, chunks: list[bytes], pause: float = 0.0) -> None:
+    seen = []
+    for ctl, recorder in data_servers.values():
+        recorder.contents.clear()
+        seen.append((_transcript(ctl.port, chunks, pause), list(recorder.contents)))
+    assert seen[0] == seen[1], chunks
+
+
+DATA_CASES = {
+    "plain": b"Subject: hi\r\n\r\nHello.\r\n.\r\n",
+    "dots": b"..first\r\n.\r\n",
+    "dot lines": b"a\r\n..\r\n...b\r\n.c\r\n\r\n.\r\n",
+    "empty": b".\r\n",
+    "blank first line": b"\r\n.\r\n",
+    "bare LF and CR": b"a\nb\rc\r\n.\nd\r\n.\r\n",
+    "no final line": b"a\r\n.\r\n",
+    "pipelined next message": (
+        b"one\r\n.\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@d.example>\r\nDATA\r\ntwo\r\n.\r\n"
+    ),
+    "too much": b"".join(b"%04d" % i + b"x" * 60 + b"\r\n" for i in range(60)) + b".\r\n",
+    "long line": b"a" * 1200 + b"\r\nb\r\n.\r\n",
+    "line at the limit": b"a" * 999 + b"\r\n" + b"b" * 1000 + b"\r\n.\r\n",
+    "long line, then too much": (
+        b"a" * 1200 + b"\r\n" + b"".join(b"x" * 70 + b"\r\n" for _ in range(60)) + b".\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_data_is_read_as_aiosmtpd_reads_it(data_servers, case):
+    """The relay reads DATA in blocks: the same replies and messages as aiosmtpd line by
+    line, whether the message arrives at once or with its end split across packets."""
+    raw = DATA_CASES[case]
+    _compare(data_servers, [raw])
+    end = raw.find(b"\r\n.\r\n")
+    for cut in range(max(1, end - 1), min(len(raw), end + 6)):
+        _compare(data_servers, [raw[:cut], raw[cut:]], pause=0.02)
+
+
+def test_random_data_is_read_as_aiosmtpd_reads_it(data_servers):
+    rnd = random.Random(7)
+    pieces = [b".", b"..", b"\r\n", b"\r", b"\n", b"x", b"yz" * 20, b"\r\n.", b".\r\n"]
+    pieces += [b"L" * 999, b"M" * 1200]  # lines near and past the length limit, and so the
+    for _ in range(60):  # size limit (3000 bytes)
+        raw = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 60))) + b"\r\n.\r\n"
+        cuts = sorted(rnd.sample(range(1, len(raw)), min(3, len(raw) - 1)))
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        _compare(data_servers, chunks, pause=0.005)
