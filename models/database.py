@@ -40,7 +40,7 @@ def make_engine(
             connect_args={"timeout": 30, "check_same_thread": False},
             postern_begin=begin,
         )
-        _configure_sqlite(engine, durable)
+        _configure_sqlite(engine, durable, begin)
         return engine
     kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size}
     if backend in ("mysql", "mariadb"):
@@ -95,8 +95,13 @@ def _ping(dbapi_conn) -> None:
     dbapi_conn.rollback()
 
 
-def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
-    """WAL, durable commits (or not), foreign keys and a busy timeout on every connection."""
+def _configure_sqlite(engine: Engine, durable: bool = True, begin: str = "IMMEDIATE") -> None:
+    """WAL, durable commits (or not), foreign keys and a busy timeout on every connection.
+
+    Connections of an engine whose transactions begin IMMEDIATE wait for the write lock in
+    ``_begin_immediate`` and hold it until they end, so they never wait in SQLite's busy
+    handler: their busy timeout is 0 (no PRAGMA to set and reset around every BEGIN).
+    """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -105,7 +110,7 @@ def _configure_sqlite(engine: Engine, durable: bool = True) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={0 if begin == 'IMMEDIATE' else 30000}")
         cur.close()
 
 
@@ -186,10 +191,10 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
 
     SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, so a waiter
     often sleeps far longer than the few milliseconds the lock is held; this retries after
-    0.2 ms, doubling up to 5 ms.
+    0.2 ms, doubling up to 5 ms. (The connection's busy timeout is 0: each try fails at
+    once.)
     """
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + timeout
         delay = 0.0002
@@ -205,7 +210,6 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.005)
     finally:
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
 

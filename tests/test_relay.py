@@ -323,9 +323,7 @@ def data_servers():
                 return cls(self.handler, **self.SMTP_kwargs)
 
         recorder = _Recorder()
-        ctl = Ctl(
-            recorder, hostname="127.0.0.1", port=free_port(), data_size_limit=3000, ident="x"
-        )
+        ctl = Ctl(recorder, hostname="127.0.0.1", port=free_port(), data_size_limit=3000, ident="x")
         ctl.start()
         servers[name] = (ctl, recorder)
     yield servers
