@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -46,12 +46,14 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     @app.before_request
     def _start():
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         g.started = time.perf_counter()
 
     @app.after_request
     def _finish(response):
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        if not log.isEnabledFor(logging.INFO):
+            return response
         # The path only: a query string may carry an APIKey or SessionID.
         log.info(
             "request",
