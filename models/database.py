@@ -353,6 +353,6 @@ class UnitOfWork:
     def rollback(self) -> None:
         session, self._session = self._session, None
         if session is not None:
-            session.close()  # rolls back, the connection's transaction too
+            session.close()  # rolls back what the session began; the rest just below
         if self.conn.in_transaction():
             self.conn.rollback()

@@ -29,27 +29,24 @@ def stored(database) -> tuple[list[str], list[str]]:
     return buckets, users
 
 
+def write_both(work, core_first: bool) -> None:
+    """A Core row and an ORM row, the one or the other first (who begins the transaction)."""
+    steps = [lambda: core_write(work, "b1"), lambda: orm_write(work, "alice")]
+    for step in steps if core_first else reversed(steps):
+        step()
+
+
 @pytest.mark.parametrize("core_first", [True, False], ids=["core-first", "session-first"])
 def test_core_and_session_writes_commit_together(database, core_first):
     with database.unit_of_work() as work:
-        if core_first:
-            core_write(work, "b1")
-            orm_write(work, "alice")
-        else:
-            orm_write(work, "alice")
-            core_write(work, "b1")
+        write_both(work, core_first)
     assert stored(database) == (["b1"], ["alice"])
 
 
 @pytest.mark.parametrize("core_first", [True, False], ids=["core-first", "session-first"])
 def test_an_error_rolls_back_both(database, core_first):
     with pytest.raises(RuntimeError), database.unit_of_work() as work:
-        if core_first:
-            core_write(work, "b1")
-            orm_write(work, "alice")
-        else:
-            orm_write(work, "alice")
-            core_write(work, "b1")
+        write_both(work, core_first)
         raise RuntimeError("rolled back")
     assert stored(database) == ([], [])
 
