@@ -51,11 +51,7 @@ class Direct:
 
     def first(self, conn: Connection, row: _Row) -> tuple | None:
         """Execute for one row; the first row of its result (RETURNING, SELECT), raw."""
-        cursor = self._run(conn, *self._plan(conn.dialect, row).bind(row))
-        try:
-            return cursor.fetchone()
-        finally:
-            cursor.close()
+        return self._first(conn, self._plan(conn.dialect, row), row)
 
     def all(self, conn: Connection, row: _Row) -> list[tuple]:
         """Execute for one row; every row of its result, raw."""
@@ -67,13 +63,21 @@ class Direct:
 
     def mapping(self, conn: Connection, row: _Row) -> dict[str, Any] | None:
         """Execute a SELECT for one row; its first row by column name, values typed."""
-        first = self.first(conn, row)
-        return None if first is None else self._plan(conn.dialect, row).typed(first)
+        plan = self._plan(conn.dialect, row)
+        first = self._first(conn, plan, row)
+        return None if first is None else plan.typed(first)
 
     def mappings(self, conn: Connection, row: _Row) -> list[dict[str, Any]]:
         """Execute a SELECT for one row; every row by column name, values typed."""
         plan = self._plan(conn.dialect, row)
         return [plan.typed(raw) for raw in self.all(conn, row)]
+
+    def _first(self, conn: Connection, plan: _Plan, row: _Row) -> tuple | None:
+        cursor = self._run(conn, *plan.bind(row))
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
 
     def _plan(self, dialect: Dialect, row: _Row) -> _Plan:
         key = (dialect, tuple(row))

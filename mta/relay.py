@@ -119,7 +119,6 @@ class RelaySMTP(SMTP):
         to its end but not kept). None when the connection closes first."""
         kept = bytearray()
         checked = 0  # kept[:checked] is whole lines that passed the checks
-        total = 0  # bytes of those lines
         problem: str | None = None
         while True:
             block = await self._reader.read(_DATA_BLOCK)
@@ -137,7 +136,7 @@ class RelaySMTP(SMTP):
             if problem is None:
                 stop = end if end >= 0 else kept.rfind(b"\r\n", checked) + 2  # whole lines
                 if stop > max(checked, 1):
-                    problem, total = self._check_lines(kept, checked, stop, total)
+                    problem = self._check_lines(kept, checked, stop)
                     checked = stop
                 unfinished = len(kept) - checked - kept.endswith(b"\r")
                 if problem is None and end < 0 and unfinished > self.line_length_limit:
@@ -153,23 +152,24 @@ class RelaySMTP(SMTP):
                 self._reader.feed_data(bytes(kept[after:]))
             return (b"", problem) if problem else (bytes(kept[:end]), None)
 
-    def _check_lines(self, kept: bytearray, start: int, stop: int, total: int):
-        """Check the whole lines of ``kept[start:stop]`` in order, as aiosmtpd does: a line
-        over its reader's limit is too long before it is counted; otherwise its bytes are
-        added to the size, then its length is checked. The refusal (or None) and the size."""
+    def _check_lines(self, kept: bytearray, start: int, stop: int) -> str | None:
+        """Check the whole lines of ``kept[start:stop]`` (the lines before ``start`` passed)
+        in order, as aiosmtpd does: a line over its reader's limit is too long before it is
+        counted; otherwise its bytes are added to the size, then its length is checked."""
         limit, longest = self.data_size_limit, self.line_length_limit
         lines = bytes(kept[start:stop]).split(b"\r\n")[:-1]
-        if (not limit or total + stop - start <= limit) and max(map(len, lines)) + 2 <= longest:
-            return None, total + stop - start  # the usual case: nothing to refuse
+        if (not limit or stop <= limit) and max(map(len, lines)) + 2 <= longest:
+            return None  # the usual case: nothing to refuse
+        size = start
         for line in lines:
             if len(line) > longest:
-                return _LINE_TOO_LONG, total
-            total += len(line) + 2
-            if limit and total > limit:
-                return _TOO_MUCH_DATA, total
+                return _LINE_TOO_LONG
+            size += len(line) + 2
+            if limit and size > limit:
+                return _TOO_MUCH_DATA
             if len(line) + 2 > longest:
-                return _LINE_TOO_LONG, total
-        return None, total
+                return _LINE_TOO_LONG
+        return None
 
 
 class RelayController(Controller):

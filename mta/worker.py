@@ -512,7 +512,7 @@ class Worker:
                 )
             if changes:
                 _RECORD.execute(conn, changes)
-                events.insert_values(s.connection(), rows)
+                events.insert_values(conn, rows)
 
     # -- the loop -----------------------------------------------------------------------
 

@@ -3,13 +3,15 @@ begins, and the writers' lock let go however a transaction ends."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
 
 from commands.users import create_user
-from models import Database, User
+from models import Database, RateCounter, User
 from models.migrate import upgrade
 
 
@@ -65,3 +67,25 @@ def test_the_write_lock_is_let_go_after_commit_rollback_and_error(sqlite_db):
         worker.join(10)
         assert done.is_set()
         assert count(sqlite_db) == (4, 4)
+
+
+def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path):
+    """Write connections have a busy timeout of 0: BEGIN IMMEDIATE is retried in short steps
+    while another process (here a connection of its own) holds the lock, then goes ahead."""
+    db = Database(f"sqlite:///{tmp_path / 'one.db'}")
+    upgrade(db.engine)
+    other = sqlite3.connect(tmp_path / "one.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO rate_counters (bucket, window_start, hits) VALUES ('b', 0, 1)")
+    threading.Timer(0.3, other.commit).start()
+    started = time.monotonic()
+    try:
+        with db.transaction() as s:
+            create_user(s, "waited", "correct horse battery", "")
+        assert time.monotonic() - started >= 0.25
+        assert count(db) == (1, 1)
+        with db.read_connection() as conn:
+            assert conn.scalar(select(func.count()).select_from(RateCounter)) == 1
+    finally:
+        other.close()
+        db.dispose()
