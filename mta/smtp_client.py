@@ -389,7 +389,7 @@ class _Session:
 
     async def transaction(self, env: Envelope) -> Outcome:
         """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome."""
-        data = _LINE_END.sub(b"\r\n", env.data)  # no bare CR or LF on the wire
+        data = _crlf(env.data)  # no bare CR or LF on the wire
         refusal = self._refusal(env, data)
         if refusal is not None:
             return refusal
@@ -585,6 +585,15 @@ class _Channel(asyncio.Protocol):
 def _wake(future: asyncio.Future | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
+
+
+def _crlf(data: bytes) -> bytes:
+    """``data`` with every line ending CRLF: as it is when it has no bare CR or LF (counted,
+    which is quicker than a substitution over every line of a signed message)."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
+        return data
+    return _LINE_END.sub(b"\r\n", data)
 
 
 def _stuff(data: bytes) -> bytes:

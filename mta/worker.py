@@ -29,7 +29,7 @@ from app.crypto import SecretBox
 from commands import events
 from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress_bounce
-from models import Database, Delivery, Domain, Message, utcnow
+from models import Database, Delivery, DKIMKey, Domain, Message, utcnow
 from models.direct import Direct
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
 
@@ -182,6 +182,29 @@ _OURS = Direct(
         Delivery.status == SENDING,
     )
 )
+# What building reads: the messages of a batch, their domains and the domains' DKIM keys.
+_MESSAGES = Direct(
+    select(Message.id, Message.payload, Message.tags, Message.created_at).where(
+        Message.id.in_(bindparam("ids", expanding=True))
+    )
+)
+# A domain's row once per key (once with no key), in one statement: both read at one time.
+_DOMAIN_KEYS = Direct(
+    select(
+        Domain.id,
+        Domain.name,
+        Domain.subdomain,
+        Domain.link_tracking,
+        Domain.open_tracking,
+        Domain.unsubscribe_link,
+        DKIMKey.selector,
+        DKIMKey.algorithm,
+        DKIMKey.private_key_encrypted.label("private_key"),
+    )
+    .outerjoin(DKIMKey, DKIMKey.domain_id == Domain.id)
+    .where(Domain.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Domain.id, DKIMKey.id)
+)
 _RECORD = Direct(
     update(Delivery)
     .where(Delivery.id == bindparam("b_id"))
@@ -216,6 +239,9 @@ class Worker:
         self.resolver = make_resolver(config)
         self._stop = threading.Event()
         self._pool: ProcessPoolExecutor | None = None
+        # One event loop for every batch: a new one each time (asyncio.run) cost more than
+        # a small batch's sending, and its default executor started new threads each time.
+        self._runner: asyncio.Runner | None = None
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -272,24 +298,19 @@ class Worker:
         """
         envelopes: dict[int, Envelope] = {}
         failures: dict[int, str] = {}
-        with self.db.transaction(readonly=True) as s:
+        with self.db.read_connection() as conn:
             messages = {
-                m.id: m
-                for m in s.scalars(
-                    select(Message).where(Message.id.in_({j.message_id for j in jobs}))
-                )
+                m["id"]: SimpleNamespace(**m)
+                for m in _MESSAGES.mappings(conn, {"ids": sorted({j.message_id for j in jobs})})
             }
-            domains = {
-                d.id: d
-                for d in s.scalars(select(Domain).where(Domain.id.in_({j.domain_id for j in jobs})))
-            }
-            keys = {
-                d.id: [
-                    (k.selector, k.algorithm, self.box.decrypt(k.private_key_encrypted).encode())
-                    for k in d.dkim_keys
-                ]
-                for d in domains.values()
-            }
+            rows = _DOMAIN_KEYS.mappings(conn, {"ids": sorted({j.domain_id for j in jobs})})
+        domains: dict[int, SimpleNamespace] = {}
+        keys: dict[int, list[tuple[str, str, bytes]]] = defaultdict(list)
+        for row in rows:
+            domains.setdefault(row["id"], SimpleNamespace(**row))
+            if row["selector"] is not None:
+                private = self.box.decrypt(row["private_key"]).encode()
+                keys[row["id"]].append((row["selector"], row["algorithm"], private))
         # One build per message; one per delivery where it is tracked (its links differ).
         builds: dict[str | int, BuildJob] = {}
         build_of: dict[int, str | int] = {}
@@ -320,7 +341,8 @@ class Worker:
                     keys[domain.id],
                     track,
                 )
-        signed = dict(zip(builds, self._build_all(list(builds.values())), strict=True))
+        backlog = len(jobs) >= self.config.delivery.batch_size
+        signed = dict(zip(builds, self._build_all(list(builds.values()), backlog), strict=True))
         for job in jobs:
             domain = domains.get(job.domain_id)
             if domain is not None:
@@ -333,7 +355,7 @@ class Worker:
         return envelopes, failures
 
     def _tracking(
-        self, domain: Domain, token: str, flags: tuple[bool, bool, bool] | None
+        self, domain: SimpleNamespace, token: str, flags: tuple[bool, bool, bool] | None
     ) -> tracking.Tracking | None:
         """What is tracked in the message to one recipient; None when nothing is."""
         if flags is None or not tracking.can_track(token):
@@ -343,9 +365,14 @@ class Worker:
         )
         return tracking.Tracking(base, self.box.tracking_key, token, *flags)
 
-    def _build_all(self, builds: list[BuildJob]) -> list[bytes]:
+    def _build_all(self, builds: list[BuildJob], backlog: bool) -> list[bytes]:
+        """Every build, in the worker itself or spread over the build processes.
+
+        Handing a build to another process costs about as much CPU again as the build
+        (pickling, queues, waking both sides), so the processes take a batch's builds only
+        when there is a backlog (the claim took a full batch) and at least 8 of them."""
         processes = self.config.delivery.build_processes or os.cpu_count() or 1
-        if processes <= 1 or len(builds) < 8:
+        if processes <= 1 or not backlog or len(builds) < 8:
             return [build_and_sign(b) for b in builds]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -357,11 +384,20 @@ class Worker:
         chunk = max(1, len(builds) // (processes * 4))
         return list(self._pool.map(build_and_sign, builds, chunksize=chunk))
 
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Let go of the build processes, if any were started."""
+        """Let go of the build processes and the event loop, if they were started."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
 
     # -- sending ------------------------------------------------------------------------
 
@@ -536,7 +572,7 @@ class Worker:
             if isinstance(prepared, Exception):
                 raise prepared
             envelopes, failures = prepared
-            outcomes = asyncio.run(self.send(jobs, envelopes)) if envelopes else []
+            outcomes = self._run_async(self.send(jobs, envelopes)) if envelopes else []
         except Exception as exc:  # noqa: BLE001 - nothing claimed may be dropped
             log.error(
                 "batch failed; its deliveries are deferred",
@@ -557,15 +593,25 @@ class Worker:
             failures = {}
         self.record(jobs, outcomes, failures)
 
-    def run(self) -> None:
-        """Work until stop() is called; sleep poll_interval when the queue is empty.
+    def _run_async(self, coroutine):
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(coroutine)
 
-        While one batch is sent and recorded, the next is already claimed and being built
-        (building is the CPU-heavy part, done by the build processes).
+    def run(self) -> None:
+        """Work until stop() is called.
+
+        While one batch is sent and recorded, the next is already claimed and being built.
+        A claim that takes less than a full batch has drained the queue: that batch is seen
+        through at once, and the worker then waits poll_interval before it looks again, so
+        that mail arriving meanwhile is claimed, built and sent together. Claiming again at
+        once would take a batch of one or two messages each time, each paying the claim,
+        its connection to the MX host and the recording of outcomes on its own.
         """
         log.info("worker started", extra={"worker": self.worker_id})
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
         current: tuple[list[Job], Future] | None = None
+        full = self.config.delivery.batch_size
         try:
             while not self._stop.is_set():
                 try:
@@ -574,6 +620,9 @@ class Worker:
                     if current is not None:
                         self._finish(current[0], current[1].result())
                     current = following
+                    if current is not None and len(jobs) < full:  # the queue is drained
+                        self._finish(current[0], current[1].result())
+                        current = None
                 except Exception:  # noqa: BLE001 - a database hiccup must not end the worker
                     log.exception("worker loop error", extra={"worker": self.worker_id})
                     current = None  # what was claimed is taken up after the claim timeout

@@ -4,6 +4,7 @@ import email
 import email.policy
 import re
 import threading
+import time
 from datetime import timedelta
 
 import dkim
@@ -32,14 +33,19 @@ def mx(dns_server, smtp_peer):
 
 @pytest.fixture
 def worker_for(base_config, database, clock):
+    made = []
+
     def make(peer=None, **changes):
         if peer is not None:
             changes.setdefault("delivery__mx_port", peer.port)
         changes.setdefault("delivery__timeout", 5.0)
         config = base_config.replace(**changes)
-        return Worker(config, database, SecretBox(SECRET_KEY.encode()), clock=clock)
+        made.append(Worker(config, database, SecretBox(SECRET_KEY.encode()), clock=clock))
+        return made[-1]
 
-    return make
+    yield make
+    for worker in made:
+        worker.close()
 
 
 @pytest.fixture
@@ -360,11 +366,20 @@ def test_the_claim_moves_the_due_time(send, mx, worker_for, database, clock):
     assert d.due_at - clock() > timedelta(seconds=500)
 
 
+def test_a_batch_that_is_not_full_is_built_in_the_worker(send, mx, worker_for, database):
+    ids = [send(to=f"p{i}@dest.example") for i in range(12)]
+    worker = worker_for(mx, delivery__build_processes=2, delivery__batch_size=13)
+    assert worker.run_once() == 12
+    assert worker._pool is None  # no backlog: handing builds over would cost more
+    assert all(deliveries(database, m)[0].status == "delivered" for m in ids)
+
+
 def test_messages_built_on_several_processes(send, mx, worker_for, database, dns_server):
     ids = [send(to=f"p{i}@dest.example", Subject=f"n{i}") for i in range(12)]
-    worker = worker_for(mx, delivery__build_processes=2)
+    worker = worker_for(mx, delivery__build_processes=2, delivery__batch_size=12)
     try:
         assert worker.run_once() == 12
+        assert worker._pool is not None  # a full batch: a backlog, built on the processes
     finally:
         worker.close()
     assert all(deliveries(database, m)[0].status == "delivered" for m in ids)
@@ -373,3 +388,44 @@ def test_messages_built_on_several_processes(send, mx, worker_for, database, dns
         assert dkim.verify(received.data, dnsfunc=lookup)
     subjects = {email.message_from_bytes(m.data)["Subject"] for m in mx.messages}
     assert subjects == {f"n{i}" for i in range(12)}
+
+
+def test_a_drained_queue_is_sent_at_once_and_then_looked_at_after_the_poll_interval(
+    send, mx, worker_for, database
+):
+    """A claim that takes less than a full batch is seen through at once, and the next look
+    at the queue waits poll_interval (mail arriving meanwhile is then claimed together),
+    instead of claiming again while the batch is out."""
+    worker = worker_for(mx, delivery__poll_interval=0.3, delivery__batch_size=10)
+    steps = []
+    claim, finish = worker.claim, worker._finish
+
+    def recorded_claim(limit=None):
+        jobs = claim(limit)
+        steps.append(("claim", len(jobs), time.monotonic()))
+        return jobs
+
+    def recorded_finish(jobs, prepared):
+        finish(jobs, prepared)
+        steps.append(("finish", len(jobs), time.monotonic()))
+
+    worker.claim, worker._finish = recorded_claim, recorded_finish
+    ids = [send(to=f"r{i}@dest.example") for i in range(3)]
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: all(deliveries(database, m)[0].status == "delivered" for m in ids), 5)
+        wait_for(lambda: len(steps) >= 3, 2)
+    finally:
+        worker.stop()
+        thread.join(10)
+    (first, n1, _), (second, n2, finished), (third, n3, looked) = steps[:3]
+    assert (first, n1, second, n2, third, n3) == ("claim", 3, "finish", 3, "claim", 0)
+    assert looked - finished >= 0.25
+
+
+def wait_for(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.02)

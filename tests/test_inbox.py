@@ -33,12 +33,13 @@ def delivered(client, active_domain, dns_server, smtp_peer, base_config, databas
         },
     )
     message_id = resp.get_json()["MessageID"]
-    Worker(
+    with Worker(
         base_config.replace(delivery__mx_port=smtp_peer.port),
         database,
         SecretBox(SECRET_KEY.encode()),
         clock=clock,
-    ).run_once()
+    ) as worker:
+        worker.run_once()
     with database.transaction(readonly=True) as s:
         d = s.scalars(select(Delivery).where(Delivery.message_id == message_id)).one()
     assert d.status == "delivered"

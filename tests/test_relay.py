@@ -251,13 +251,13 @@ def test_swaks_through_starttls_arrives_signed(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "250 2.0.0 Ok: queued as" in out.stdout
-    worker = Worker(
+    with Worker(
         base_config.replace(delivery__mx_port=smtp_peer.port),
         database,
         SecretBox(SECRET_KEY.encode()),
         clock=clock,
-    )
-    assert worker.run_once() == 1
+    ) as worker:
+        assert worker.run_once() == 1
     data = smtp_peer.messages[0].data
     assert dkim.verify(data, dnsfunc=dns_txt(dns_server))
     assert b"Sent with swaks" in data and b"message-id:" in data.lower()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 
 import pytest
 
-from mta.smtp_client import ClientSettings, Envelope, Reply, deliver
+from mta.smtp_client import _LINE_END, ClientSettings, Envelope, Reply, _crlf, deliver
 
 from . import smtppeer
 from .smtppeer import server_tls_context
@@ -105,6 +106,21 @@ def test_dot_stuffing_on_the_wire(smtp_peer):
 def test_bare_line_feeds_are_sent_as_crlf(smtp_peer):
     send(smtp_peer, [envelope(1, data=b"Subject: x\n\nline\n.\nlone CR\rend\r\n")])
     assert smtp_peer.messages[0].data == b"Subject: x\r\n\r\nline\r\n.\r\nlone CR\r\nend\r\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"a\r\nb\r\n", b"a\rb\r\n", b"a\nb\r\n", b"a\r\n\r", b"\n\r", b"\r\r\n\n"],
+)
+def test_line_ends_made_crlf_as_the_substitution_makes_them(data):
+    assert _crlf(data) == _LINE_END.sub(b"\r\n", data)
+
+
+def test_line_ends_made_crlf_on_random_mixes():
+    rng = random.Random(7)
+    for _ in range(2000):
+        data = bytes(rng.choice(b"\r\nx") for _ in range(rng.randrange(12)))
+        assert _crlf(data) == _LINE_END.sub(b"\r\n", data), data
 
 
 def test_eight_bit_message_uses_8bitmime(smtp_peer):

@@ -430,7 +430,9 @@ def test_each_recipient_gets_their_own_links_built_on_several_processes(
     tracked_domain(LinkTracking=1, OpenTracking=1, UnsubscribeLink=1)
     recipients = [f"p{i}@dest.example" for i in range(9)]
     message_id = send(to=recipients, HtmlContent=HTML)
-    worker = worker_for(mx, tracking__base_url=live, delivery__build_processes=2)
+    worker = worker_for(
+        mx, tracking__base_url=live, delivery__build_processes=2, delivery__batch_size=9
+    )
     try:
         assert worker.run_once() == 9
     finally:

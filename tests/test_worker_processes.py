@@ -128,11 +128,12 @@ def test_a_killed_worker_loses_nothing(
             hole.port,
             POSTERN_DELIVERY_CLAIM_TIMEOUT="3",
             POSTERN_DELIVERY_BUILD_PROCESSES="2",
+            POSTERN_DELIVERY_BATCH_SIZE="10",  # a full batch: built by the build processes
         )
         doomed, log1 = start_worker(env, tmp_path, "doomed")
         assert hole.accepted.wait(60), (tmp_path / "doomed.log").read_text()
         assert count(database, Delivery.status == "sending") == 10  # the batch is in hand
-        builders = children(doomed.pid)  # the build processes (2 for a batch of >= 8)
+        builders = children(doomed.pid)  # the build processes (a full batch of >= 8)
         assert len(builders) >= 2
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=30)
