@@ -29,6 +29,9 @@ class Context:
     remote_addr: str | None = None
     sender: Any = None  # the SenderCaller of /api/v1 commands
     database: Database | None = None  # for a short read transaction of its own
+    # Deliveries accepted per user earlier in this transaction (SMTP submissions committed
+    # together), which the quota's count, read in a transaction of its own, cannot see yet.
+    accepted: dict[int, int] | None = None
 
     @property
     def db(self) -> Session:

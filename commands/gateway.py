@@ -116,14 +116,7 @@ class Gateway:
         if user is None or not user.enabled:
             raise CommandError(12, "Invalid or deactivated user account")
         with self.db.unit_of_work() as work:
-            ctx = Context(
-                work=work,
-                config=self.config,
-                box=self.box,
-                now=self.clock(),
-                user=user,
-                database=self.db,
-            )
+            ctx = self._context(work, user)
             try:
                 return accept_raw(ctx, domain, data, recipients)["MessageID"]
             except CommandError as exc:
@@ -131,6 +124,60 @@ class Gateway:
                     raise
                 refused = exc
         raise refused
+
+    def submit_many(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
+        """Several SMTP submissions, (caller, recipients, data) each, in one transaction: for
+        each its message id, or the exception that refused it (as ``submit`` raises it).
+
+        One commit (one fsync) for all. A refusal is decided by the checks before anything
+        of that message is written (or, for 14, keeps its events), so it leaves the others
+        alone. Anything else that goes wrong undoes the whole transaction, and each
+        submission is then tried again on its own: only the one at fault fails.
+        """
+        from .sending import accept_raw
+
+        if len(items) == 1:
+            return [self._outcome(self.submit, *items[0])]
+        owners = {}
+        for caller, _, _ in items:
+            key = (caller.user_id, caller.domain_id)
+            if key not in owners:
+                owners[key] = load_owner(self.db, *key) or (None, None)
+        results: list[str | Exception] = []
+        try:
+            with self.db.unit_of_work() as work:
+                accepted: dict[int, int] = {}  # per user, for the quota: not yet committed
+                for caller, recipients, data in items:
+                    user, domain = owners[caller.user_id, caller.domain_id]
+                    if user is None or not user.enabled:
+                        results.append(CommandError(12, "Invalid or deactivated user account"))
+                        continue
+                    ctx = self._context(work, user, accepted)
+                    try:
+                        results.append(accept_raw(ctx, domain, data, recipients)["MessageID"])
+                    except CommandError as exc:
+                        results.append(exc)
+        except Exception:  # noqa: BLE001 - each alone: only the one at fault fails
+            return [self._outcome(self.submit, *item) for item in items]
+        return results
+
+    @staticmethod
+    def _outcome(submit, *args) -> str | Exception:
+        try:
+            return submit(*args)
+        except Exception as exc:  # noqa: BLE001 - handed back to the submission it belongs to
+            return exc
+
+    def _context(self, work, user: User, accepted: dict[int, int] | None = None) -> Context:
+        return Context(
+            work=work,
+            config=self.config,
+            box=self.box,
+            now=self.clock(),
+            user=user,
+            database=self.db,
+            accepted=accepted,
+        )
 
     def accepts_for(self, address: str) -> bool:
         """Whether mail to ``address`` is Postern's own (a domain's return-path host)."""

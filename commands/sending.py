@@ -579,9 +579,13 @@ def store(
         raise CommandError(
             14, "Email address is in the suppression list. Email delivery is blocked.", commit=True
         )
+    if ctx.accepted is not None:
+        used += ctx.accepted.get(user.id, 0)
     if quota and used + len(active) > quota:
         raise CommandError(17, "Email sending limit reached")
     write_message(ctx.conn, message, recipients, blocked, ctx.now)
+    if ctx.accepted is not None:
+        ctx.accepted[user.id] = ctx.accepted.get(user.id, 0) + len(active)
     return {"MessageID": message["id"]}
 
 

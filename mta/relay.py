@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import re
 import ssl
 import threading
@@ -177,6 +178,74 @@ class RelayController(Controller):
         return RelaySMTP(self.handler, **self.SMTP_kwargs)
 
 
+class Submitter:
+    """SMTP submissions of every listener, accepted in shared transactions (group commit).
+
+    One thread takes whatever has queued up while its last transaction ran and accepts it
+    all in one (``Gateway.submit_many``): one commit and one fsync for as many messages as
+    arrived meanwhile, without waiting for more. Each submission's answer goes back to the
+    event loop of its connection once that transaction has committed.
+    """
+
+    def __init__(self, gateway: Gateway, most: int = 64):
+        self.gateway = gateway
+        self.most = most
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="postern-submit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    async def submit(self, caller: SMTPCaller, recipients: list[str], data: bytes) -> str:
+        """The message id once committed; or what refused the submission, raised."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((caller, recipients, data, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.most:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:  # what was queued before stop() is still answered
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                results = self.gateway.submit_many([entry[:3] for entry in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting client gets its 451
+                results = [exc] * len(batch)
+            for (*_, loop, future), result in zip(batch, results, strict=True):
+                try:
+                    loop.call_soon_threadsafe(_settle, future, result)
+                except RuntimeError:  # its listener has stopped: nobody is waiting
+                    pass
+
+
+def _settle(future: asyncio.Future, result: str | Exception) -> None:
+    if future.done():  # the client went away meanwhile
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 class LoginThrottle:
     """Failed logins per client address and per username: slowed, then refused a while."""
 
@@ -212,11 +281,14 @@ class LoginThrottle:
 class RelayHandler:
     """The SMTP conversation: every check happens before 250, the commit before the reply."""
 
-    def __init__(self, gateway: Gateway, role: str, throttle: LoginThrottle):
+    def __init__(
+        self, gateway: Gateway, role: str, throttle: LoginThrottle, submitter: Submitter
+    ):
         self.gateway = gateway
         self.config = gateway.config
         self.role = role
         self.throttle = throttle
+        self.submitter = submitter
         self._domain_names: dict[int, str] = {}
 
     # -- authentication -----------------------------------------------------------------
@@ -322,9 +394,7 @@ class RelayHandler:
             # Taken either way: refusing would only send a bounce back to a bounce.
             return "250 2.0.0 Ok"
         try:
-            message_id = await asyncio.to_thread(
-                self.gateway.submit, caller, list(envelope.rcpt_tos), data
-            )
+            message_id = await self.submitter.submit(caller, list(envelope.rcpt_tos), data)
         except CommandError as exc:
             return REPLIES.get(exc.code, "554 5.6.0 {text}").format(text=exc.text)
         except Exception:  # noqa: BLE001 - the client retries a 4xx; nothing was accepted
@@ -359,14 +429,16 @@ class Relay:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
         self.controllers: list[Controller] = []
+        self.submitter = Submitter(gateway)
 
     def start(self) -> None:
         config = self.gateway.config
         cert, key = certificate_files(config)
         tls = _server_context(cert, key)
         throttle = LoginThrottle(config.smtp.auth_max_failures, config.smtp.auth_lockout)
+        self.submitter.start()
         for role, port in zip(ROLES, config.smtp.ports, strict=False):
-            handler = RelayHandler(self.gateway, role, throttle)
+            handler = RelayHandler(self.gateway, role, throttle, self.submitter)
             options = dict(
                 hostname=config.smtp.listen_host,
                 port=port,
@@ -398,3 +470,4 @@ class Relay:
         for controller in self.controllers:
             controller.stop()
         self.controllers = []
+        self.submitter.stop()
