@@ -58,6 +58,9 @@ class RateLimiter(ABC):
 
     requests: int
     period: int
+    # A hit is a short write to a file on this machine (SQLite), with no network round trip
+    # and no lock held longer than another hit's: quick enough to make on an event loop.
+    local: bool = False
 
     @abstractmethod
     def hit(self, bucket: str, now: float | None = None) -> Decision:
@@ -102,6 +105,7 @@ class DatabaseLimiter(RateLimiter):
         self._hits = itertools.count(1)
         upsert, self._returning = _upsert_for(db.backend)
         self._upsert = Direct(upsert)
+        self.local = db.backend == "sqlite"
 
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         _check_bucket(bucket)

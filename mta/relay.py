@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -231,10 +232,8 @@ class Submitter:
             except Exception as exc:  # noqa: BLE001 - every waiting client gets its 451
                 results = [exc] * len(batch)
             for (*_, loop, future), result in zip(batch, results, strict=True):
-                try:
+                with contextlib.suppress(RuntimeError):  # its listener stopped: nobody waits
                     loop.call_soon_threadsafe(_settle, future, result)
-                except RuntimeError:  # its listener has stopped: nobody is waiting
-                    pass
 
 
 def _settle(future: asyncio.Future, result: str | Exception) -> None:
@@ -281,9 +280,7 @@ class LoginThrottle:
 class RelayHandler:
     """The SMTP conversation: every check happens before 250, the commit before the reply."""
 
-    def __init__(
-        self, gateway: Gateway, role: str, throttle: LoginThrottle, submitter: Submitter
-    ):
+    def __init__(self, gateway: Gateway, role: str, throttle: LoginThrottle, submitter: Submitter):
         self.gateway = gateway
         self.config = gateway.config
         self.role = role
@@ -341,8 +338,12 @@ class RelayHandler:
         elif not _belongs(address or "", caller.domain_name):
             return f"553 5.7.1 The sender must be an address at {caller.domain_name}"
         else:
-            decision = await asyncio.to_thread(
-                self.gateway.limiter.hit, f"smtp:{caller.credential_id}"
+            limiter, bucket = self.gateway.limiter, f"smtp:{caller.credential_id}"
+            # A local hit (about 40 µs) costs less than handing it to a thread and back.
+            decision = (
+                limiter.hit(bucket)
+                if limiter.local
+                else await asyncio.to_thread(limiter.hit, bucket)
             )
             if not decision.allowed:
                 return (

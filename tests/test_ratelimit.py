@@ -200,6 +200,8 @@ def test_make_limiter_defaults_to_the_database(base_config, database):
     limiter = make_limiter(base_config, database)
     assert isinstance(limiter, DatabaseLimiter)
     assert (limiter.requests, limiter.period) == (100, 60)
+    # Only SQLite's counters are a local file, hit on the relay's event loop itself.
+    assert limiter.local == (database.backend == "sqlite")
     config = base_config.replace(ratelimit__requests=7, ratelimit__period=30)
     limiter = make_limiter(config, database)
     assert (limiter.requests, limiter.period) == (7, 30)
@@ -319,5 +321,6 @@ def test_make_limiter_chooses_redis(base_config, database, redis_url):
     try:
         assert isinstance(limiter, RedisLimiter)
         assert (limiter.requests, limiter.period) == (100, 60)
+        assert not limiter.local
     finally:
         limiter.close()

@@ -8,6 +8,7 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import threading
 from email.message import EmailMessage
 
 import dkim
@@ -16,7 +17,9 @@ from sqlalchemy import select
 
 from app.crypto import SecretBox
 from commands import Gateway
-from models import Delivery, Message
+from commands.errors import CommandError
+from commands.smtp_credentials import authenticate_smtp
+from models import Delivery, Event, Message
 from mta.relay import Relay
 from mta.worker import Worker
 
@@ -212,6 +215,144 @@ def test_repeated_failures_lock_the_client_out(relay_for, credential):
         with pytest.raises(smtplib.SMTPAuthenticationError) as err:
             c.login(*credential)  # even the right password, for a while
     assert err.value.smtp_code == 454
+
+
+def _login(relay, credential):
+    c = smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=30)
+    c.starttls(context=NO_VERIFY)
+    c.login(*credential)
+    return c
+
+
+def test_the_rate_limit_refuses_mail_from_with_451(relay_for, credential, database):
+    relay = relay_for(ratelimit__requests=2)
+    caller, _ = authenticate_smtp(database, *credential)
+    relay.gateway.limiter.clear(f"smtp:{caller.credential_id}")
+    with _login(relay, credential) as c:
+        for _ in range(2):
+            assert c.send_message(message()) == {}
+        code, text = c.mail("news@example.com")
+    assert code == 451 and b"Too many messages: wait" in text and b"for another 2" in text
+    assert len(queued(database)) == 2
+
+
+def test_the_quota_refuses_the_message_with_451(relay_for, credential, database):
+    relay = relay_for(sending__quota=1)
+    with _login(relay, credential) as c:
+        assert c.send_message(message()) == {}
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            c.send_message(message())
+    assert err.value.smtp_code == 451 and b"Sending limit reached" in err.value.smtp_error
+    assert len(queued(database)) == 1
+
+
+def test_suppressed_recipients_are_skipped_and_all_suppressed_is_550(
+    relay, credential, database, api, user
+):
+    api("Suppression.Add", APIKey=user.api_key, EmailAddress="gone@dest.example")
+    with _login(relay, credential) as c:
+        assert c.send_message(message(), to_addrs=["gone@dest.example", "here@dest.example"]) == {}
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            c.send_message(message(), to_addrs=["gone@dest.example"])
+    assert err.value.smtp_code == 550
+    assert sorted((d.recipient, d.status) for d in queued(database)) == [
+        ("gone@dest.example", "suppressed"),
+        ("here@dest.example", "queued"),
+    ]
+
+
+def test_clients_at_once_each_get_their_own_message_committed(relay, credential, database):
+    """Submissions of several connections share transactions: every 250 names a message
+    committed with that client's recipient and subject."""
+    answers = {}
+
+    def client(n):
+        with _login(relay, credential) as c:
+            for i in range(8):
+                msg = message(to=f"c{n}m{i}@dest.example")
+                msg.replace_header("Subject", f"c{n}m{i}")
+                c.mail("news@example.com")
+                c.rcpt(f"c{n}m{i}@dest.example")
+                code, text = c.data(msg.as_bytes(policy=email.policy.SMTP))
+                assert code == 250, text
+                answers[f"c{n}m{i}"] = text.decode().rsplit(" ", 1)[1]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 32
+    with database.transaction(readonly=True) as s:
+        stored = {m.id: m.subject for m in s.scalars(select(Message))}
+        recipients = {d.message_id: d.recipient for d in s.scalars(select(Delivery))}
+    assert {answers[subject]: subject for subject in answers} == stored
+    assert all(recipients[mid] == f"{stored[mid]}@dest.example" for mid in stored)
+
+
+@pytest.fixture
+def smtp_caller(credential, database):
+    caller, why = authenticate_smtp(database, *credential)
+    assert caller is not None, why
+    return caller
+
+
+def raw(sender="news@example.com", to="rcpt@dest.example"):
+    return message(sender, to).as_bytes(policy=email.policy.SMTP)
+
+
+def test_submissions_together_are_answered_each_on_their_own(
+    gateway, smtp_caller, database, api, user
+):
+    api("Suppression.Add", APIKey=user.api_key, EmailAddress="gone@dest.example")
+    results = gateway.submit_many(
+        [
+            (smtp_caller, ["a@dest.example"], raw(to="a@dest.example")),
+            (smtp_caller, ["b@dest.example"], raw(sender="x@elsewhere.example")),
+            (smtp_caller, ["gone@dest.example"], raw(to="gone@dest.example")),
+            (smtp_caller, ["d@dest.example"], raw(to="d@dest.example")),
+        ]
+    )
+    first, foreign, suppressed, last = results
+    assert isinstance(foreign, CommandError) and foreign.code == 3
+    assert isinstance(suppressed, CommandError) and suppressed.code == 14
+    assert sorted(d.recipient for d in queued(database)) == ["a@dest.example", "d@dest.example"]
+    with database.transaction(readonly=True) as s:
+        assert {m.id for m in s.scalars(select(Message))} == {first, last}
+        rejected = s.scalars(select(Event).where(Event.type == "rejected")).all()
+    assert [e.recipient for e in rejected] == ["gone@dest.example"]  # 14 keeps its event
+
+
+def test_submissions_together_count_toward_the_quota(base_config, database, clock, smtp_caller):
+    gateway = Gateway(base_config.replace(sending__quota=2), database, clock=clock)
+    results = gateway.submit_many(
+        [(smtp_caller, [f"r{i}@dest.example"], raw(to=f"r{i}@dest.example")) for i in range(3)]
+    )
+    assert [isinstance(r, str) for r in results] == [True, True, False]
+    assert results[2].code == 17
+    assert len(queued(database)) == 2
+
+
+def test_a_failing_submission_among_others_fails_alone(gateway, smtp_caller, database, monkeypatch):
+    import commands.sending
+
+    write = commands.sending.write_message
+
+    def failing(conn, message, recipients, blocked, now):
+        if recipients[0].email == "bad@dest.example":
+            raise RuntimeError("the disk is full")
+        return write(conn, message, recipients, blocked, now)
+
+    monkeypatch.setattr(commands.sending, "write_message", failing)
+    results = gateway.submit_many(
+        [
+            (smtp_caller, [f"{n}@dest.example"], raw(to=f"{n}@dest.example"))
+            for n in ["a", "bad", "c"]
+        ]
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+    assert sorted(d.recipient for d in queued(database)) == ["a@dest.example", "c@dest.example"]
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
