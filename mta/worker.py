@@ -161,6 +161,30 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+# Claiming: the due deliveries' ids (a statement per batch size, built by the worker: on
+# PostgreSQL and MariaDB it skips rows locked by another), then these two.
+_CLAIM = Direct(
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=SENDING,
+        claimed_by=bindparam("worker"),
+        attempts=Delivery.attempts + 1,
+        due_at=bindparam("until"),
+        updated_at=bindparam("now"),
+    )
+)
+_CLAIMED = Direct(
+    select(
+        Delivery.id.label("delivery_id"),
+        Delivery.token,
+        Delivery.recipient,
+        Delivery.recipient_domain,
+        Delivery.message_id,
+        Delivery.domain_id,
+        Delivery.created_at,
+    ).where(Delivery.id.in_(bindparam("ids", expanding=True)))
+)
 # What recording an outcome reads of a claimed delivery and its message (not the payload),
 # named so that a row also reads as the message an event takes (id is the message's).
 _OURS = Direct(
@@ -239,6 +263,7 @@ class Worker:
         self.resolver = make_resolver(config)
         self._stop = threading.Event()
         self._pool: ProcessPoolExecutor | None = None
+        self._due: dict[int, Direct] = {}  # the claim's first statement, by batch size
         # One event loop for every batch: a new one each time (asyncio.run) cost more than
         # a small batch's sending, and its default executor started new threads each time.
         self._runner: asyncio.Runner | None = None
@@ -254,39 +279,29 @@ class Worker:
         """
         now = self.clock()
         limit = limit or self.config.delivery.batch_size
-        with self.db.transaction() as s:
-            query = (
-                select(Delivery.id)
-                .where(Delivery.due_at <= now)
-                .order_by(Delivery.due_at)
-                .limit(limit)
+        due = self._due.get(limit)
+        if due is None:
+            query = select(Delivery.id).where(Delivery.due_at <= bindparam("now"))
+            due = self._due[limit] = Direct(
+                self.db.skip_locked(query.order_by(Delivery.due_at).limit(limit))
             )
-            ids = list(s.scalars(self.db.skip_locked(query)))
+        with self.db.unit_of_work() as work:
+            ids = [row[0] for row in due.all(work.conn, {"now": now})]
             if not ids:
                 return []
-            s.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids))
-                .values(
-                    status=SENDING,
-                    claimed_by=self.worker_id,
-                    attempts=Delivery.attempts + 1,
-                    due_at=now + timedelta(seconds=self.config.delivery.claim_timeout),
-                    updated_at=now,
-                )
+            _CLAIM.execute(
+                work.conn,
+                [
+                    {
+                        "ids": ids,
+                        "worker": self.worker_id,
+                        "until": now + timedelta(seconds=self.config.delivery.claim_timeout),
+                        "now": now,
+                    }
+                ],
             )
-            rows = s.execute(
-                select(
-                    Delivery.id,
-                    Delivery.token,
-                    Delivery.recipient,
-                    Delivery.recipient_domain,
-                    Delivery.message_id,
-                    Delivery.domain_id,
-                    Delivery.created_at,
-                ).where(Delivery.id.in_(ids))
-            ).all()
-        return [Job(*row) for row in rows]
+            rows = _CLAIMED.mappings(work.conn, {"ids": ids})
+        return [Job(**row) for row in rows]
 
     # -- building -----------------------------------------------------------------------
 
@@ -487,13 +502,14 @@ class Worker:
         """Write every outcome in one transaction; a delivery no longer ours is left alone.
 
         Direct statements (one UPDATE executed for every row, one INSERT of the events): the
-        unit of work cost more than the statements, and loading whole messages read every
-        payload back only to take five columns from it.
+        ORM's unit of work cost more than the statements, and loading whole messages read
+        every payload back only to take five columns from it. A bounce's suppression is
+        written through the ORM session, joined to the same transaction.
         """
         now = self.clock()
         c = self.config.delivery
-        with self.db.transaction() as s:
-            conn = s.connection()
+        with self.db.unit_of_work() as work:
+            conn = work.conn
             ours = {
                 row["delivery_id"]: SimpleNamespace(**row)
                 for row in _OURS.mappings(
@@ -532,7 +548,7 @@ class Worker:
                     }
                 )
                 if kind == "bounced":
-                    suppress_bounce(s, delivery, code, enhanced, text, now)
+                    suppress_bounce(work.session, delivery, code, enhanced, text, now)
                 rows.append(
                     events.event_values(
                         kind,
