@@ -273,6 +273,7 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
         api_cpu = tree_cpu(api.pid)
         if opts.injector == "wrk":
             accept_s = inject_wrk(base, sender, opts, work)
+            time.sleep(1.0)  # what wrk left in flight is answered (and committed) after it ends
             with create_engine(url).connect() as c:
                 accepted.value = c.execute(text("SELECT COUNT(*) FROM messages")).scalar()
         else:
