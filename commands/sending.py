@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 from models import Delivery, Domain, Message, User
 from models.direct import Direct
 from models.domains import ENABLED
-from models.messages import QUEUED, SUPPRESSED
+from models.messages import QUEUED, SUPPRESSED, raw_entry
 from mta.message import header_problem
 
 from . import events
@@ -484,7 +484,7 @@ def accept_raw(
     subject = _decoded(headers["Subject"])[:1000]
     tags = [t.strip() for t in _decoded(headers["X-Postern-Tags"]).split(",") if t.strip()]
     payload = {
-        "raw": base64.b64encode(data).decode("ascii"),
+        **raw_entry(data),
         "track_links": None,
         "track_opens": None,
     }

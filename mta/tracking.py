@@ -51,7 +51,7 @@ def wanted(
     """(links, opens, unsubscribe) for a message: the domain's settings, overridden by the
     message's TrackLinks/TrackOpens; None when nothing is tracked (or the message was
     submitted whole over SMTP, which is sent as it came)."""
-    if "raw" in payload:
+    if "raw" in payload or "rawz" in payload:
         return None
     links = payload.get("track_links")
     opens = payload.get("track_opens")

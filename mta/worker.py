@@ -31,7 +31,7 @@ from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress_bounce
 from models import Database, Delivery, DKIMKey, Domain, Message, utcnow
 from models.direct import Direct
-from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING
+from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING, raw_message
 
 from . import mx, tracking
 from .message import Address, Attachment, MessageSpec, build_message
@@ -72,8 +72,9 @@ def build_and_sign(b: BuildJob) -> bytes:
     p = json.loads(b.payload)
     signing_domain = f"{b.subdomain}.{b.domain_name}"
     keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
-    if "raw" in p:  # submitted over SMTP, complete already
-        return sign_message(prepare_raw(base64.b64decode(p["raw"]), b), keys)
+    raw = raw_message(p)
+    if raw is not None:  # submitted over SMTP, complete already
+        return sign_message(prepare_raw(raw, b), keys)
 
     def addresses(items):
         return [Address(a["email"], a.get("name", "")) for a in items]

@@ -1,8 +1,10 @@
 """The SMTP relay with real clients on loopback: smtplib and swaks."""
 
 import asyncio
+import base64
 import contextlib
 import email.policy
+import json
 import random
 import shutil
 import smtplib
@@ -20,6 +22,7 @@ from commands import Gateway
 from commands.errors import CommandError
 from commands.smtp_credentials import authenticate_smtp
 from models import Delivery, Event, Message
+from models.messages import raw_entry, raw_message
 from mta.relay import Relay
 from mta.worker import Worker
 
@@ -95,6 +98,16 @@ def test_submission_with_starttls(relay, credential, database):
     with database.transaction(readonly=True) as s:
         m = s.scalars(select(Message)).one()
     assert (m.source, m.subject, m.from_email) == ("smtp", "Over SMTP", "news@example.com")
+    stored = json.loads(m.payload)
+    assert "raw" not in stored and raw_message(stored).startswith(b"From: News <news@example.com>")
+
+
+def test_payloads_keep_submitted_messages_compressed_and_read_the_older_form():
+    data = message(size=9000).as_bytes(policy=email.policy.SMTP)
+    kept = raw_entry(data)
+    assert raw_message(kept) == data and len(kept["rawz"]) < len(data) / 3
+    assert raw_message({"raw": base64.b64encode(data).decode()}) == data  # rows stored before
+    assert raw_message({"html": "<p>x</p>"}) is None
 
 
 def test_encoded_and_folded_headers_are_read_decoded(relay, credential, database):

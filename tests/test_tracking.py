@@ -93,6 +93,7 @@ def test_what_is_tracked_follows_the_domain_unless_the_message_says():
     )
     assert tracking.wanted({"track_links": False, "track_opens": None}, True, False, False) is None
     assert tracking.wanted({"raw": "...", "track_links": None}, True, True, True) is None
+    assert tracking.wanted({"rawz": "...", "track_links": None}, True, True, True) is None
 
 
 def test_base_url_is_the_setting_or_the_domains_tracking_host():
