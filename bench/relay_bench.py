@@ -20,6 +20,7 @@ import email.policy
 import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import smtplib
 import sqlite3
@@ -35,6 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu import tree_cpu  # noqa: E402
 from bench.send_bench import HTML, postern, run_minimal_sink  # noqa: E402
 from tests.livesrv import clean_env, free_port  # noqa: E402
 
@@ -85,17 +87,26 @@ def wait_for(counter, n: int, limit: float = 600) -> float:
     return time.perf_counter()
 
 
-def measure(name: str, port: int, opts, counter, login) -> dict:
-    """Inject opts.count messages and wait until the sink has them all: the rates."""
+def measure(name: str, port: int, opts, counter, login, relay_pid: int) -> dict:
+    """Inject opts.count messages and wait until the sink has them all: the rates, and the
+    CPU time per message of the relay's processes (``relay_pid`` and its descendants that
+    are alive at both ends of the run) and of the injectors."""
     counter.value = 0
+    relay_cpu = tree_cpu(relay_pid)
+    injected = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = run_injectors(port, "orders@shop.example", opts.count, opts.connections, login)
     accepted = time.perf_counter()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     delivered = wait_for(counter, opts.count)
+    relay_cpu = tree_cpu(relay_pid) - relay_cpu
+    injector_cpu = (after.ru_utime + after.ru_stime) - (injected.ru_utime + injected.ru_stime)
     return {
         "name": name,
         "intake": opts.count / (accepted - start),
         "end_to_end": counter.value / (delivered - start),
         "delivered": counter.value,
+        "cpu_ms": relay_cpu * 1000 / opts.count,
+        "injector_ms": injector_cpu * 1000 / opts.count,
     }
 
 
@@ -142,7 +153,8 @@ def postern_run(opts, sink_port: int, counter) -> dict:
             db.execute("UPDATE domains SET status = 'Enabled'")
         creds = call("EmailGateway.AddSMTP", DomainID=domain)["SMTP"]
         time.sleep(1.0)  # the relay is up
-        return measure("Postern", smtp[0], opts, counter, (creds["Username"], creds["Password"]))
+        login = (creds["Username"], creds["Password"])
+        return measure("Postern", smtp[0], opts, counter, login, serve.pid)
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -191,7 +203,8 @@ def postfix_run(opts, sink_port: int, counter) -> dict:
         subprocess.run(["postfix", "set-permissions"], capture_output=True)
         subprocess.run(["postfix", "start"], check=True, capture_output=True)
         time.sleep(1.5)
-        return measure("Postfix", port, opts, counter, None)
+        master = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
+        return measure("Postfix", port, opts, counter, None, master)
     finally:
         subprocess.run(["postfix", "stop"], capture_output=True)
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True)
@@ -220,17 +233,25 @@ def main() -> None:
         f"\n{opts.count} messages of {size / 1024:.1f} KB, {opts.connections} injector "
         f"connections, minimal asyncio sink, {os.cpu_count()} cores"
     )
-    print(f"{'relay':<10}{'intake/s':>10}{'end-to-end/s':>14}{'delivered':>11}")
+    print(
+        f"{'relay':<10}{'intake/s':>10}{'end-to-end/s':>14}{'delivered':>11}"
+        f"{'CPU ms/msg':>12}{'injector CPU ms/msg':>21}"
+    )
     for r in results:
         if "error" in r:
             print(f"{r['name']:<10} {r['error']}")
         else:
             print(
                 f"{r['name']:<10}{r['intake']:>10.0f}{r['end_to_end']:>14.0f}{r['delivered']:>11}"
+                f"{r['cpu_ms']:>12.2f}{r['injector_ms']:>21.2f}"
             )
     if all("error" not in r for r in results):
         ratio = results[1]["end_to_end"] / results[0]["end_to_end"]
         print(f"Postern / Postfix end to end: {ratio:.2f}")
+        print(
+            "CPU ms/msg: processor time of the relay's processes per message, read from /proc "
+            "(those alive at both ends of the run; Postfix's master and its daemons)"
+        )
 
 
 if __name__ == "__main__":
