@@ -121,6 +121,7 @@ def test_a_killed_worker_loses_nothing(
     dns_server.add("mx.dest.example", "A", "127.0.0.1")
     send_many(client, domain.key, 10)
     hole = BlackHole()
+    doomed = None
     try:
         env = worker_env(
             base_config,
@@ -141,6 +142,9 @@ def test_a_killed_worker_loses_nothing(
         # Orphaned, they notice their worker is gone and end instead of lingering.
         wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in builders), 30)
     finally:
+        if doomed is not None and doomed.poll() is None:  # a check failed before the kill
+            doomed.kill()
+            doomed.wait(timeout=30)
         hole.close()
     # Another worker, pointed at a working MX, takes the batch up once the claim has expired.
     survivor, log2 = start_worker(
