@@ -110,20 +110,10 @@ class Gateway:
 
         CommandError as the send checks answer them (the relay turns them into SMTP replies).
         """
-        from .sending import accept_raw
-
-        user, domain = load_owner(self.db, caller.user_id, caller.domain_id) or (None, None)
-        if user is None or not user.enabled:
-            raise CommandError(12, "Invalid or deactivated user account")
-        with self.db.unit_of_work() as work:
-            ctx = self._context(work, user)
-            try:
-                return accept_raw(ctx, domain, data, recipients)["MessageID"]
-            except CommandError as exc:
-                if not exc.commit:
-                    raise
-                refused = exc
-        raise refused
+        [result] = self.submit_many([(caller, recipients, data)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def submit_many(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
         """Several SMTP submissions, (caller, recipients, data) each, in one transaction: for
@@ -134,39 +124,35 @@ class Gateway:
         alone. Anything else that goes wrong undoes the whole transaction, and each
         submission is then tried again on its own: only the one at fault fails.
         """
+        try:
+            return self._accept_together(items)
+        except Exception as exc:  # noqa: BLE001 - each alone: only the one at fault fails
+            if len(items) == 1:
+                return [exc]
+            return [self.submit_many([item])[0] for item in items]
+
+    def _accept_together(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
         from .sending import accept_raw
 
-        if len(items) == 1:
-            return [self._outcome(self.submit, *items[0])]
         owners = {}
         for caller, _, _ in items:
             key = (caller.user_id, caller.domain_id)
             if key not in owners:
                 owners[key] = load_owner(self.db, *key) or (None, None)
         results: list[str | Exception] = []
-        try:
-            with self.db.unit_of_work() as work:
-                accepted: dict[int, int] = {}  # per user, for the quota: not yet committed
-                for caller, recipients, data in items:
-                    user, domain = owners[caller.user_id, caller.domain_id]
-                    if user is None or not user.enabled:
-                        results.append(CommandError(12, "Invalid or deactivated user account"))
-                        continue
-                    ctx = self._context(work, user, accepted)
-                    try:
-                        results.append(accept_raw(ctx, domain, data, recipients)["MessageID"])
-                    except CommandError as exc:
-                        results.append(exc)
-        except Exception:  # noqa: BLE001 - each alone: only the one at fault fails
-            return [self._outcome(self.submit, *item) for item in items]
+        with self.db.unit_of_work() as work:
+            accepted: dict[int, int] = {}  # per user, for the quota: not yet committed
+            for caller, recipients, data in items:
+                user, domain = owners[caller.user_id, caller.domain_id]
+                if user is None or not user.enabled:
+                    results.append(CommandError(12, "Invalid or deactivated user account"))
+                    continue
+                ctx = self._context(work, user, accepted)
+                try:
+                    results.append(accept_raw(ctx, domain, data, recipients)["MessageID"])
+                except CommandError as exc:
+                    results.append(exc)
         return results
-
-    @staticmethod
-    def _outcome(submit, *args) -> str | Exception:
-        try:
-            return submit(*args)
-        except Exception as exc:  # noqa: BLE001 - handed back to the submission it belongs to
-            return exc
 
     def _context(self, work, user: User, accepted: dict[int, int] | None = None) -> Context:
         return Context(

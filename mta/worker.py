@@ -357,7 +357,7 @@ class Worker:
                     keys[domain.id],
                     track,
                 )
-        backlog = len(jobs) >= self.config.delivery.batch_size
+        backlog = self._full(jobs)
         signed = dict(zip(builds, self._build_all(list(builds.values()), backlog), strict=True))
         for job in jobs:
             domain = domains.get(job.domain_id)
@@ -380,6 +380,10 @@ class Worker:
             self.config.tracking.base_url, self.config.http.public_url, tracking_host(domain)
         )
         return tracking.Tracking(base, self.box.tracking_key, token, *flags)
+
+    def _full(self, jobs: list[Job]) -> bool:
+        """Whether a claim took a full batch: more may be waiting (a backlog)."""
+        return len(jobs) >= self.config.delivery.batch_size
 
     def _build_all(self, builds: list[BuildJob], backlog: bool) -> list[bytes]:
         """Every build, in the worker itself or spread over the build processes.
@@ -628,7 +632,6 @@ class Worker:
         log.info("worker started", extra={"worker": self.worker_id})
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
         current: tuple[list[Job], Future] | None = None
-        full = self.config.delivery.batch_size
         try:
             while not self._stop.is_set():
                 try:
@@ -637,7 +640,7 @@ class Worker:
                     if current is not None:
                         self._finish(current[0], current[1].result())
                     current = following
-                    if current is not None and len(jobs) < full:  # the queue is drained
+                    if current is not None and not self._full(jobs):  # the queue is drained
                         self._finish(current[0], current[1].result())
                         current = None
                 except Exception:  # noqa: BLE001 - a database hiccup must not end the worker

@@ -417,6 +417,36 @@ def test_swaks_through_starttls_arrives_signed(
     assert b"Sent with swaks" in data and b"message-id:" in data.lower()
 
 
+def test_a_message_stored_in_the_older_uncompressed_form_is_still_delivered(
+    relay, credential, database, dns_server, smtp_peer, base_config, clock, publish
+):
+    from sqlalchemy import update
+
+    from models import Domain
+
+    with database.transaction(readonly=True) as s:
+        domain_id = s.scalars(select(Domain.id)).one()
+    publish(domain_id, skip=("ownership",))
+    dns_server.add("dest.example", "A", "127.0.0.1")
+    with _login(relay, credential) as c:
+        assert c.send_message(message(size=3000)) == {}
+    with database.transaction() as s:
+        m = s.scalars(select(Message)).one()
+        data = raw_message(json.loads(m.payload))
+        older = {"raw": base64.b64encode(data).decode(), "track_links": None, "track_opens": None}
+        s.execute(update(Message).where(Message.id == m.id).values(payload=json.dumps(older)))
+    with Worker(
+        base_config.replace(delivery__mx_port=smtp_peer.port),
+        database,
+        SecretBox(SECRET_KEY.encode()),
+        clock=clock,
+    ) as worker:
+        assert worker.run_once() == 1
+    received = smtp_peer.messages[0].data
+    assert dkim.verify(received, dnsfunc=dns_txt(dns_server))
+    assert received.endswith(data.partition(b"\r\n\r\n")[2])  # the body as submitted
+
+
 def test_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them():
     """The relay's quick reading of plain <local@domain> addresses gives aiosmtpd's answers."""
     from aiosmtpd.smtp import SMTP
