@@ -368,16 +368,34 @@ def test_a_failing_submission_among_others_fails_alone(gateway, smtp_caller, dat
     assert sorted(d.recipient for d in queued(database)) == ["a@dest.example", "c@dest.example"]
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
-def test_swaks_through_starttls_arrives_signed(
-    relay, credential, database, dns_server, smtp_peer, base_config, clock, publish
-):
+@pytest.fixture
+def signing_domain(credential, database, dns_server, publish):
+    """The credential's domain with its DKIM key in DNS; dest.example resolves to loopback."""
     from models import Domain
 
     with database.transaction(readonly=True) as s:
         domain_id = s.scalars(select(Domain.id)).one()
     publish(domain_id, skip=("ownership",))
     dns_server.add("dest.example", "A", "127.0.0.1")
+    return domain_id
+
+
+@pytest.fixture
+def deliver_queued(base_config, database, clock, smtp_peer):
+    """Run a worker once against the peer: the number of deliveries it handled."""
+
+    def run():
+        config = base_config.replace(delivery__mx_port=smtp_peer.port)
+        with Worker(config, database, SecretBox(SECRET_KEY.encode()), clock=clock) as worker:
+            return worker.run_once()
+
+    return run
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+def test_swaks_through_starttls_arrives_signed(
+    relay, credential, signing_domain, deliver_queued, smtp_peer, dns_server
+):
     out = subprocess.run(
         [
             "swaks",
@@ -405,29 +423,17 @@ def test_swaks_through_starttls_arrives_signed(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "250 2.0.0 Ok: queued as" in out.stdout
-    with Worker(
-        base_config.replace(delivery__mx_port=smtp_peer.port),
-        database,
-        SecretBox(SECRET_KEY.encode()),
-        clock=clock,
-    ) as worker:
-        assert worker.run_once() == 1
+    assert deliver_queued() == 1
     data = smtp_peer.messages[0].data
     assert dkim.verify(data, dnsfunc=dns_txt(dns_server))
     assert b"Sent with swaks" in data and b"message-id:" in data.lower()
 
 
 def test_a_message_stored_in_the_older_uncompressed_form_is_still_delivered(
-    relay, credential, database, dns_server, smtp_peer, base_config, clock, publish
+    relay, credential, signing_domain, deliver_queued, database, smtp_peer, dns_server
 ):
     from sqlalchemy import update
 
-    from models import Domain
-
-    with database.transaction(readonly=True) as s:
-        domain_id = s.scalars(select(Domain.id)).one()
-    publish(domain_id, skip=("ownership",))
-    dns_server.add("dest.example", "A", "127.0.0.1")
     with _login(relay, credential) as c:
         assert c.send_message(message(size=3000)) == {}
     with database.transaction() as s:
@@ -435,13 +441,7 @@ def test_a_message_stored_in_the_older_uncompressed_form_is_still_delivered(
         data = raw_message(json.loads(m.payload))
         older = {"raw": base64.b64encode(data).decode(), "track_links": None, "track_opens": None}
         s.execute(update(Message).where(Message.id == m.id).values(payload=json.dumps(older)))
-    with Worker(
-        base_config.replace(delivery__mx_port=smtp_peer.port),
-        database,
-        SecretBox(SECRET_KEY.encode()),
-        clock=clock,
-    ) as worker:
-        assert worker.run_once() == 1
+    assert deliver_queued() == 1
     received = smtp_peer.messages[0].data
     assert dkim.verify(received, dnsfunc=dns_txt(dns_server))
     assert received.endswith(data.partition(b"\r\n\r\n")[2])  # the body as submitted
