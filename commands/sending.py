@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 from models import Delivery, Domain, Message, User
 from models.direct import Direct
 from models.domains import ENABLED
-from models.messages import QUEUED, SUPPRESSED, raw_entry
+from models.messages import QUEUED, SUPPRESSED, pack_payload, raw_entry
 from mta.message import header_problem
 
 from . import events
@@ -550,10 +550,8 @@ def store(
                     Delivery.status != SUPPRESSED,
                 )
             )
-    # An indexed look-up: read in the write transaction, so a suppression added meanwhile
-    # is seen (the write transaction begins here).
-    blocked = suppressed_among(ctx.conn, domain.user_id, domain.id, (r.email for r in recipients))
-    active = [r for r in recipients if r.email.lower() not in blocked]
+    # Everything that needs no database is done before the write transaction begins (on
+    # SQLite, whichever process holds it holds up every other writer).
     message = {
         "id": str(uuid.uuid4()),
         "user_id": domain.user_id,
@@ -567,8 +565,12 @@ def store(
         "size": size,
         "send_at": send_at,
         "created_at": ctx.now,
-        "payload": json.dumps(payload),
+        "payload": pack_payload(payload),
     }
+    # An indexed look-up: read in the write transaction, so a suppression added meanwhile
+    # is seen (the write transaction begins here).
+    blocked = suppressed_among(ctx.conn, domain.user_id, domain.id, (r.email for r in recipients))
+    active = [r for r in recipients if r.email.lower() not in blocked]
     if not active:
         # Nothing will be sent: keep the refusal in the event log, answer 14.
         refused = Message(**message)  # not stored: only the events are kept

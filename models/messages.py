@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import zlib
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,31 @@ def raw_entry(data: bytes) -> dict[str, str]:
     row needs fewer (or no) overflow pages: fewer pages to write at the commit that accepts
     it, to read when it is built, and cheaper to encode than the base64 of the whole."""
     return {"rawz": base64.b64encode(zlib.compress(data, 1)).decode("ascii")}
+
+
+PACK_ABOVE = 1024  # bytes of JSON: a smaller payload is kept as it is
+
+
+def pack_payload(payload: dict[str, Any]) -> str:
+    """A message's payload as kept in ``messages.payload``: JSON, and when that is larger
+    than ``PACK_ABOVE`` (HTML parts, attachments), the JSON compressed by zlib at its
+    quickest level and base64-encoded, as ``{"jz": ...}``. HTML typically shrinks to a
+    quarter or less, so the row needs fewer (or no) overflow pages: fewer pages to write
+    at the commit that accepts it. A payload holding a compressed message (``rawz``) is
+    kept as JSON."""
+    text = json.dumps(payload)
+    if len(text) <= PACK_ABOVE or "rawz" in payload:
+        return text
+    packed = base64.b64encode(zlib.compress(text.encode(), 1)).decode("ascii")
+    return json.dumps({"jz": packed})
+
+
+def unpack_payload(text: str) -> dict[str, Any]:
+    """The payload ``pack_payload`` kept (or plain JSON, as payloads were kept before)."""
+    payload = json.loads(text)
+    if "jz" in payload:
+        return json.loads(zlib.decompress(base64.b64decode(payload["jz"])))
+    return payload
 
 
 def raw_message(payload: dict[str, Any]) -> bytes | None:

@@ -31,7 +31,15 @@ from commands.dns_records import make_resolver, tracking_host
 from commands.suppression import suppress_bounce
 from models import Database, Delivery, DKIMKey, Domain, Message, utcnow
 from models.direct import Direct
-from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, SENDING, raw_message
+from models.messages import (
+    BOUNCED,
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    SENDING,
+    raw_message,
+    unpack_payload,
+)
 
 from . import mx, tracking
 from .message import Address, Attachment, MessageSpec, build_message
@@ -69,7 +77,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def build_and_sign(b: BuildJob) -> bytes:
     """The complete message, DKIM-signed with each of the domain's keys."""
-    p = json.loads(b.payload)
+    p = unpack_payload(b.payload)
     signing_domain = f"{b.subdomain}.{b.domain_name}"
     keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
     raw = raw_message(p)
@@ -339,7 +347,7 @@ class Worker:
             m = messages[job.message_id]
             if m.id not in flags:
                 flags[m.id] = tracking.wanted(
-                    json.loads(m.payload),
+                    unpack_payload(m.payload),
                     domain.link_tracking,
                     domain.open_tracking,
                     domain.unsubscribe_link,

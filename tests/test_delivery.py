@@ -123,6 +123,17 @@ def test_message_arrives_signed_and_intact(send, mx, worker_for, database, dns_s
     assert event_types(database, message_id).count("delivered") == 3
 
 
+def test_a_large_html_message_arrives_intact(send, mx, worker_for, dns_server, database):
+    """Its payload is kept compressed (models.messages.pack_payload); built from it whole."""
+    html = "".join(f"<p>Paragraph {i}: your order has shipped, Ünïcode.</p>" for i in range(300))
+    send(HtmlContent=html, PlainContent=None)
+    assert worker_for(mx).run_once() == 1
+    [received] = mx.messages
+    assert dkim.verify(received.data, dnsfunc=dns_txt(dns_server))
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed.get_body(("html",)).get_content().rstrip("\r\n") == html
+
+
 def test_ed25519_second_signature(make_app, user, mx, worker_for, dns_server, database, publish):
     from models import Domain
     from models.domains import ENABLED

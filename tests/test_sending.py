@@ -1,6 +1,7 @@
 """Accepting mail: POST /api/v1/email and EmailGateway.SendEmail, every error code, in order."""
 
 import base64
+import json
 import re
 import time
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, select
 from commands.users import set_enabled
 from models import Delivery, Domain, Event, Message, User
 from models.domains import PENDING
+from models.messages import PACK_ABOVE, pack_payload, unpack_payload
 
 
 def payload(**changes):
@@ -126,7 +128,7 @@ def test_send_email_through_api_php_as_a_php_style_form(client, user, domain, da
     body = resp.get_json()
     assert body["Success"] is True, body
     [message] = rows(database, Message, Message.id == body["MessageID"])
-    assert '"text": "  Hi there\\n"' in message.payload  # bodies are kept as sent
+    assert unpack_payload(message.payload)["text"] == "  Hi there\n"  # bodies are kept as sent
     assert len(rows(database, Delivery, Delivery.message_id == message.id)) == 2
     bad = client.post(
         "/api.php",
@@ -359,3 +361,29 @@ def test_delete_domain_fails_its_queue_and_keeps_history(send, api, user, domain
             s.scalar(select(func.count()).select_from(Event).where(Event.message_id == message_id))
             == 2
         )
+
+
+def test_a_large_payload_is_kept_compressed_and_read_back_whole(client, domain, database):
+    html = "".join(f"<p>Line {i}: your order has shipped.</p>" for i in range(400))
+    resp = client.post(
+        "/api/v1/email",
+        json=payload(HtmlContent=html),
+        headers={"Authorization": f"Bearer {domain.key}"},
+    )
+    assert resp.status_code == 200, resp.get_json()
+    [message] = rows(database, Message, Message.id == resp.get_json()["MessageID"])
+    assert set(json.loads(message.payload)) == {"jz"}
+    assert len(message.payload) < len(html) / 4
+    assert unpack_payload(message.payload)["html"] == html
+
+
+def test_pack_payload_leaves_small_and_precompressed_payloads_as_json():
+    small = {"html": "<p>hi</p>", "text": None, "headers": {}}
+    assert json.loads(pack_payload(small)) == small
+    smtp = {"rawz": "x" * (PACK_ABOVE * 2), "track_links": None, "track_opens": None}
+    assert json.loads(pack_payload(smtp)) == smtp
+    large = {"html": "é" * PACK_ABOVE, "text": "t", "attachments": [{"content": "AAAA"}]}
+    packed = pack_payload(large)
+    assert "jz" in json.loads(packed) and unpack_payload(packed) == large
+    # Rows stored before payloads were packed are plain JSON, and read as they are.
+    assert unpack_payload(json.dumps(large)) == large
