@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 from sqlalchemy import bindparam, delete, inspect, select, update
+from sqlalchemy.engine import Connection
 
 from app.crypto import digests_match, new_token, token_digest
 from models import Database, Domain, SenderAPIKey, User
@@ -92,11 +93,11 @@ _OWNER_QUERY = Direct(
 )
 
 
-def load_owner(db: Database, user_id: int, domain_id: int) -> tuple[User, Domain] | None:
-    """The user and their domain, in one Direct query (SMTP submissions: once per message),
-    as new unattached objects to read; None when either is gone."""
-    with db.read_connection() as conn:
-        row = _OWNER_QUERY.mapping(conn, {"user_id": user_id, "domain_id": domain_id})
+def load_owner(conn: Connection, user_id: int, domain_id: int) -> tuple[User, Domain] | None:
+    """The user and their domain, in one Direct query on ``conn`` (SMTP submissions: once
+    per message, in the transaction that accepts it), as new unattached objects to read;
+    None when either is gone."""
+    row = _OWNER_QUERY.mapping(conn, {"user_id": user_id, "domain_id": domain_id})
     return None if row is None else (_make_user(row), _make_domain(row))
 
 
