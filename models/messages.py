@@ -39,10 +39,10 @@ def pack_payload(payload: dict[str, Any]) -> str:
     than ``PACK_ABOVE`` (HTML parts, attachments), the JSON compressed by zlib at its
     quickest level and base64-encoded, as ``{"jz": ...}``. HTML typically shrinks to a
     quarter or less, so the row needs fewer (or no) overflow pages: fewer pages to write
-    at the commit that accepts it. A payload holding a compressed message (``rawz``) is
-    kept as JSON."""
+    at the commit that accepts it. A payload holding a message submitted whole, already
+    compressed (``raw_entry``), is kept as JSON."""
     text = json.dumps(payload)
-    if len(text) <= PACK_ABOVE or "rawz" in payload:
+    if len(text) <= PACK_ABOVE or submitted_whole(payload):
         return text
     packed = base64.b64encode(zlib.compress(text.encode(), 1)).decode("ascii")
     return json.dumps({"jz": packed})
@@ -54,6 +54,11 @@ def unpack_payload(text: str) -> dict[str, Any]:
     if "jz" in payload:
         return json.loads(zlib.decompress(base64.b64decode(payload["jz"])))
     return payload
+
+
+def submitted_whole(payload: dict[str, Any]) -> bool:
+    """Whether a payload holds a message submitted whole (over SMTP), in either form."""
+    return "rawz" in payload or "raw" in payload
 
 
 def raw_message(payload: dict[str, Any]) -> bytes | None:

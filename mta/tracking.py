@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from models.messages import submitted_whole
+
 CLICK, OPEN, UNSUBSCRIBE = b"c", b"o", b"u"
 MAC_BYTES = 16  # 128 bits
 TOKEN_BYTES = 16  # Delivery.token: 32 hex digits
@@ -51,7 +53,7 @@ def wanted(
     """(links, opens, unsubscribe) for a message: the domain's settings, overridden by the
     message's TrackLinks/TrackOpens; None when nothing is tracked (or the message was
     submitted whole over SMTP, which is sent as it came)."""
-    if "raw" in payload or "rawz" in payload:
+    if submitted_whole(payload):
         return None
     links = payload.get("track_links")
     opens = payload.get("track_opens")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
@@ -53,7 +54,7 @@ log = logging.getLogger("postern.worker")
 class BuildJob:
     """What building and signing one message needs, as plain data (it may cross processes)."""
 
-    payload: str
+    payload: dict[str, Any]  # as unpack_payload gives it
     tags: str
     message_id: str
     domain_name: str
@@ -77,7 +78,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def build_and_sign(b: BuildJob) -> bytes:
     """The complete message, DKIM-signed with each of the domain's keys."""
-    p = unpack_payload(b.payload)
+    p = b.payload
     signing_domain = f"{b.subdomain}.{b.domain_name}"
     keys = [SigningKey(signing_domain, sel, alg, pem) for sel, alg, pem in b.keys]
     raw = raw_message(p)
@@ -324,7 +325,7 @@ class Worker:
         failures: dict[int, str] = {}
         with self.db.read_connection() as conn:
             messages = {
-                m["id"]: SimpleNamespace(**m)
+                m["id"]: SimpleNamespace(**{**m, "payload": unpack_payload(m["payload"])})
                 for m in _MESSAGES.mappings(conn, {"ids": sorted({j.message_id for j in jobs})})
             }
             rows = _DOMAIN_KEYS.mappings(conn, {"ids": sorted({j.domain_id for j in jobs})})
@@ -347,7 +348,7 @@ class Worker:
             m = messages[job.message_id]
             if m.id not in flags:
                 flags[m.id] = tracking.wanted(
-                    unpack_payload(m.payload),
+                    m.payload,
                     domain.link_tracking,
                     domain.open_tracking,
                     domain.unsubscribe_link,
