@@ -160,3 +160,24 @@ def test_domain_round_trip_through_a_running_server(tmp_path):
         )["Success"]
         gone = http.get("/api/v1/webhooks", headers=auth)
         assert gone.status_code == 401 and gone.json()["Errors"][0]["Code"] == 13
+
+
+def test_single_threaded_workers_close_and_threaded_workers_keep_connections(
+    tmp_path, make_user, base_config
+):
+    """http.threads = 1 runs gunicorn's sync workers (each connection closed after its
+    answer); more threads run gthread workers, which keep connections alive."""
+    user = make_user("dave")
+    for threads, connection in (("1", "close"), ("4", "keep-alive")):
+        env = clean_env(
+            POSTERN_DATABASE_URL=base_config.database.url,
+            POSTERN_SECURITY_SECRET_KEY=SECRET_KEY,
+            POSTERN_HTTP_THREADS=threads,
+        )
+        with running("api", tmp_path, env) as (base, _log), httpx.Client(base_url=base) as http:
+            for _ in range(3):
+                resp = http.post(
+                    "/api.php", json={"Command": "User.APIKey.List", "APIKey": user.api_key}
+                )
+                assert resp.json()["APIKeys"][0]["Key"] == user.api_key
+                assert resp.headers.get("Connection") == connection
