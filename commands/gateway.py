@@ -105,19 +105,11 @@ class Gateway:
                 refused = exc  # leaving the block normally commits what was written
         raise refused
 
-    def submit(self, caller, recipients: list[str], data: bytes) -> str:
-        """Queue a message submitted over SMTP by an authenticated credential; its id.
-
-        CommandError as the send checks answer them (the relay turns them into SMTP replies).
-        """
-        [result] = self.submit_many([(caller, recipients, data)])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     def submit_many(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
-        """Several SMTP submissions, (caller, recipients, data) each, in one transaction: for
-        each its message id, or the exception that refused it (as ``submit`` raises it).
+        """Several SMTP submissions by authenticated credentials, (caller, recipients, data)
+        each, queued in one transaction: for each its message id, or the exception that
+        refused it (CommandError as the send checks answer them; the relay turns them into
+        SMTP replies).
 
         One commit (one fsync) for all. A refusal is decided by the checks before anything
         of that message is written (or, for 14, keeps its events), so it leaves the others
