@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -39,6 +41,7 @@ def make_engine(
             echo=echo,
             connect_args={"timeout": 30, "check_same_thread": False},
             postern_begin=begin,
+            postern_queue=None if sqlite_in_memory(url) else f"{parsed.database}-writers",
         )
         _configure_sqlite(engine, durable, begin)
         return engine
@@ -128,7 +131,9 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
 
     supports_statement_cache = True
 
-    def __init__(self, postern_begin: str = "IMMEDIATE", **kwargs):
+    def __init__(
+        self, postern_begin: str = "IMMEDIATE", postern_queue: str | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         if postern_begin not in ("IMMEDIATE", "DEFERRED", "NONE"):
             raise ValueError(f"unknown way to begin a transaction: {postern_begin}")
@@ -138,6 +143,8 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
         # handler. ``_writer`` is the DBAPI connection holding it.
         self._write_lock = threading.Lock()
         self._writer = None
+        # And Postern's processes queue on a lock file beside the database (see WriterQueue).
+        self._queue = WriterQueue(postern_queue) if postern_queue else None
 
     def do_begin(self, dbapi_connection):
         if self.postern_begin == "NONE":
@@ -149,6 +156,8 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
             raise sqlite3.OperationalError("database is locked (30 s waiting for a writer)")
         self._writer = _driver(dbapi_connection)
         try:
+            if self._queue is not None:
+                self._queue.enter()
             _begin_immediate(dbapi_connection)
         except BaseException:
             self._release(dbapi_connection)
@@ -169,7 +178,45 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
     def _release(self, dbapi_connection) -> None:
         if self._writer is not None and self._writer is _driver(dbapi_connection):
             self._writer = None
+            if self._queue is not None:
+                self._queue.leave()
             self._write_lock.release()
+
+
+class WriterQueue:
+    """An exclusive ``flock`` on a file beside the database, held by the process whose
+    transaction holds SQLite's write lock (taken before BEGIN IMMEDIATE, let go after the
+    commit or rollback).
+
+    Without it, a process waiting for the write lock can only try BEGIN IMMEDIATE again
+    and again (SQLite tells it "busy", and nothing when the lock comes free): under load,
+    a sixth of four API processes' samples were in those tries and the sleeps between
+    them, and the lock sat free while its next writer slept. Waiting in ``flock``, a
+    process sleeps in the kernel until the holder lets go, for as long as the holder's
+    transaction lasts (Postern's are short; gunicorn restarts a request stuck past
+    ``http.timeout``). The kernel drops the lock of a process that dies. Writers that do
+    not take it (another program, the sqlite3 shell) are still waited for by BEGIN
+    IMMEDIATE's retries. Each process opens the file itself: a descriptor inherited
+    across ``fork`` would share its lock with the parent.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._held = False
+
+    def enter(self) -> None:
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def sqlite_in_memory(url: str) -> bool:

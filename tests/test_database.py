@@ -3,7 +3,12 @@ begins, and the writers' lock let go however a transaction ends."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +17,7 @@ from sqlalchemy import func, select
 
 from commands.users import create_user
 from models import Database, RateCounter, User
+from models.database import WriterQueue
 from models.migrate import upgrade
 
 
@@ -89,3 +95,92 @@ def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path):
     finally:
         other.close()
         db.dispose()
+
+
+def _queue_is_free(path) -> bool:
+    """Whether nobody holds the writers' lock file (tried on a descriptor of its own)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_a_write_transaction_holds_the_writers_lock_file_until_it_ends(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'one.db'}")
+    upgrade(db.engine)
+    queue = tmp_path / "one.db-writers"
+    try:
+        with db.transaction() as s:
+            create_user(s, "held", "correct horse battery", "")
+            s.flush()
+            assert not _queue_is_free(queue)
+        assert _queue_is_free(queue)
+        with pytest.raises(RuntimeError), db.transaction() as s:
+            s.scalar(select(func.count()).select_from(User))
+            assert not _queue_is_free(queue)
+            raise RuntimeError("rolled back")
+        assert _queue_is_free(queue)
+        # Reads take no part in it.
+        with db.transaction(readonly=True) as s:
+            s.scalar(select(func.count()).select_from(User))
+            assert _queue_is_free(queue)
+    finally:
+        db.dispose()
+
+
+def test_a_writer_sleeps_until_a_process_holding_the_writers_lock_dies(tmp_path):
+    """Another process holds the lock file (and never lets go): the writer waits in flock,
+    and goes ahead when the kernel drops the lock of the killed process."""
+    db = Database(f"sqlite:///{tmp_path / 'one.db'}")
+    upgrade(db.engine)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(tmp_path / 'one.db-writers')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        threading.Timer(0.3, holder.send_signal, args=(signal.SIGKILL,)).start()
+        started = time.monotonic()
+        with db.transaction() as s:
+            create_user(s, "after", "correct horse battery", "")
+        assert time.monotonic() - started >= 0.25
+        assert count(db) == (1, 1)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        db.dispose()
+
+
+def test_a_forked_process_takes_the_writers_lock_on_a_descriptor_of_its_own(tmp_path):
+    """After fork, the child opens the lock file again: a descriptor inherited from the
+    parent shares the parent's lock, and would let both in at once."""
+    queue = WriterQueue(str(tmp_path / "one.db-writers"))
+    queue.enter()
+    queue.leave()
+    queue.enter()  # the parent holds the lock (on the descriptor it opened) while forking
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        started = time.monotonic()
+        queue.enter()
+        queue.leave()
+        os._exit(0 if time.monotonic() - started >= 0.25 else 1)
+    time.sleep(0.4)
+    queue.leave()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
