@@ -353,7 +353,7 @@ def main() -> None:
     ap.add_argument("--sink", choices=("minimal", "aiosmtpd"), default="minimal")
     ap.add_argument("--connections", type=int, default=16, help="injector connections")
     ap.add_argument("--injectors", type=int, default=2, help="injector processes")
-    ap.add_argument("--http-workers", type=int, default=0, help="0: two per core")
+    ap.add_argument("--http-workers", type=int, default=0, help="0: Postern's default")
     ap.add_argument("--http-threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
     ap.add_argument("--batch", type=int, default=200)
@@ -378,8 +378,8 @@ def main() -> None:
         f"\n{opts.injector} injector, messages of about {size / 1024:.1f} KB (HTML, DKIM "
         "RSA-2048), "
         f"{opts.connections} client connections, "
-        f"{opts.http_workers or 2 * os.cpu_count()} gunicorn workers x "
-        f"{opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores"
+        f"{opts.http_workers or 'one per core on SQLite, two on PostgreSQL:'} gunicorn "
+        f"workers x {opts.http_threads} threads, {opts.sink} sink, {os.cpu_count()} cores"
     )
     print(
         f"{'database':<12}{'accepted/s':>12}{'delivered/s':>13}{'steady/s':>10}"
