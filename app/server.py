@@ -38,7 +38,7 @@ def worker_count(config: Config) -> int:
 
     On SQLite a request never waits for a database server, only for the disk and the one
     write lock, so a process per core keeps the cores busy. More processes only take turns
-    on them: on two cores, two workers accepted about a fifth more mail than four, at a
+    on them: on two cores, two workers accepted about a third more mail than four, at a
     fifth less CPU per message (each switch between processes costs caches, and each
     commit by another process makes SQLite read its pages again). A database on the
     network keeps requests waiting for answers, which other processes fill.

@@ -218,6 +218,13 @@ class WriterQueue:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def close(self) -> None:
+        """Close this process's descriptor (``Database.dispose``); the next ``enter`` opens
+        the file again."""
+        if self._fd is not None and self._pid == os.getpid() and not self._held:
+            os.close(self._fd)
+        self._fd = self._pid = None
+
 
 def sqlite_in_memory(url: str) -> bool:
     """Whether a SQLite URL names an in-memory database rather than a file."""
@@ -351,6 +358,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        queue = getattr(self.engine.dialect, "_queue", None)
+        if queue is not None:
+            queue.close()
         if self._own_engines:
             self._read_engine.dispose()
             self._autocommit_engine.dispose()

@@ -3,6 +3,7 @@ begins, and the writers' lock let go however a transaction ends."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -111,6 +112,15 @@ def _queue_is_free(path) -> bool:
         os.close(fd)
 
 
+def _descriptors_of(path) -> int:
+    """How many of this process's open descriptors are on ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor that listed the folder, closed
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
 def test_a_write_transaction_holds_the_writers_lock_file_until_it_ends(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'one.db'}")
     upgrade(db.engine)
@@ -130,6 +140,15 @@ def test_a_write_transaction_holds_the_writers_lock_file_until_it_ends(tmp_path)
         with db.transaction(readonly=True) as s:
             s.scalar(select(func.count()).select_from(User))
             assert _queue_is_free(queue)
+        # Disposing of the database closes the lock file's descriptor; writing opens it again.
+        assert _descriptors_of(queue) == 1
+        db.dispose()
+        assert _descriptors_of(queue) == 0
+        with db.transaction() as s:
+            create_user(s, "again", "correct horse battery", "")
+            s.flush()
+            assert not _queue_is_free(queue)
+        assert _queue_is_free(queue)
     finally:
         db.dispose()
 
