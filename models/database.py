@@ -41,7 +41,11 @@ def make_engine(
             echo=echo,
             connect_args={"timeout": 30, "check_same_thread": False},
             postern_begin=begin,
-            postern_queue=None if sqlite_in_memory(url) else f"{parsed.database}-writers",
+            postern_queue=(
+                f"{parsed.database}-writers"
+                if begin == "IMMEDIATE" and not sqlite_in_memory(url)
+                else None
+            ),
         )
         _configure_sqlite(engine, durable, begin)
         return engine
@@ -144,7 +148,7 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
         self._write_lock = threading.Lock()
         self._writer = None
         # And Postern's processes queue on a lock file beside the database (see WriterQueue).
-        self._queue = WriterQueue(postern_queue) if postern_queue else None
+        self.writer_queue = WriterQueue(postern_queue) if postern_queue else None
 
     def do_begin(self, dbapi_connection):
         if self.postern_begin == "NONE":
@@ -156,8 +160,8 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
             raise sqlite3.OperationalError("database is locked (30 s waiting for a writer)")
         self._writer = _driver(dbapi_connection)
         try:
-            if self._queue is not None:
-                self._queue.enter()
+            if self.writer_queue is not None:
+                self.writer_queue.enter()
             _begin_immediate(dbapi_connection)
         except BaseException:
             self._release(dbapi_connection)
@@ -178,8 +182,8 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
     def _release(self, dbapi_connection) -> None:
         if self._writer is not None and self._writer is _driver(dbapi_connection):
             self._writer = None
-            if self._queue is not None:
-                self._queue.leave()
+            if self.writer_queue is not None:
+                self.writer_queue.leave()
             self._write_lock.release()
 
 
@@ -220,8 +224,10 @@ class WriterQueue:
 
     def close(self) -> None:
         """Close this process's descriptor (``Database.dispose``); the next ``enter`` opens
-        the file again."""
-        if self._fd is not None and self._pid == os.getpid() and not self._held:
+        the file again. A lock still held is left alone, to be let go by ``leave``."""
+        if self._held:
+            return
+        if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = self._pid = None
 
@@ -358,7 +364,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        queue = getattr(self.engine.dialect, "_queue", None)
+        queue = getattr(self.engine.dialect, "writer_queue", None)  # SQLite on a file
         if queue is not None:
             queue.close()
         if self._own_engines:

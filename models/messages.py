@@ -28,7 +28,7 @@ def raw_entry(data: bytes) -> dict[str, str]:
     its quickest level, then base64. A typical message shrinks to a third or less, so its
     row needs fewer (or no) overflow pages: fewer pages to write at the commit that accepts
     it, to read when it is built, and cheaper to encode than the base64 of the whole."""
-    return {"rawz": base64.b64encode(zlib.compress(data, 1)).decode("ascii")}
+    return {"rawz": _squeeze(data)}
 
 
 PACK_ABOVE = 1024  # bytes of JSON: a smaller payload is kept as it is
@@ -44,16 +44,24 @@ def pack_payload(payload: dict[str, Any]) -> str:
     text = json.dumps(payload)
     if len(text) <= PACK_ABOVE or submitted_whole(payload):
         return text
-    packed = base64.b64encode(zlib.compress(text.encode(), 1)).decode("ascii")
-    return json.dumps({"jz": packed})
+    return json.dumps({"jz": _squeeze(text.encode())})
 
 
 def unpack_payload(text: str) -> dict[str, Any]:
     """The payload ``pack_payload`` kept (or plain JSON, as payloads were kept before)."""
     payload = json.loads(text)
     if "jz" in payload:
-        return json.loads(zlib.decompress(base64.b64decode(payload["jz"])))
+        return json.loads(_unsqueeze(payload["jz"]))
     return payload
+
+
+def _squeeze(data: bytes) -> str:
+    """``data`` compressed by zlib at its quickest level, as base64 text."""
+    return base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+
+
+def _unsqueeze(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode(text))
 
 
 def submitted_whole(payload: dict[str, Any]) -> bool:
@@ -65,7 +73,7 @@ def raw_message(payload: dict[str, Any]) -> bytes | None:
     """The message a payload holds whole, if it does: compressed, or plain base64 ("raw",
     as stored before compression)."""
     if "rawz" in payload:
-        return zlib.decompress(base64.b64decode(payload["rawz"]))
+        return _unsqueeze(payload["rawz"])
     if "raw" in payload:
         return base64.b64decode(payload["raw"])
     return None

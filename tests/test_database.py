@@ -203,3 +203,19 @@ def test_a_forked_process_takes_the_writers_lock_on_a_descriptor_of_its_own(tmp_
     queue.leave()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_closing_the_writers_queue_leaves_a_held_lock_to_leave(tmp_path):
+    path = tmp_path / "one.db-writers"
+    queue = WriterQueue(str(path))
+    queue.enter()
+    queue.close()  # a dispose in the middle of a transaction
+    assert not _queue_is_free(path)
+    queue.leave()
+    assert _queue_is_free(path)
+    queue.close()
+    assert _descriptors_of(path) == 0
+    queue.enter()  # opened again
+    assert not _queue_is_free(path)
+    queue.leave()
+    queue.close()
