@@ -8,7 +8,10 @@ end-to-end deliveries/s to a loopback MX sink, with DKIM on, on SQLite and Postg
 Everything runs on loopback: `postern api` under gunicorn, `postern worker`, a loopback DNS
 server whose MX for dest.example is 127.0.0.1, and a sink on its own process. Phase A sends
 N single-recipient ~8.4 KB messages with the worker stopped; phase B starts the worker(s) and
-times delivery of all N. Prints figures; asserts nothing.
+times delivery of all N. With wrk, the yardstick (bench/reference_app.py: a bare Flask endpoint
+inserting one SQLite row per request, under as many gunicorn workers) is measured before and
+after, and Postern's SQLite rate is printed as a share of it, the machine's speed of the day
+divided out. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import multiprocessing as mp
 import os
 import secrets
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -140,24 +145,27 @@ def inject(base: str, key: str, count: int, threads: int, out) -> None:
         t.join()
 
 
-def inject_wrk(base: str, key: str, opts, work: Path) -> float:
-    """wrk (C, cheap per request) for opts.seconds; the seconds it ran."""
-    body = json.dumps(
-        {
-            "Subject": "Your order",
-            "ContentType": "html",
-            "HtmlContent": HTML,
-            "From": {"email": "orders@shop.example", "name": "Shop"},
-            "To": [{"email": "buyer@dest.example", "name": "Buyer"}],
-            "Tags": ["order"],
-        }
-    )
+BODY = json.dumps(
+    {
+        "Subject": "Your order",
+        "ContentType": "html",
+        "HtmlContent": HTML,
+        "From": {"email": "orders@shop.example", "name": "Shop"},
+        "To": [{"email": "buyer@dest.example", "name": "Buyer"}],
+        "Tags": ["order"],
+    }
+)
+
+
+def inject_wrk(url: str, headers: dict[str, str], opts, work: Path) -> float:
+    """wrk (C, cheap per request) POSTing BODY to ``url`` for opts.seconds; the seconds it
+    ran."""
     script = work / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(body)}\n"
+        f"wrk.body = {json.dumps(BODY)}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
     )
     start = time.perf_counter()
     out = subprocess.run(
@@ -173,7 +181,7 @@ def inject_wrk(base: str, key: str, opts, work: Path) -> float:
             "30s",
             "-s",
             str(script),
-            f"{base}/api/v1/email",
+            url,
         ],
         capture_output=True,
         text=True,
@@ -183,6 +191,58 @@ def inject_wrk(base: str, key: str, opts, work: Path) -> float:
     if "Non-2xx" in out.stdout:
         print(out.stdout, file=sys.stderr)
     return elapsed
+
+
+def wait_for_port(port: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def run_reference(opts) -> dict:
+    """The yardstick (bench/reference_app.py): a bare Flask endpoint inserting the same
+    bodies into SQLite, one durable row a request, under gunicorn with as many workers as
+    Postern on SQLite, driven by the same wrk."""
+    work = Path(tempfile.mkdtemp(prefix="postern-bench-reference-"))
+    port = free_port()
+    workers = opts.http_workers or os.cpu_count() or 1
+    env = clean_env(BENCH_REFERENCE_DB=str(work / "reference.db"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.reference_app:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        cpu = tree_cpu(proc.pid)
+        elapsed = inject_wrk(f"http://127.0.0.1:{port}/insert", {}, opts, work)
+        time.sleep(1.0)
+        cpu = tree_cpu(proc.pid) - cpu
+        with sqlite3.connect(work / "reference.db") as conn:
+            rows = conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+        return {"rate": rows / elapsed, "cpu_ms": cpu * 1000 / max(1, rows), "workers": workers}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- one database -------------------------------------------------------------------------------
@@ -272,7 +332,9 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
         accepted = mp.Value("i", 0)
         api_cpu = tree_cpu(api.pid)
         if opts.injector == "wrk":
-            accept_s = inject_wrk(base, sender, opts, work)
+            accept_s = inject_wrk(
+                f"{base}/api/v1/email", {"Authorization": f"Bearer {sender}"}, opts, work
+            )
             time.sleep(1.0)  # what wrk left in flight is answered (and committed) after it ends
             with create_engine(url).connect() as c:
                 accepted.value = c.execute(text("SELECT COUNT(*) FROM messages")).scalar()
@@ -357,6 +419,12 @@ def main() -> None:
     ap.add_argument("--http-threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the bare Flask + SQLite endpoint measured before and after (wrk only)",
+    )
     opts = ap.parse_args()
 
     sink_port = free_port()
@@ -366,12 +434,17 @@ def main() -> None:
     sink.start()
     ready.wait(30)
     results = []
+    # The yardstick before and after Postern's runs: the machine's speed drifts.
+    reference = opts.reference and opts.injector == "wrk"
+    yardstick = [run_reference(opts)] if reference else []
     with DNSServer() as dns:
         dns.add("dest.example", "MX", "10 mx.dest.example")
         dns.add("mx.dest.example", "A", "127.0.0.1")
         for backend in opts.databases.split(","):
             results.append(run_one(backend.strip(), opts, dns, sink_port, sink_count))
     sink.terminate()
+    if reference:
+        yardstick.append(run_reference(opts))
 
     size = len(HTML.encode())
     print(
@@ -398,6 +471,22 @@ def main() -> None:
         "CPU ms: processor time used by Postern's processes (the API and its gunicorn workers; "
         "the delivery workers and their build processes) per message, read from /proc"
     )
+    if yardstick:
+        mean = sum(r["rate"] for r in yardstick) / len(yardstick)
+        print(
+            "\nyardstick: a bare Flask endpoint inserting each request's body as one durable "
+            f"SQLite row, {yardstick[0]['workers']} gunicorn workers, the same wrk: "
+            + ", ".join(f"{r['rate']:.0f}/s at {r['cpu_ms']:.2f} CPU ms" for r in yardstick)
+            + " (before and after)"
+        )
+        for r in results:
+            if r["backend"] == "sqlite":
+                share = r["accepted"] / r["accept_s"] / mean
+                print(
+                    f"Postern on SQLite accepted {share:.2f} of the yardstick's rate "
+                    f"(the target, 1,000/s where it answers 1,650/s, is {1000 / 1650:.2f}): "
+                    f"{share * 1650:.0f}/s on a machine where it answers 1,650/s"
+                )
 
 
 if __name__ == "__main__":
