@@ -16,7 +16,7 @@ from . import registry
 from .auth import Caller, authenticate
 from .context import Context
 from .errors import AUTH_FAILED, CommandError, NotPermitted
-from .ratelimit import make_limiter
+from .ratelimit import RateLimited, make_limiter
 from .schema import load_params
 from .sender_keys import (
     INVALID_ACCOUNT,
@@ -108,7 +108,8 @@ class Gateway:
     def submit_many(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
         """Several SMTP submissions by authenticated credentials, (caller, recipients, data)
         each, queued in one transaction: for each its message id, or the exception that
-        refused it (CommandError as the send checks answer them; the relay turns them into
+        refused it (CommandError as the send checks answer them, RateLimited past the
+        credential's rate limit, counted in the same transaction; the relay turns them into
         SMTP replies).
 
         One commit (one fsync) for all. A refusal is decided by the checks before anything
@@ -140,6 +141,12 @@ class Gateway:
                 user, domain = owners[caller.user_id, caller.domain_id]
                 if user is None or not user.enabled:
                     results.append(CommandError(12, "Invalid or deactivated user account"))
+                    continue
+                # The credential's rate limit, counted in this transaction: one statement,
+                # kept by its commit, where a write of its own would cost a transaction.
+                decision = self.limiter.hit_in(work.conn, f"smtp:{caller.credential_id}")
+                if not decision.allowed:
+                    results.append(RateLimited(decision))
                     continue
                 ctx = self._context(work, user, accepted)
                 try:

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.config import Config
@@ -46,6 +46,14 @@ class Decision:
     retry_after: int
 
 
+class RateLimited(Exception):
+    """A hit refused by a rate limit, with its decision (the relay answers it with 451)."""
+
+    def __init__(self, decision: Decision):
+        super().__init__(f"past {decision.limit} a window; wait {decision.retry_after} s")
+        self.decision = decision
+
+
 def too_many_requests_text(decision: Decision) -> str:
     return (
         f"Too many requests. Wait for {decision.retry_after} seconds "
@@ -58,13 +66,18 @@ class RateLimiter(ABC):
 
     requests: int
     period: int
-    # A hit is a short write to a file on this machine (SQLite), with no network round trip
-    # and no lock held longer than another hit's: quick enough to make on an event loop.
-    local: bool = False
 
     @abstractmethod
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         """Count one request against ``bucket`` (at most 100 characters) and decide on it."""
+
+    def hit_in(self, conn: Connection, bucket: str, now: float | None = None) -> Decision:
+        """Count one request as ``hit`` does, in the transaction of ``conn`` (a connection to
+        the application database) where this limiter keeps its counts in a database: the
+        transaction's commit keeps the count, its rollback takes it back, and it costs one
+        statement rather than a transaction of its own. A limiter that counts elsewhere
+        (Redis) counts there, as ``hit``."""
+        return self.hit(bucket, now)
 
     def clear(self, bucket: str) -> None:  # noqa: B027 - optional for subclasses
         """Forget every count kept for ``bucket``."""
@@ -105,7 +118,6 @@ class DatabaseLimiter(RateLimiter):
         self._hits = itertools.count(1)
         upsert, self._returning = _upsert_for(db.backend)
         self._upsert = Direct(upsert)
-        self.local = db.backend == "sqlite"
 
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         _check_bucket(bucket)
@@ -113,7 +125,10 @@ class DatabaseLimiter(RateLimiter):
         window_start = int(now // self.period) * self.period
         for attempt in range(self.RETRIES + 1):
             try:
-                hits = self._count(bucket, window_start, now)
+                # Direct statements on a connection of their own: this runs on every
+                # /api/v1 request.
+                with self.db.counter_connection() as conn:
+                    hits = self._count(conn, bucket, window_start, now)
                 break
             except DBAPIError as exc:
                 if attempt == self.RETRIES or not _is_transient(exc):
@@ -121,32 +136,43 @@ class DatabaseLimiter(RateLimiter):
                 log.debug("rate limit: retrying after %s", exc.orig)
         if next(self._hits) % self.sweep_every == 0:
             self.sweep(now)
+        return self._decide(hits, window_start, now)
+
+    def hit_in(self, conn: Connection, bucket: str, now: float | None = None) -> Decision:
+        """One hit counted in the application database's ``rate_counters``, in the
+        transaction of ``conn``: no retry of its own (what fails undoes the caller's
+        transaction) and every ``sweep_every`` hits, old windows of every bucket there are
+        deleted in it too."""
+        _check_bucket(bucket)
+        now = time.time() if now is None else now
+        window_start = int(now // self.period) * self.period
+        hits = self._count(conn, bucket, window_start, now)
+        if next(self._hits) % self.sweep_every == 0:
+            conn.execute(delete(RateCounter).where(RateCounter.window_start < self._cutoff(now)))
+        return self._decide(hits, window_start, now)
+
+    def _decide(self, hits: int, window_start: int, now: float) -> Decision:
         if hits <= self.requests:
             return Decision(True, self.requests, self.requests - hits, 0)
         retry_after = max(1, math.ceil(window_start + self.period - now))
         return Decision(False, self.requests, 0, retry_after)
 
-    def _count(self, bucket: str, window_start: int, now: float) -> int:
-        """Add one hit to the bucket's window and return the window's count.
-
-        Direct statements on a connection of their own (``Database.counter_connection``):
-        this runs on every /api/v1 request.
-        """
+    def _count(self, conn: Connection, bucket: str, window_start: int, now: float) -> int:
+        """Add one hit to the bucket's window on ``conn`` and return the window's count."""
         params = {"bucket": bucket, "window_start": window_start}
-        with self.db.counter_connection() as conn:
-            if self._returning:
-                (hits,) = self._upsert.first(conn, params)
-            else:
-                self._upsert.execute(conn, [params])
-                (hits,) = _READ_HITS.first(conn, params)
-            if hits == 1:  # this hit opened the window: drop the bucket's old ones
-                conn.execute(
-                    delete(RateCounter).where(
-                        RateCounter.bucket == bucket,
-                        RateCounter.window_start < self._cutoff(now),
-                    )
+        if self._returning:
+            (hits,) = self._upsert.first(conn, params)
+        else:
+            self._upsert.execute(conn, [params])
+            (hits,) = _READ_HITS.first(conn, params)
+        if hits == 1:  # this hit opened the window: drop the bucket's old ones
+            conn.execute(
+                delete(RateCounter).where(
+                    RateCounter.bucket == bucket,
+                    RateCounter.window_start < self._cutoff(now),
                 )
-            return hits
+            )
+        return hits
 
     def _cutoff(self, now: float) -> int:
         """Windows starting before this ended more than one period before ``now``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import re
 import ssl
@@ -19,6 +20,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 from app.config import Config, ConfigError, sqlite_path
 from commands.errors import CommandError
 from commands.gateway import Gateway
+from commands.ratelimit import RateLimited
 from commands.sending import _address, _belongs
 from commands.smtp_credentials import SMTPCaller, authenticate_smtp
 
@@ -193,6 +195,23 @@ class Submitter:
         self.most = most
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Credentials whose last submission was past their rate limit: (the limit, the
+        # monotonic time its window ends), so MAIL FROM is refused until then.
+        self._limited: dict[int, tuple[int, float]] = {}
+
+    def rate_limited(self, credential_id: int) -> str | None:
+        """The 451 for MAIL FROM by a credential that its last submission found past its
+        rate limit, until that window ends; None otherwise (the count itself is made in the
+        transaction that accepts, and a refusal there answers the message's DATA)."""
+        refused = self._limited.get(credential_id)
+        if refused is None:
+            return None
+        limit, until = refused
+        wait = math.ceil(until - time.monotonic())
+        if wait > 0:
+            return _too_many(limit, wait)
+        self._limited.pop(credential_id, None)
+        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="postern-submit", daemon=True)
@@ -231,7 +250,10 @@ class Submitter:
                 results = self.gateway.submit_many([entry[:3] for entry in batch])
             except Exception as exc:  # noqa: BLE001 - every waiting client gets its 451
                 results = [exc] * len(batch)
-            for (*_, loop, future), result in zip(batch, results, strict=True):
+            for (caller, _, _, loop, future), result in zip(batch, results, strict=True):
+                if isinstance(result, RateLimited):
+                    ends = time.monotonic() + result.decision.retry_after
+                    self._limited[caller.credential_id] = (result.decision.limit, ends)
                 with contextlib.suppress(RuntimeError):  # its listener stopped: nobody waits
                     loop.call_soon_threadsafe(_settle, future, result)
 
@@ -338,18 +360,9 @@ class RelayHandler:
         elif not _belongs(address or "", caller.domain_name):
             return f"553 5.7.1 The sender must be an address at {caller.domain_name}"
         else:
-            limiter, bucket = self.gateway.limiter, f"smtp:{caller.credential_id}"
-            # A local hit (about 40 µs) costs less than handing it to a thread and back.
-            decision = (
-                limiter.hit(bucket)
-                if limiter.local
-                else await asyncio.to_thread(limiter.hit, bucket)
-            )
-            if not decision.allowed:
-                return (
-                    f"451 4.7.1 Too many messages: wait {decision.retry_after} seconds "
-                    f"for another {decision.limit}"
-                )
+            refusal = self.submitter.rate_limited(caller.credential_id)
+            if refusal is not None:
+                return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -396,12 +409,18 @@ class RelayHandler:
             return "250 2.0.0 Ok"
         try:
             message_id = await self.submitter.submit(caller, list(envelope.rcpt_tos), data)
+        except RateLimited as exc:
+            return _too_many(exc.decision.limit, exc.decision.retry_after)
         except CommandError as exc:
             return REPLIES.get(exc.code, "554 5.6.0 {text}").format(text=exc.text)
         except Exception:  # noqa: BLE001 - the client retries a 4xx; nothing was accepted
             log.exception("smtp submission failed", extra={"credential": caller.credential_id})
             return "451 4.3.0 Temporary failure; please try again later"
         return f"250 2.0.0 Ok: queued as {message_id}"
+
+
+def _too_many(limit: int, wait: int) -> str:
+    return f"451 4.7.1 Too many messages: wait {wait} seconds for another {limit}"
 
 
 def _server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -138,6 +138,36 @@ def test_sweeps_delete_every_buckets_old_windows(database):
     assert limiter.sweep(now=T0 + 3 * PERIOD) == 0
 
 
+def test_hits_in_a_transaction_are_kept_by_its_commit_and_undone_by_its_rollback(database):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+    name = bucket()
+    with database.unit_of_work() as work:
+        assert limiter.hit_in(work.conn, name, now=T0) == Decision(True, 2, 1, 0)
+    with pytest.raises(RuntimeError), database.unit_of_work() as work:
+        assert limiter.hit_in(work.conn, name, now=T0 + 1) == Decision(True, 2, 0, 0)
+        raise RuntimeError("the accepting transaction fails")
+    with database.unit_of_work() as work:
+        assert limiter.hit_in(work.conn, name, now=T0 + 2) == Decision(True, 2, 0, 0)
+        assert limiter.hit_in(work.conn, name, now=T0 + 3) == Decision(False, 2, 0, 57)
+    # The same rows as hits made on their own.
+    assert limiter.hit(name, now=T0 + 4) == Decision(False, 2, 0, 56)
+    with database.transaction(readonly=True) as s:
+        assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == name)) == 4
+
+
+def test_hits_in_a_transaction_open_windows_and_sweep_as_hits_do(database):
+    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, sweep_every=3)
+    quiet, busy = bucket(), bucket()
+    with database.unit_of_work() as work:
+        limiter.hit_in(work.conn, quiet, now=T0)  # hit 1
+        limiter.hit_in(work.conn, busy, now=T0)  # hit 2
+    with database.unit_of_work() as work:
+        # Hit 3 opens a window of ``busy`` far later: its old one goes, and it sweeps.
+        limiter.hit_in(work.conn, busy, now=T0 + 3 * PERIOD)
+    assert windows(database, busy) == [int(T0) + 3 * PERIOD]
+    assert windows(database, quiet) == []
+
+
 class _Deadlock(Exception):
     sqlstate = "40P01"  # PostgreSQL's code; MySQL/MariaDB's is errno 1213 in args[0]
 
@@ -200,8 +230,6 @@ def test_make_limiter_defaults_to_the_database(base_config, database):
     limiter = make_limiter(base_config, database)
     assert isinstance(limiter, DatabaseLimiter)
     assert (limiter.requests, limiter.period) == (100, 60)
-    # Only SQLite's counters are a local file, hit on the relay's event loop itself.
-    assert limiter.local == (database.backend == "sqlite")
     config = base_config.replace(ratelimit__requests=7, ratelimit__period=30)
     limiter = make_limiter(config, database)
     assert (limiter.requests, limiter.period) == (7, 30)
@@ -316,11 +344,21 @@ def test_redis_concurrent_hits_are_counted_exactly(redis_limiter):
     assert sum(d.allowed for d in decisions) == 100
 
 
+def test_a_redis_limiter_counts_hits_in_a_transaction_in_redis(redis_limiter, database):
+    limiter, used = redis_limiter(2)
+    name = bucket()
+    used.append(name)
+    with database.unit_of_work() as work:
+        assert limiter.hit_in(work.conn, name).allowed
+    assert [limiter.hit(name).allowed for _ in range(2)] == [True, False]
+    with database.transaction(readonly=True) as s:
+        assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == name)) is None
+
+
 def test_make_limiter_chooses_redis(base_config, database, redis_url):
     limiter = make_limiter(base_config.replace(ratelimit__storage=redis_url), database)
     try:
         assert isinstance(limiter, RedisLimiter)
         assert (limiter.requests, limiter.period) == (100, 60)
-        assert not limiter.local
     finally:
         limiter.close()

@@ -21,7 +21,7 @@ from app.crypto import SecretBox
 from commands import Gateway
 from commands.errors import CommandError
 from commands.smtp_credentials import authenticate_smtp
-from models import Delivery, Event, Message
+from models import Delivery, Event, Message, RateCounter
 from models.messages import raw_entry, raw_message
 from mta.relay import Relay
 from mta.worker import Worker
@@ -237,16 +237,28 @@ def _login(relay, credential):
     return c
 
 
-def test_the_rate_limit_refuses_mail_from_with_451(relay_for, credential, database):
+def test_the_rate_limit_refuses_the_message_then_mail_from_with_451(
+    relay_for, credential, database, one_window
+):
     relay = relay_for(ratelimit__requests=2)
     caller, _ = authenticate_smtp(database, *credential)
-    relay.gateway.limiter.clear(f"smtp:{caller.credential_id}")
+    bucket = f"smtp:{caller.credential_id}"
     with _login(relay, credential) as c:
         for _ in range(2):
             assert c.send_message(message()) == {}
+        # The third is counted in the transaction that would have accepted it, and refused.
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            c.send_message(message())
+        assert err.value.smtp_code == 451
+        assert b"Too many messages: wait" in err.value.smtp_error
+        assert b"for another 2" in err.value.smtp_error
+        # From then until the window ends, MAIL FROM is refused before any data is sent.
         code, text = c.mail("news@example.com")
-    assert code == 451 and b"Too many messages: wait" in text and b"for another 2" in text
+        assert code == 451 and b"Too many messages: wait" in text and b"for another 2" in text
     assert len(queued(database)) == 2
+    with database.transaction(readonly=True) as s:
+        counted = s.scalars(select(RateCounter.hits).where(RateCounter.bucket == bucket)).all()
+    assert sum(counted) == 3  # in the application database, with the mail it counts
 
 
 def test_the_quota_refuses_the_message_with_451(relay_for, credential, database):
