@@ -16,7 +16,7 @@ from . import registry
 from .auth import Caller, authenticate
 from .context import Context
 from .errors import AUTH_FAILED, CommandError, NotPermitted
-from .ratelimit import RateLimited, make_limiter
+from .ratelimit import Decision, RateLimited, make_limiter
 from .schema import load_params
 from .sender_keys import (
     INVALID_ACCOUNT,
@@ -136,15 +136,13 @@ class Gateway:
                 key = (caller.user_id, caller.domain_id)
                 if key not in owners:
                     owners[key] = load_owner(work.conn, *key) or (None, None)
+            decisions = self._rate_limits(work, items)
             accepted: dict[int, int] = {}  # per user, for the quota: not yet committed
-            for caller, recipients, data in items:
+            for (caller, recipients, data), decision in zip(items, decisions, strict=True):
                 user, domain = owners[caller.user_id, caller.domain_id]
                 if user is None or not user.enabled:
                     results.append(CommandError(12, "Invalid or deactivated user account"))
                     continue
-                # The credential's rate limit, counted in this transaction: one statement,
-                # kept by its commit, where a write of its own would cost a transaction.
-                decision = self.limiter.hit_in(work.conn, f"smtp:{caller.credential_id}")
                 if not decision.allowed:
                     results.append(RateLimited(decision))
                     continue
@@ -154,6 +152,19 @@ class Gateway:
                 except CommandError as exc:
                     results.append(exc)
         return results
+
+    def _rate_limits(self, work, items: list[tuple[Any, list[str], bytes]]) -> list[Decision]:
+        """Each submission's hit on its credential's rate limit, counted in the accepting
+        transaction: one statement each, kept by its commit, where a write of its own would
+        cost a transaction. Counted credential by credential in id order, so that two
+        relays' transactions lock the same counters in the same order (PostgreSQL, MariaDB);
+        each credential's submissions in the order they came."""
+        decisions: list[Decision | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: items[i][0].credential_id)
+        for i in order:
+            bucket = f"smtp:{items[i][0].credential_id}"
+            decisions[i] = self.limiter.hit_in(work.conn, bucket)
+        return decisions
 
     def _context(self, work, user: User, accepted: dict[int, int] | None = None) -> Context:
         return Context(

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from app.crypto import SecretBox
 from commands import Gateway
 from commands.errors import CommandError
+from commands.ratelimit import RateLimited
 from commands.smtp_credentials import authenticate_smtp
 from models import Delivery, Event, Message, RateCounter
 from models.messages import raw_entry, raw_message
@@ -358,6 +359,38 @@ def test_submissions_together_count_toward_the_quota(base_config, database, cloc
     assert len(queued(database)) == 2
 
 
+def smtp_hits(database, caller) -> int:
+    with database.transaction(readonly=True) as s:
+        bucket = f"smtp:{caller.credential_id}"
+        return sum(s.scalars(select(RateCounter.hits).where(RateCounter.bucket == bucket)))
+
+
+def test_submissions_together_count_each_credentials_rate_limit_in_order(
+    base_config, database, clock, smtp_caller, api, user, one_window
+):
+    domain_id = database_domain_id(database)
+    smtp = api("EmailGateway.AddSMTP", APIKey=user.api_key, DomainID=domain_id)["SMTP"]
+    other, _ = authenticate_smtp(database, smtp["Username"], smtp["Password"])
+    assert other.credential_id > smtp_caller.credential_id
+    gateway = Gateway(base_config.replace(ratelimit__requests=2), database, clock=clock)
+    callers = [other, smtp_caller, other, other, smtp_caller, smtp_caller]
+    results = gateway.submit_many(
+        [(c, [f"r{i}@dest.example"], raw(to=f"r{i}@dest.example")) for i, c in enumerate(callers)]
+    )
+    refused = [isinstance(r, RateLimited) for r in results]
+    assert refused == [False, False, False, True, False, True]
+    assert results[3].decision.limit == 2 and results[3].decision.retry_after >= 1
+    assert len(queued(database)) == 4
+    assert (smtp_hits(database, smtp_caller), smtp_hits(database, other)) == (3, 3)
+
+
+def database_domain_id(database) -> int:
+    from models import Domain
+
+    with database.transaction(readonly=True) as s:
+        return s.scalars(select(Domain.id)).one()
+
+
 def test_a_failing_submission_among_others_fails_alone(gateway, smtp_caller, database, monkeypatch):
     import commands.sending
 
@@ -378,6 +411,8 @@ def test_a_failing_submission_among_others_fails_alone(gateway, smtp_caller, dat
     assert isinstance(results[1], RuntimeError)
     assert isinstance(results[0], str) and isinstance(results[2], str)
     assert sorted(d.recipient for d in queued(database)) == ["a@dest.example", "c@dest.example"]
+    # The undone transactions took their rate-limit hits back with them.
+    assert smtp_hits(database, smtp_caller) == 2
 
 
 @pytest.fixture
