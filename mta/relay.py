@@ -24,6 +24,7 @@ from commands.ratelimit import RateLimited
 from commands.sending import _address, _belongs
 from commands.smtp_credentials import SMTPCaller, authenticate_smtp
 
+from .eventloop import new_event_loop
 from .tls import ensure_self_signed
 
 log = logging.getLogger("postern.smtp")
@@ -460,6 +461,7 @@ class Relay:
         for role, port in zip(ROLES, config.smtp.ports, strict=False):
             handler = RelayHandler(self.gateway, role, throttle, self.submitter)
             options = dict(
+                loop=new_event_loop(),  # one per listener, run and closed by its thread
                 hostname=config.smtp.listen_host,
                 port=port,
                 server_hostname=config.smtp.hostname,

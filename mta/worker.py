@@ -43,6 +43,7 @@ from models.messages import (
 )
 
 from . import mx, tracking
+from .eventloop import new_event_loop
 from .message import Address, Attachment, MessageSpec, build_message
 from .signing import SigningKey, sign_message
 from .smtp_client import ClientSettings, Envelope, Outcome, deliver
@@ -625,7 +626,7 @@ class Worker:
 
     def _run_async(self, coroutine):
         if self._runner is None:
-            self._runner = asyncio.Runner()
+            self._runner = asyncio.Runner(loop_factory=new_event_loop)
         return self._runner.run(coroutine)
 
     def run(self) -> None:

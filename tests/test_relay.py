@@ -103,6 +103,19 @@ def test_submission_with_starttls(relay, credential, database):
     assert "raw" not in stored and raw_message(stored).startswith(b"From: News <news@example.com>")
 
 
+def test_the_listeners_and_the_delivery_worker_run_on_uvloop(relay, base_config, database, clock):
+    import uvloop  # a dependency wherever it builds (not Windows)
+
+    assert len(relay.controllers) == 3
+    assert all(isinstance(c.loop, uvloop.Loop) for c in relay.controllers)
+
+    async def running_loop():
+        return asyncio.get_running_loop()
+
+    with Worker(base_config, database, SecretBox(SECRET_KEY.encode()), clock=clock) as worker:
+        assert isinstance(worker._run_async(running_loop()), uvloop.Loop)
+
+
 def test_payloads_keep_submitted_messages_compressed_and_read_the_older_form():
     data = message(size=9000).as_bytes(policy=email.policy.SMTP)
     kept = raw_entry(data)
