@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import Delivery, Event, Message
+from models.base import new_uuid
 from models.direct import Direct
 from models.event_counts import add_counts, count_rows
 
@@ -44,7 +44,7 @@ def event_values(
 ) -> dict[str, Any]:
     """An event's column values; ``message`` is anything with the Message attributes."""
     return {
-        "uid": str(uuid.uuid4()),
+        "uid": new_uuid(),
         "type": kind,
         "created_at": now,
         "user_id": message.user_id,

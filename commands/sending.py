@@ -22,7 +22,6 @@ import json
 import mimetypes
 import re
 import secrets
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.errors import HeaderParseError
@@ -38,6 +37,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from models import Delivery, Domain, Message, User
+from models.base import new_uuid
 from models.direct import Direct
 from models.domains import ENABLED
 from models.messages import QUEUED, SUPPRESSED, pack_payload, raw_entry
@@ -587,7 +587,7 @@ def store(
     # Everything that needs no database is done before the write transaction begins (on
     # SQLite, whichever process holds it holds up every other writer).
     message = {
-        "id": str(uuid.uuid4()),
+        "id": new_uuid(),
         "user_id": domain.user_id,
         "domain_id": domain.id,
         "domain_name": domain.name,

@@ -4,6 +4,7 @@ import base64
 import json
 import re
 import time
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -86,6 +87,16 @@ def test_send_is_committed_before_the_answer(send, database, domain):
     by_recipient = {d.recipient: d.id for d in deliveries}
     assert all(e.delivery_id == by_recipient[e.recipient] for e in accepted)
     assert accepted[0].tags == '["welcome", "v2"]'
+
+
+def test_message_ids_and_event_uids_are_uuids_ordered_by_time(send, database):
+    ids = [send().get_json()["MessageID"] for _ in range(3)]
+    assert [uuid.UUID(i).version for i in ids] == [7, 7, 7]
+    assert ids == sorted(ids) and len(set(ids)) == 3  # each new key at the end of its index
+    events = rows(database, Event)
+    uids = [e.uid for e in events]
+    assert {uuid.UUID(u).version for u in uids} == {7}
+    assert uids == sorted(uids)
 
 
 def test_nulls_count_as_absent(send, database):
