@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from mta.eventloop import new_event_loop
 from mta.smtp_client import _LINE_END, ClientSettings, Envelope, Reply, _crlf, deliver
 
 from . import smtppeer
@@ -39,8 +40,14 @@ def envelope(n: int, rcpt: str | None = None, data: bytes = MESSAGE) -> Envelope
     return Envelope(f"b-{n}@sl.example.com", rcpt or f"user{n}@example.net", data, ref=n)
 
 
+def run(coroutine):
+    """``coroutine`` on the event loop the delivery worker runs on (uvloop's)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 def send(peer, envelopes, addresses=("127.0.0.1",), **options):
-    return asyncio.run(deliver(list(addresses), envelopes, settings(peer, **options)))
+    return run(deliver(list(addresses), envelopes, settings(peer, **options)))
 
 
 def statuses(outcomes) -> list[str]:
@@ -377,7 +384,7 @@ def test_greeting_timeout_defers():
     try:
         port = listener.getsockname()[1]
         options = ClientSettings(helo_name="out.postern.test", port=port, command_timeout=0.2)
-        outcomes = asyncio.run(deliver(["127.0.0.1"], [envelope(1)], options))
+        outcomes = run(deliver(["127.0.0.1"], [envelope(1)], options))
     finally:
         listener.close()
     assert statuses(outcomes) == ["deferred"]
