@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .base import Base, BigID, UTCDateTime, utcnow
+from .base import Base, BigID, LongText, UTCDateTime, utcnow
 
 # WebhookDelivery.status values. A delivery is pending while its due_at is set.
 PENDING = "pending"
@@ -78,4 +78,5 @@ class WebhookCursor(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_event_id: Mapped[int] = mapped_column(BigID, default=0)
-    gaps: Mapped[str] = mapped_column(Text, default="{}")
+    # Up to MAX_GAPS ids (mta/webhook_fanout.py), some 250 KB: more than MariaDB's TEXT holds.
+    gaps: Mapped[str] = mapped_column(LongText, default="{}")

@@ -3,7 +3,8 @@
 The event log is the outbox: writing an event costs nothing more. One pass, in one
 transaction, reads the events after ``WebhookCursor.last_event_id``, creates a
 ``WebhookDelivery`` for each active webhook of the event's domain that subscribed to its
-type and was added before it happened, and moves the cursor on.
+type and was added before it happened, and moves the cursor on. While no webhook is
+active, a pass only moves the cursor to the newest event, reading none.
 
 Ids can become visible out of order: a transaction that took a lower id may commit after
 one that took a higher id, and on PostgreSQL and MariaDB a rollback leaves ids unused. An
@@ -19,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,6 +60,16 @@ def fan_out(db: Database, config: Config, now: datetime) -> int:
     with db.transaction() as s:
         cursor = _locked_cursor(s, db.backend)
         if cursor is None:
+            return 0
+        # With no active webhook there is nothing to fan out: the cursor moves past every
+        # event committed so far, without reading them. The newest id is read first: the
+        # events up to it, and those still uncommitted below it, were created before that
+        # read; a webhook not yet committed when the next statement looks is one no pass
+        # would have seen for them either, as a pass fans out to the webhooks it sees.
+        newest = s.scalar(select(func.max(Event.id)))
+        if s.scalar(select(Webhook.id).where(Webhook.active.is_(True)).limit(1)) is None:
+            cursor.last_event_id = max(cursor.last_event_id, newest or 0)
+            cursor.gaps = "{}"
             return 0
         stamp = now.timestamp()
         gaps = {

@@ -311,6 +311,51 @@ def test_fan_out_finds_late_ids_and_forgets_expired_gaps(
     ]
 
 
+def test_without_webhooks_the_fan_out_moves_its_cursor_reading_no_events(
+    domain, hook, message, emit, base_config, database, clock, monkeypatch
+):
+    from models import WebhookCursor
+    from mta import webhook_fanout
+
+    msg = message()
+    first, _ = emit(msg, "delivered")
+    newest, _ = emit(msg, "delivered", event_id=first + 50)
+    read = []
+    real = webhook_fanout._create_deliveries
+    monkeypatch.setattr(
+        webhook_fanout, "_create_deliveries", lambda s, ev, now: read.extend(ev) or real(s, ev, now)
+    )
+    assert fan_out(database, base_config, clock()) == 0
+    assert read == []
+    with database.transaction(readonly=True) as s:
+        cursor = s.get(WebhookCursor, webhook_fanout.CURSOR_ID)
+        assert (cursor.last_event_id, cursor.gaps) == (newest, "{}")
+    # A webhook added now takes what happens from now on, read as before.
+    clock.advance(seconds=1)
+    hook(domain, "delivered", "http://127.0.0.1:9/hook")
+    after, _ = emit(msg, "delivered", event_id=newest + 1)
+    assert fan_out(database, base_config, clock()) == 1
+    assert [d.event_id for d in deliveries(database)] == [after]
+
+
+def test_thousands_of_missing_ids_fit_in_the_cursor(
+    domain, hook, message, emit, base_config, database, clock
+):
+    from models import WebhookCursor
+    from mta import webhook_fanout
+
+    hook(domain, "delivered", "http://127.0.0.1:9/hook")
+    msg = message()
+    first, _ = emit(msg, "delivered")
+    last, _ = emit(msg, "delivered", event_id=first + 4000)
+    assert fan_out(database, base_config, clock()) >= 2  # and the message's accepted event
+    with database.transaction(readonly=True) as s:
+        cursor = s.get(WebhookCursor, webhook_fanout.CURSOR_ID)
+        assert cursor.last_event_id == last
+        assert len(cursor.gaps) > 65_535  # past what MariaDB's TEXT holds
+    assert [d.event_id for d in deliveries(database)] == [first, last]
+
+
 def test_a_deleted_webhook_takes_its_deliveries_along(
     api, user, domain, hook, message, emit, base_config, database, clock, http_receiver
 ):
