@@ -122,21 +122,20 @@ class DatabaseLimiter(RateLimiter):
     def hit(self, bucket: str, now: float | None = None) -> Decision:
         _check_bucket(bucket)
         now = time.time() if now is None else now
-        window_start = int(now // self.period) * self.period
         for attempt in range(self.RETRIES + 1):
             try:
                 # Direct statements on a connection of their own: this runs on every
                 # /api/v1 request.
                 with self.db.counter_connection() as conn:
-                    hits = self._count(conn, bucket, window_start, now)
+                    decision = self._count(conn, bucket, now)
                 break
             except DBAPIError as exc:
                 if attempt == self.RETRIES or not _is_transient(exc):
                     raise
                 log.debug("rate limit: retrying after %s", exc.orig)
-        if next(self._hits) % self.sweep_every == 0:
+        if self._sweep_due():
             self.sweep(now)
-        return self._decide(hits, window_start, now)
+        return decision
 
     def hit_in(self, conn: Connection, bucket: str, now: float | None = None) -> Decision:
         """One hit counted in the application database's ``rate_counters``, in the
@@ -145,20 +144,14 @@ class DatabaseLimiter(RateLimiter):
         deleted in it too."""
         _check_bucket(bucket)
         now = time.time() if now is None else now
+        decision = self._count(conn, bucket, now)
+        if self._sweep_due():
+            conn.execute(self._old_windows(now))
+        return decision
+
+    def _count(self, conn: Connection, bucket: str, now: float) -> Decision:
+        """Add one hit to the bucket's current window on ``conn``, and decide on it."""
         window_start = int(now // self.period) * self.period
-        hits = self._count(conn, bucket, window_start, now)
-        if next(self._hits) % self.sweep_every == 0:
-            conn.execute(delete(RateCounter).where(RateCounter.window_start < self._cutoff(now)))
-        return self._decide(hits, window_start, now)
-
-    def _decide(self, hits: int, window_start: int, now: float) -> Decision:
-        if hits <= self.requests:
-            return Decision(True, self.requests, self.requests - hits, 0)
-        retry_after = max(1, math.ceil(window_start + self.period - now))
-        return Decision(False, self.requests, 0, retry_after)
-
-    def _count(self, conn: Connection, bucket: str, window_start: int, now: float) -> int:
-        """Add one hit to the bucket's window on ``conn`` and return the window's count."""
         params = {"bucket": bucket, "window_start": window_start}
         if self._returning:
             (hits,) = self._upsert.first(conn, params)
@@ -166,13 +159,19 @@ class DatabaseLimiter(RateLimiter):
             self._upsert.execute(conn, [params])
             (hits,) = _READ_HITS.first(conn, params)
         if hits == 1:  # this hit opened the window: drop the bucket's old ones
-            conn.execute(
-                delete(RateCounter).where(
-                    RateCounter.bucket == bucket,
-                    RateCounter.window_start < self._cutoff(now),
-                )
-            )
-        return hits
+            conn.execute(self._old_windows(now).where(RateCounter.bucket == bucket))
+        if hits <= self.requests:
+            return Decision(True, self.requests, self.requests - hits, 0)
+        retry_after = max(1, math.ceil(window_start + self.period - now))
+        return Decision(False, self.requests, 0, retry_after)
+
+    def _sweep_due(self) -> bool:
+        """Whether this hit is the ``sweep_every``-th of this process since the last sweep."""
+        return next(self._hits) % self.sweep_every == 0
+
+    def _old_windows(self, now: float):
+        """The DELETE of every window that ended more than one period before ``now``."""
+        return delete(RateCounter).where(RateCounter.window_start < self._cutoff(now))
 
     def _cutoff(self, now: float) -> int:
         """Windows starting before this ended more than one period before ``now``."""
@@ -186,10 +185,7 @@ class DatabaseLimiter(RateLimiter):
         now = time.time() if now is None else now
         try:
             with self.db.transaction() as session:
-                result = session.execute(
-                    delete(RateCounter).where(RateCounter.window_start < self._cutoff(now))
-                )
-                return result.rowcount or 0
+                return session.execute(self._old_windows(now)).rowcount or 0
         except SQLAlchemyError as exc:
             log.warning("rate limit: sweeping old windows failed: %s", exc)
             return 0
