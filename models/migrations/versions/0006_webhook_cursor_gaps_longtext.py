@@ -18,27 +18,16 @@ branch_labels = None
 depends_on = None
 
 
-def _mysql() -> bool:
-    return op.get_bind().dialect.name in ("mysql", "mariadb")
+def _gaps_type(old: sa.types.TypeEngine, new: sa.types.TypeEngine) -> None:
+    if op.get_bind().dialect.name in ("mysql", "mariadb"):
+        op.alter_column(
+            "webhook_cursor", "gaps", existing_type=old, type_=new, existing_nullable=False
+        )
 
 
 def upgrade() -> None:
-    if _mysql():
-        op.alter_column(
-            "webhook_cursor",
-            "gaps",
-            existing_type=sa.Text(),
-            type_=mysql.LONGTEXT(),
-            existing_nullable=False,
-        )
+    _gaps_type(sa.Text(), mysql.LONGTEXT())
 
 
 def downgrade() -> None:
-    if _mysql():
-        op.alter_column(
-            "webhook_cursor",
-            "gaps",
-            existing_type=mysql.LONGTEXT(),
-            type_=sa.Text(),
-            existing_nullable=False,
-        )
+    _gaps_type(mysql.LONGTEXT(), sa.Text())
