@@ -5,7 +5,7 @@ Settings come from the file named by POSTERN_CONFIG (if any) and POSTERN_* varia
 
 import os
 
-from app.config import load_config
-from app.factory import create_app
+from app.http.factory import create_app
+from core.settings import load_config
 
 app = create_app(load_config(os.environ.get("POSTERN_CONFIG")))

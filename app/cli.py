@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .config import Config, ConfigError, load_config, resolve_secret_key
+from core.settings import Config, ConfigError, load_config, resolve_secret_key
 
 
 class Obj:
@@ -69,7 +69,7 @@ def serve(obj: Obj):
     """
     config = obj.config
     open_database(config).dispose()
-    from .server import GunicornServer
+    from app.http.server import GunicornServer
 
     click.echo(f"postern: serving http://{config.http.host}:{config.http.port}/api.php", err=True)
     companion = [sys.executable, "-m", "app"]
@@ -85,10 +85,9 @@ def smtp(obj: Obj):
     import signal
     import threading
 
+    from app.logs import configure_logging
+    from app.smtp.relay import Relay
     from commands import Gateway
-    from mta.relay import Relay
-
-    from .logs import configure_logging
 
     config = obj.config
     configure_logging(config.log.level, config.log.format)
@@ -111,11 +110,10 @@ def worker(obj: Obj):
     """Run the delivery worker and the webhook sender (any number on PostgreSQL or MariaDB)."""
     import signal
 
-    from mta.webhook_sender import WebhookSender
-    from mta.worker import Worker
-
-    from .crypto import SecretBox
-    from .logs import configure_logging
+    from app.logs import configure_logging
+    from app.workers.delivery import Worker
+    from app.workers.webhooks import WebhookSender
+    from core.crypto import SecretBox
 
     config = obj.config
     configure_logging(config.log.level, config.log.format)
@@ -145,7 +143,7 @@ def api(obj: Obj):
     """Run the HTTP API alone (the schema must be current)."""
     config = obj.config
     open_database(config, upgrade_embedded=False).dispose()
-    from .server import GunicornServer
+    from app.http.server import GunicornServer
 
     GunicornServer(config).run()
 
@@ -191,8 +189,7 @@ def user():
 def user_create(obj: Obj, username: str, password: str, email: str, admin: bool):
     """Add a user and print its UserID and first user API key as JSON."""
     from commands.users import UserInputError, create_api_key, create_user
-
-    from .crypto import SecretBox
+    from core.crypto import SecretBox
 
     config = obj.config
     database = open_database(config)
@@ -211,7 +208,7 @@ def user_create(obj: Obj, username: str, password: str, email: str, admin: bool)
 
 def _set_enabled(obj: Obj, username: str, enabled: bool):
     from commands.users import set_enabled
-    from models import utcnow
+    from core.clock import utcnow
 
     database = open_database(obj.config)
     try:

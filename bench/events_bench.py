@@ -31,10 +31,10 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import load_config  # noqa: E402
-from app.crypto import SecretBox  # noqa: E402
 from commands import Gateway, find  # noqa: E402
 from commands.users import create_api_key, create_user  # noqa: E402
+from core.crypto import SecretBox  # noqa: E402
+from core.settings import load_config  # noqa: E402
 from models import Database, Domain  # noqa: E402
 from models.event_counts import tags_key  # noqa: E402
 from models.migrate import upgrade  # noqa: E402

@@ -7,11 +7,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
-from app.config import Config
-from app.crypto import digests_match, token_digest
+from commands.errors import AuthenticationFailed
+from core.crypto import digests_match, token_digest
+from core.settings import Config
 from models import Database, User, UserAPIKey, UserSession
-
-from .errors import AuthenticationFailed
 
 # How stale a last-seen or last-used time may get before it is written again.
 TOUCH_INTERVAL = timedelta(seconds=60)

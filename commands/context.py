@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from app.config import Config
-from app.crypto import SecretBox
+from core.crypto import SecretBox
+from core.settings import Config
 from models import Database, Domain, User
 from models.database import UnitOfWork
 

@@ -8,17 +8,12 @@ from typing import Any
 
 from marshmallow import Schema
 
-from app.config import Config, resolve_secret_key
-from app.crypto import SecretBox
-from models import Database, User, utcnow
-
-from . import registry
-from .auth import Caller, authenticate
-from .context import Context
-from .errors import AUTH_FAILED, CommandError, NotPermitted
-from .ratelimit import Decision, RateLimited, make_limiter
-from .schema import load_params
-from .sender_keys import (
+from commands import registry
+from commands.auth import Caller, authenticate
+from commands.context import Context
+from commands.delivery.inbox import apply_report, is_return_path_host
+from commands.errors import AUTH_FAILED, CommandError, NotPermitted
+from commands.keys.sender_keys import (
     INVALID_ACCOUNT,
     INVALID_KEY,
     SenderCaller,
@@ -26,6 +21,15 @@ from .sender_keys import (
     load_owner,
     unauthorised,
 )
+from commands.ratelimit import Decision, RateLimited, make_limiter
+from commands.schema import load_params
+from commands.sending.handlers import accept_raw
+from core.clock import utcnow
+from core.crypto import SecretBox
+from core.settings import Config, resolve_secret_key
+from models import Database, User
+from mta.bounces import parse_report
+from mta.verp import verp_token
 
 
 class Gateway:
@@ -125,7 +129,6 @@ class Gateway:
             return [self.submit_many([item])[0] for item in items]
 
     def _accept_together(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
-        from .sending import accept_raw
 
         results: list[str | Exception] = []
         with self.db.unit_of_work() as work:
@@ -179,7 +182,6 @@ class Gateway:
 
     def accepts_for(self, address: str) -> bool:
         """Whether mail to ``address`` is Postern's own (a domain's return-path host)."""
-        from .inbox import is_return_path_host
 
         host = address.rpartition("@")[2]
         with self.db.transaction(readonly=True) as s:
@@ -187,9 +189,6 @@ class Gateway:
 
     def receive_report(self, recipients: list[str], data: bytes):
         """Parse mail sent to a return path and record the bounce or complaint it reports."""
-        from mta.bounces import parse_report, verp_token
-
-        from .inbox import apply_report
 
         report = parse_report(data)
         if report is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, pre_load
 
-from .errors import CommandError
+from commands.errors import CommandError
 
 
 def param(

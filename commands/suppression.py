@@ -12,13 +12,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from commands.context import Context, format_date
+from commands.errors import CommandError
+from commands.registry import Auth, command
+from commands.schema import CommandSchema, RowID, param
 from models import Delivery, Domain, Suppression
 from models.direct import Direct
-
-from .context import Context, format_date
-from .errors import CommandError
-from .registry import Auth, command
-from .schema import CommandSchema, RowID, param
 
 ALL_DOMAINS = 0
 SOURCES = ("bounce", "complaint", "unsubscribe", "manual")

@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from commands.events import writer as events
+from commands.suppression import suppress
 from models import Delivery, Message
 from mta.tracking import CLICK, OPEN, UNSUBSCRIBE, verify
 
-from . import events
-from .suppression import suppress
-
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from commands.gateway import Gateway
 
 MAX_USER_AGENT = 500
 

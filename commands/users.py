@@ -11,14 +11,13 @@ from marshmallow import fields, validate
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.crypto import SecretBox, new_token, token_digest
+from commands.context import Context, format_date
+from commands.errors import CommandError
+from commands.registry import Auth, command
+from commands.schema import CommandSchema, Flag, RowID, param
+from core.crypto import SecretBox, new_token, token_digest
+from core.passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
 from models import User, UserAPIKey, UserSession
-
-from .context import Context, format_date
-from .errors import CommandError
-from .passwords import MIN_PASSWORD_LENGTH, hash_password, needs_rehash, verify_password
-from .registry import Auth, command
-from .schema import CommandSchema, Flag, RowID, param
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 

@@ -1,12 +1,12 @@
 """Postern's database: SQLAlchemy 2.0 models, the engine and session factory, migrations."""
 
-from .base import Base, UTCDateTime, utcnow
-from .database import Database
-from .domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
-from .event_counts import EventCount
-from .messages import Delivery, Event, Message, Suppression
-from .users import User, UserAPIKey, UserSession
-from .webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
+from models.base import Base, UTCDateTime
+from models.database import Database
+from models.domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
+from models.event_counts import EventCount
+from models.messages import Delivery, Event, Message, Suppression
+from models.users import User, UserAPIKey, UserSession
+from models.webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
 
 __all__ = [
     "Delivery",
@@ -29,5 +29,4 @@ __all__ = [
     "UserAPIKey",
     "UserSession",
     "UTCDateTime",
-    "utcnow",
 ]

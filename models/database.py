@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.settings import sqlite_in_memory
+
 
 def make_engine(
     url: str,
@@ -230,12 +232,6 @@ class WriterQueue:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = self._pid = None
-
-
-def sqlite_in_memory(url: str) -> bool:
-    """Whether a SQLite URL names an in-memory database rather than a file."""
-    parsed = make_url(url)
-    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
 
 
 def _driver(connection):

@@ -18,9 +18,9 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .base import Base
-from .direct import Direct
-from .messages import Event
+from models.base import Base
+from models.direct import Direct
+from models.messages import Event
 
 
 class EventCount(Base):

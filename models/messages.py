@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .base import Base, BigID, LongText, UTCDateTime, utcnow
+from core.clock import utcnow
+from models.base import Base, BigID, LongText, UTCDateTime
 
 # Delivery.status values. A delivery is pending while its due_at is set.
 QUEUED = "queued"

@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .base import Base, BigID, LongText, UTCDateTime, utcnow
+from core.clock import utcnow
+from models.base import Base, BigID, LongText, UTCDateTime
 
 # WebhookDelivery.status values. A delivery is pending while its due_at is set.
 PENDING = "pending"

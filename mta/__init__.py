@@ -1,2 +1,2 @@
-"""Everything that speaks SMTP: MIME building, DKIM signing, MX lookup, the SMTP client and
-the delivery worker. Nothing here imports Flask."""
+"""Mail mechanics with no database: addresses, MIME building, DKIM signing, tracking URLs,
+VERP, bounce and ARF parsing, MX lookup and the SMTP client. Nothing here imports Flask."""

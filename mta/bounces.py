@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
+from mta.verp import verp_token
+
 MAX_BYTES = 4 * 1024 * 1024  # of the raw message; the rest (usually the returned original) is cut
 MAX_PARTS = 50  # MIME parts looked at, in depth-first order
 # Lines starting "--" (boundary candidates) and blank lines before the message is cut: the email
@@ -81,20 +83,6 @@ def _class(status: str | None, code: int | None) -> str | None:
     if code is not None:
         return str(code)[0]
     return None
-
-
-_VERP = re.compile(r"b-([0-9a-f]{32})@[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?", re.IGNORECASE)
-
-
-def verp_token(address: str) -> str | None:
-    """The delivery token of a VERP address `b-<32 hex>@host` (case-insensitive), else None."""
-    if not isinstance(address, str):
-        return None
-    a = address.strip()
-    if a.startswith("<") and a.endswith(">"):
-        a = a[1:-1].strip()
-    m = _VERP.fullmatch(a)
-    return m.group(1).lower() if m else None
 
 
 def parse_report(raw: bytes) -> Report | None:

@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from models.messages import submitted_whole
-
 CLICK, OPEN, UNSUBSCRIBE = b"c", b"o", b"u"
 MAC_BYTES = 16  # 128 bits
 TOKEN_BYTES = 16  # Delivery.token: 32 hex digits
@@ -48,18 +46,17 @@ class Tracking:
 
 
 def wanted(
-    payload: dict, link_tracking: bool, open_tracking: bool, unsubscribe_link: bool
+    track_links: bool | None,
+    track_opens: bool | None,
+    link_tracking: bool,
+    open_tracking: bool,
+    unsubscribe_link: bool,
 ) -> tuple[bool, bool, bool] | None:
     """(links, opens, unsubscribe) for a message: the domain's settings, overridden by the
-    message's TrackLinks/TrackOpens; None when nothing is tracked (or the message was
-    submitted whole over SMTP, which is sent as it came)."""
-    if submitted_whole(payload):
-        return None
-    links = payload.get("track_links")
-    opens = payload.get("track_opens")
+    message's TrackLinks/TrackOpens (None: not given); None when nothing is tracked."""
     flags = (
-        link_tracking if links is None else bool(links),
-        open_tracking if opens is None else bool(opens),
+        link_tracking if track_links is None else bool(track_links),
+        open_tracking if track_opens is None else bool(track_opens),
         unsubscribe_link,
     )
     return flags if any(flags) else None

@@ -14,15 +14,15 @@ import pytest
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 
-from app.config import load_config
-from app.crypto import SecretBox
-from app.factory import create_app
+from app.http.factory import create_app
 from commands import Gateway
 from commands.users import create_api_key, create_user
-from models import Base, Database, utcnow
+from core.clock import utcnow
+from core.crypto import SecretBox
+from core.settings import load_config
+from models import Base, Database
 from models.migrate import upgrade
-
-from .dnsserver import DNSServer
+from tests.dnsserver import DNSServer
 
 SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
 SERVER_URL = os.environ.get("POSTERN_TEST_DATABASE_URL", "").strip()

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
-from mta.webhook_payload import standard_webhooks_secret
+from commands.webhooks.payload import standard_webhooks_secret
 
 HOST = "127.0.0.1"
 

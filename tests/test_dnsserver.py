@@ -15,8 +15,8 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from . import dnsserver
-from .dnsserver import DNSServer
+from tests import dnsserver
+from tests.dnsserver import DNSServer
 
 dns_server = dnsserver.dns_server
 

@@ -1,0 +1,1 @@
+"""The HTTP side: the Flask factory, the /api.php dispatcher, /api/v1, tracking routes."""

@@ -1,0 +1,89 @@
+"""The /api/v1 routes: sender-key (Bearer) authentication, a per-key rate limit, Errors lists."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from app.http.params import read_params
+from commands import find
+from commands.errors import CommandError
+
+bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+
+
+def errors(code: int, message: str, status: int) -> Response:
+    resp = jsonify({"Errors": [{"Code": code, "Message": message}]})
+    resp.status_code = status
+    return resp
+
+
+def sender_key(params: dict) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for key, value in params.items():
+        if str(key).lower() == "senderapikey" and isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def run_v1(
+    command_name: str,
+    account_error: tuple[int, str] | None = None,
+    limited_text: str | None = None,
+) -> Response:
+    """Authenticate the sender key, count the request against it, run the command.
+
+    ``account_error`` replaces the answer for a disabled account where a route's contract
+    gives it another code (the email route: 12); ``limited_text`` the 429 text where a
+    route's contract words it otherwise (the events route; ``{seconds}`` is filled in).
+    """
+    gateway = current_app.extensions["postern.gateway"]
+    try:
+        params = read_params(request)
+        sender = gateway.authenticate_sender(sender_key(params))
+        decision = gateway.limiter.hit("v1:" + sender.key_digest)
+        if not decision.allowed:
+            from commands.ratelimit import too_many_requests_text
+
+            text = too_many_requests_text(decision)
+            if limited_text:
+                text = limited_text.format(seconds=decision.retry_after)
+            resp = errors(429, text, 429)
+            resp.headers["Retry-After"] = str(decision.retry_after)
+            return resp
+        fields = gateway.run(
+            find(command_name, "v1"), params, remote_addr=request.remote_addr, sender=sender
+        )
+    except CommandError as exc:
+        if account_error and exc.http_status == 403:
+            return errors(*account_error, 403)
+        # Errors raised with an HTTP status keep it (401, 403, 404); the rest are bad requests.
+        return errors(exc.code, exc.text, exc.http_status if exc.http_status != 200 else 400)
+    resp = jsonify(fields)
+    resp.headers["X-RateLimit-Limit"] = str(decision.limit)
+    resp.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+    return resp
+
+
+@bp.route("/webhooks", methods=["GET", "POST", "DELETE"])
+def webhooks():
+    return run_v1(
+        {"GET": "v1.Webhooks.List", "POST": "v1.Webhooks.Create", "DELETE": "v1.Webhooks.Delete"}[
+            request.method
+        ]
+    )
+
+
+@bp.route("/email", methods=["POST"])
+def email():
+    return run_v1("v1.Email.Send", account_error=(12, "Invalid or deactivated user account"))
+
+
+@bp.route("/events", methods=["GET"])
+def events():
+    return run_v1(
+        "v1.Events.List",
+        limited_text="Too many requests. Please wait for {seconds} seconds before trying again.",
+    )

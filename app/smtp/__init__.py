@@ -1,0 +1,1 @@
+"""The SMTP relay: aiosmtpd listeners where mail programs submit with AddSMTP credentials."""

@@ -1,0 +1,1 @@
+"""Background work: the delivery worker and the webhook sender."""

@@ -1,0 +1,1 @@
+"""Delivery seen from the gateway: mail coming back to Postern (bounces, complaints)."""

@@ -1,0 +1,3 @@
+"""Accepting mail (the send checks, storing a message and its deliveries) and the queue."""
+
+from commands.sending import handlers  # noqa: F401  (registers the commands)

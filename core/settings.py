@@ -1,0 +1,392 @@
+"""Settings: one table of every key, loaded from TOML and POSTERN_<SECTION>_<KEY> variables."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "POSTERN_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    kind: type
+    default: Any
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
+
+
+def _port(v: int) -> str | None:
+    return None if 1 <= v <= 65535 else "must be a port number from 1 to 65535"
+
+
+def _positive(v: int | float) -> str | None:
+    return None if v > 0 else "must be greater than zero"
+
+
+def _not_negative(v: int) -> str | None:
+    return None if v >= 0 else "must be zero or more"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        return None if v in choices else "must be one of " + ", ".join(choices)
+
+    return check
+
+
+def _one_of_int(*choices: int) -> Callable[[int], str | None]:
+    def check(v: int) -> str | None:
+        return None if v in choices else "must be one of " + ", ".join(map(str, choices))
+
+    return check
+
+
+def _database_url(v: str) -> str | None:
+    try:
+        url = make_url(v)
+    except ArgumentError:
+        return (
+            "is not a database URL (sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://...)"
+        )
+    if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        return "must be an SQLite, PostgreSQL or MariaDB/MySQL URL"
+    return None
+
+
+def _port_list(v: list) -> str | None:
+    return (
+        None
+        if all(isinstance(p, int) and 1 <= p <= 65535 for p in v)
+        else ("must be a list of port numbers")
+    )
+
+
+def _positive_list(v: list) -> str | None:
+    return (
+        None
+        if v and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+        else "must be a list of whole numbers greater than zero"
+    )
+
+
+def _http_url(v: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v)
+    return (
+        None
+        if parts.scheme in ("http", "https") and parts.hostname
+        else ("must be an http:// or https:// URL")
+    )
+
+
+def _subdomain_label(v: str) -> str | None:
+    import re
+
+    return (
+        None
+        if re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", v)
+        else ("must be one DNS label (a-z, 0-9, -)")
+    )
+
+
+def _ratelimit_storage(v: str) -> str | None:
+    return (
+        None
+        if v == "database" or v.startswith(("redis://", "rediss://"))
+        else ('must be "database" or a redis:// URL')
+    )
+
+
+# Every setting Postern reads. config.example.toml documents each one (a test keeps them in step).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("database", "url", str, "sqlite:///postern.db", _database_url),
+    Setting("database", "pool_size", int, 5, _positive),
+    Setting("database", "echo", bool, False),
+    Setting("http", "host", str, "127.0.0.1"),
+    Setting("http", "port", int, 8080, _port),
+    Setting("http", "workers", int, 0, _not_negative),
+    Setting("http", "threads", int, 1, _positive),
+    Setting("http", "timeout", int, 30, _positive),
+    Setting("http", "max_body_bytes", int, 26_214_400, _positive),
+    Setting("http", "public_url", str, "http://127.0.0.1:8080", _http_url),
+    Setting("http", "proxy_hops", int, 0, _not_negative),
+    Setting("security", "secret_key", str, ""),
+    Setting("security", "session_idle_timeout", int, 86_400, _positive),
+    Setting("domains", "max_per_user", int, 50, _positive),
+    Setting("domains", "require_verification", bool, True),
+    Setting("domains", "subdomain", str, "sl", _subdomain_label),
+    Setting("domains", "dkim_selector", str, "key1", _subdomain_label),
+    Setting("domains", "dkim_rsa_bits", int, 2048, _one_of_int(1024, 2048, 3072, 4096)),
+    Setting("domains", "dkim_ed25519", bool, False),
+    Setting("domains", "dkim_ed25519_selector", str, "key2", _subdomain_label),
+    Setting("domains", "spf_value", str, "v=spf1 a:{hostname} ~all"),
+    Setting("dns", "nameservers", list, [], None),
+    Setting("dns", "port", int, 53, _port),
+    Setting("dns", "timeout", float, 5.0, _positive),
+    Setting("smtp", "hostname", str, "localhost"),
+    Setting("smtp", "ports", list, [2525, 2587, 2465], _port_list),
+    Setting("smtp", "listen_host", str, "127.0.0.1"),
+    Setting("smtp", "tls_cert", str, ""),
+    Setting("smtp", "tls_key", str, ""),
+    Setting("smtp", "allow_plain_auth", bool, False),
+    Setting("smtp", "auth_max_failures", int, 5, _positive),
+    Setting("smtp", "auth_lockout", int, 900, _positive),
+    Setting("sending", "quota", int, 0, _not_negative),
+    Setting("sending", "quota_period", int, 86_400, _positive),
+    Setting("sending", "max_recipients", int, 50, _positive),
+    Setting("sending", "max_bcc", int, 50, _not_negative),
+    Setting("sending", "max_reply_to", int, 5, _not_negative),
+    Setting("sending", "max_message_bytes", int, 10_485_760, _positive),
+    Setting("sending", "max_schedule_seconds", int, 2_592_000, _positive),
+    Setting("delivery", "mx_port", int, 25, _port),
+    Setting("delivery", "tls", str, "opportunistic", _one_of("opportunistic", "required", "none")),
+    Setting("delivery", "smarthost", str, ""),
+    Setting("delivery", "smarthost_port", int, 587, _port),
+    Setting("delivery", "smarthost_username", str, ""),
+    Setting("delivery", "smarthost_password", str, ""),
+    Setting("delivery", "smarthost_tls", str, "starttls", _one_of("starttls", "implicit", "none")),
+    Setting("delivery", "concurrency_per_host", int, 4, _positive),
+    Setting("delivery", "batch_size", int, 200, _positive),
+    Setting("delivery", "build_processes", int, 0, _not_negative),
+    Setting("delivery", "claim_timeout", int, 600, _positive),
+    Setting("delivery", "max_age", int, 259_200, _positive),
+    Setting("delivery", "retry_base", int, 60, _positive),
+    Setting("delivery", "retry_max", int, 21_600, _positive),
+    Setting("delivery", "timeout", float, 60.0, _positive),
+    Setting("delivery", "poll_interval", float, 1.0, _positive),
+    Setting("webhooks", "allow_private", bool, False),
+    Setting("webhooks", "timeout", float, 10.0, _positive),
+    Setting(
+        "webhooks", "retry_schedule", list, [60, 300, 1800, 7200, 21_600, 86_400], _positive_list
+    ),
+    Setting("webhooks", "concurrency", int, 10, _positive),
+    Setting("webhooks", "batch_size", int, 500, _positive),
+    Setting("webhooks", "gap_expiry", int, 300, _positive),
+    Setting("webhooks", "poll_interval", float, 1.0, _positive),
+    Setting("webhooks", "keep_days", int, 30, _not_negative),
+    Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
+    Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
+    Setting("ratelimit", "requests", int, 100, _positive),
+    Setting("ratelimit", "period", int, 60, _positive),
+    Setting("log", "level", str, "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting("log", "format", str, "json", _one_of("json", "text")),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+_SECTIONS = {s.section for s in SETTINGS}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
+    """Turn a raw TOML or environment value into the setting's type, or raise ConfigError."""
+    where = f" (from {origin})" if origin else ""
+    kind = setting.kind
+    value: Any
+    if kind is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            value = raw.strip().lower() in _TRUE
+        else:
+            raise ConfigError(f"{setting.name}: must be true or false, got {raw!r}{where}")
+    elif kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{setting.name}: must be a whole number, got {raw!r}{where}")
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{setting.name}: must be a whole number, got {raw!r}{where}"
+            ) from None
+    elif kind is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}") from None
+    elif kind is list:
+        # A TOML array, or a comma-separated string (environment variables).
+        if isinstance(raw, str):
+            items = [p.strip() for p in raw.split(",") if p.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise ConfigError(f"{setting.name}: must be a list, got {raw!r}{where}")
+        value = [_list_item(i) for i in items]
+    elif kind is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{setting.name}: must be a string, got {raw!r}{where}")
+        value = raw.strip()
+    else:  # pragma: no cover - the table above only uses the kinds handled here
+        raise ConfigError(f"{setting.name}: unsupported kind {kind!r}")
+    if setting.check is not None:
+        problem = setting.check(value)
+        if problem:
+            raise ConfigError(f"{setting.name}: {problem}, got {raw!r}{where}")
+    return value
+
+
+def _list_item(item: Any) -> Any:
+    if isinstance(item, str) and item.isdigit():
+        return int(item)
+    return item
+
+
+class Config:
+    """Resolved settings, read as ``config.http.port``."""
+
+    def __init__(self, values: Mapping[str, Any], source: str | None = None):
+        self._values = dict(values)
+        self.source = source
+        for section in _SECTIONS:
+            ns = SimpleNamespace(
+                **{s.key: self._values[s.name] for s in SETTINGS if s.section == section}
+            )
+            setattr(self, section, ns)
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed, keyed as ``section__key``."""
+        values = dict(self._values)
+        for k, v in changes.items():
+            name = k.replace("__", ".", 1)
+            if name not in _BY_NAME:
+                raise ConfigError(f"unknown setting {name}")
+            values[name] = _coerce(_BY_NAME[name], v, "")
+        return Config(values, self.source)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.database.url).get_backend_name() == "sqlite"
+
+
+def load_config(
+    path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read defaults, then the TOML file, then environment overrides."""
+    environ = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"--config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+        for section, table in data.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"{section}: unknown section in {path}")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: must be a table in {path}")
+            for key, raw in table.items():
+                name = f"{section}.{key}"
+                if name not in _BY_NAME:
+                    raise ConfigError(f"{name}: unknown setting in {path}")
+                values[name] = _coerce(_BY_NAME[name], raw, str(path))
+    by_env = {s.env: s for s in SETTINGS}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        setting = by_env.get(var)
+        if setting is None:
+            section = var[len(ENV_PREFIX) :].split("_", 1)[0].lower()
+            if section in _SECTIONS:
+                raise ConfigError(f"{var}: no such setting")
+            continue
+        values[setting.name] = _coerce(setting, raw, var)
+    return Config(values, str(path) if path else None)
+
+
+def sqlite_in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database rather than a file."""
+    parsed = make_url(url)
+    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+
+
+def sqlite_path(config: Config) -> Path | None:
+    """The SQLite database file, or None for in-memory and server databases."""
+    url = make_url(config.database.url)
+    if url.get_backend_name() != "sqlite" or sqlite_in_memory(config.database.url):
+        return None
+    return Path(url.database)
+
+
+def resolve_secret_key(config: Config) -> bytes:
+    """The key that encrypts secrets at rest.
+
+    Taken from ``security.secret_key`` when set; otherwise, on the embedded SQLite
+    default, generated once into a file beside the database (mode 0600) and read from
+    there on every later start.
+    """
+    configured = config.security.secret_key
+    if configured:
+        if len(configured) < 32:
+            raise ConfigError("security.secret_key: must be at least 32 characters long")
+        return configured.encode()
+    db_file = sqlite_path(config)
+    if db_file is None:
+        raise ConfigError(
+            "security.secret_key: must be set when the database is not an SQLite file "
+            "(generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    key_file = db_file.with_suffix(".key")
+    try:
+        return _read_key_file(key_file)
+    except FileNotFoundError:
+        pass
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fresh = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=")
+    # Written whole to a private temporary file, then linked into place: a process that
+    # starts at the same moment either links first or reads the complete key.
+    tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(fresh + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, key_file)
+        except FileExistsError:
+            return _read_key_file(key_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return fresh
+
+
+def _read_key_file(key_file: Path) -> bytes:
+    key = key_file.read_bytes().strip()
+    if len(key) < 32:
+        raise ConfigError(f"security.secret_key: the key file {key_file} is damaged (too short)")
+    return key
