@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from core.settings import Config, ConfigError, load_config, resolve_secret_key
 
+if TYPE_CHECKING:  # imported where used: each command loads only what it runs
+    from models import Database
+
 
 class Obj:
-    def __init__(self, config_path: str | None):
+    def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self._config: Config | None = None
 
@@ -22,12 +26,12 @@ class Obj:
         return self._config
 
 
-def fail(message: str, code: int = 2):
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"postern: {message}", err=True)
     sys.exit(code)
 
 
-def open_database(config: Config, *, upgrade_embedded: bool = True):
+def open_database(config: Config, *, upgrade_embedded: bool = True) -> Database:
     """The database, upgraded when it is the embedded SQLite default, else checked current."""
     from models import Database
     from models.migrate import current_revision, head_revision, upgrade
@@ -55,14 +59,14 @@ def open_database(config: Config, *, upgrade_embedded: bool = True):
     help="TOML settings file (POSTERN_<SECTION>_<KEY> variables override it).",
 )
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None):
+def cli(ctx: click.Context, config_path: str | None) -> None:
     """Postern, a self-hosted transactional email gateway."""
     ctx.obj = Obj(config_path)
 
 
 @cli.command()
 @click.pass_obj
-def serve(obj: Obj):
+def serve(obj: Obj) -> None:
     """Run everything on one machine: the API and the delivery worker.
 
     Upgrades the embedded database first.
@@ -80,7 +84,7 @@ def serve(obj: Obj):
 
 @cli.command()
 @click.pass_obj
-def smtp(obj: Obj):
+def smtp(obj: Obj) -> None:
     """Run the SMTP relay on smtp.ports (SIGTERM stops it)."""
     import signal
     import threading
@@ -106,7 +110,7 @@ def smtp(obj: Obj):
 
 @cli.command()
 @click.pass_obj
-def worker(obj: Obj):
+def worker(obj: Obj) -> None:
     """Run the delivery worker and the webhook sender (any number on PostgreSQL or MariaDB)."""
     import signal
 
@@ -122,7 +126,7 @@ def worker(obj: Obj):
     runner = Worker(config, database, box)
     webhooks = WebhookSender(config, database, box, worker_id=runner.worker_id)
 
-    def stop(*_):
+    def stop(*_: object) -> None:
         runner.stop()
         webhooks.stop()
 
@@ -139,7 +143,7 @@ def worker(obj: Obj):
 
 @cli.command()
 @click.pass_obj
-def api(obj: Obj):
+def api(obj: Obj) -> None:
     """Run the HTTP API alone (the schema must be current)."""
     config = obj.config
     open_database(config, upgrade_embedded=False).dispose()
@@ -149,13 +153,13 @@ def api(obj: Obj):
 
 
 @cli.group()
-def db():
+def db() -> None:
     """Database schema."""
 
 
 @db.command("upgrade")
 @click.pass_obj
-def db_upgrade(obj: Obj):
+def db_upgrade(obj: Obj) -> None:
     """Apply every migration up to the newest."""
     from models import Database
     from models.migrate import current_revision, upgrade
@@ -170,7 +174,7 @@ def db_upgrade(obj: Obj):
 
 
 @cli.group()
-def user():
+def user() -> None:
     """User accounts."""
 
 
@@ -186,7 +190,7 @@ def user():
 @click.option("--email", default="", help="The user's email address.")
 @click.option("--admin", is_flag=True, help="May run administrator commands (User.Create).")
 @click.pass_obj
-def user_create(obj: Obj, username: str, password: str, email: str, admin: bool):
+def user_create(obj: Obj, username: str, password: str, email: str, admin: bool) -> None:
     """Add a user and print its UserID and first user API key as JSON."""
     from commands.users import UserInputError, create_api_key, create_user
     from core.crypto import SecretBox
@@ -206,7 +210,7 @@ def user_create(obj: Obj, username: str, password: str, email: str, admin: bool)
     click.echo(json.dumps(out))
 
 
-def _set_enabled(obj: Obj, username: str, enabled: bool):
+def _set_enabled(obj: Obj, username: str, enabled: bool) -> None:
     from commands.users import set_enabled
     from core.clock import utcnow
 
@@ -226,7 +230,7 @@ def _set_enabled(obj: Obj, username: str, enabled: bool):
 @user.command("disable")
 @click.argument("username")
 @click.pass_obj
-def user_disable(obj: Obj, username: str):
+def user_disable(obj: Obj, username: str) -> None:
     """Refuse the user's logins, sessions and API keys (ends every session)."""
     _set_enabled(obj, username, False)
 
@@ -235,7 +239,7 @@ def user_disable(obj: Obj, username: str):
 @click.argument("username")
 @click.argument("recipients")
 @click.pass_obj
-def user_quota(obj: Obj, username: str, recipients: str):
+def user_quota(obj: Obj, username: str, recipients: str) -> None:
     """Set the user's sending quota (recipients per sending.quota_period), or "default"."""
     from sqlalchemy import select
 
@@ -260,7 +264,7 @@ def user_quota(obj: Obj, username: str, recipients: str):
 @user.command("enable")
 @click.argument("username")
 @click.pass_obj
-def user_enable(obj: Obj, username: str):
+def user_enable(obj: Obj, username: str) -> None:
     """Let a disabled user in again."""
     _set_enabled(obj, username, True)
 

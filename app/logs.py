@@ -7,13 +7,14 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
+from typing import TextIO
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
@@ -43,6 +44,10 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class PosternHandler(logging.StreamHandler[TextIO]):
+    """The handler configure_logging adds, told apart from any other of the same logger."""
+
+
 def formatter_for(fmt: str) -> logging.Formatter:
     return JSONFormatter() if fmt == "json" else TextFormatter()
 
@@ -52,10 +57,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger("postern")
     root.setLevel(level)
     root.propagate = False
-    if not any(getattr(h, "_postern", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler._postern = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if not any(isinstance(h, PosternHandler) for h in root.handlers):
+        root.addHandler(PosternHandler(sys.stderr))
     for h in root.handlers:
-        if getattr(h, "_postern", False):
+        if isinstance(h, PosternHandler):
             h.setFormatter(formatter_for(fmt))

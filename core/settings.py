@@ -6,11 +6,10 @@ import base64
 import os
 import secrets
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,13 +21,18 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names the key."""
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Setting:
+class Setting(Generic[T]):
+    """One key: its section, its type (``int``, ``list[int]``...), default and check."""
+
     section: str
     key: str
-    kind: type
-    default: Any
-    check: Callable[[Any], str | None] | None = None
+    kind: type[T]
+    default: T
+    check: Callable[[T], str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -77,7 +81,7 @@ def _database_url(v: str) -> str | None:
     return None
 
 
-def _port_list(v: list) -> str | None:
+def _port_list(v: Sequence[object]) -> str | None:
     return (
         None
         if all(isinstance(p, int) and 1 <= p <= 65535 for p in v)
@@ -85,7 +89,7 @@ def _port_list(v: list) -> str | None:
     )
 
 
-def _positive_list(v: list) -> str | None:
+def _positive_list(v: Sequence[object]) -> str | None:
     return (
         None
         if v and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
@@ -122,8 +126,10 @@ def _ratelimit_storage(v: str) -> str | None:
     )
 
 
-# Every setting Postern reads. config.example.toml documents each one (a test keeps them in step).
-SETTINGS: tuple[Setting, ...] = (
+# Every setting Postern reads. config.example.toml documents each one, and each section's
+# dataclass below has a field of the same type for each of its keys (tests keep all three in
+# step). The rows hold values of different types, hence Setting[Any].
+SETTINGS: tuple[Setting[Any], ...] = (
     Setting("database", "url", str, "sqlite:///postern.db", _database_url),
     Setting("database", "pool_size", int, 5, _positive),
     Setting("database", "echo", bool, False),
@@ -145,11 +151,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("domains", "dkim_ed25519", bool, False),
     Setting("domains", "dkim_ed25519_selector", str, "key2", _subdomain_label),
     Setting("domains", "spf_value", str, "v=spf1 a:{hostname} ~all"),
-    Setting("dns", "nameservers", list, [], None),
+    Setting("dns", "nameservers", list[str], [], None),
     Setting("dns", "port", int, 53, _port),
     Setting("dns", "timeout", float, 5.0, _positive),
     Setting("smtp", "hostname", str, "localhost"),
-    Setting("smtp", "ports", list, [2525, 2587, 2465], _port_list),
+    Setting("smtp", "ports", list[int], [2525, 2587, 2465], _port_list),
     Setting("smtp", "listen_host", str, "127.0.0.1"),
     Setting("smtp", "tls_cert", str, ""),
     Setting("smtp", "tls_key", str, ""),
@@ -182,7 +188,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhooks", "allow_private", bool, False),
     Setting("webhooks", "timeout", float, 10.0, _positive),
     Setting(
-        "webhooks", "retry_schedule", list, [60, 300, 1800, 7200, 21_600, 86_400], _positive_list
+        "webhooks",
+        "retry_schedule",
+        list[int],
+        [60, 300, 1800, 7200, 21_600, 86_400],
+        _positive_list,
     ),
     Setting("webhooks", "concurrency", int, 10, _positive),
     Setting("webhooks", "batch_size", int, 500, _positive),
@@ -204,11 +214,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
+def _coerce(setting: Setting[Any], raw: object, origin: str) -> object:
     """Turn a raw TOML or environment value into the setting's type, or raise ConfigError."""
     where = f" (from {origin})" if origin else ""
     kind = setting.kind
-    value: Any
+    value: object
     if kind is bool:
         if isinstance(raw, bool):
             value = raw
@@ -217,30 +227,32 @@ def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
         else:
             raise ConfigError(f"{setting.name}: must be true or false, got {raw!r}{where}")
     elif kind is int:
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             raise ConfigError(f"{setting.name}: must be a whole number, got {raw!r}{where}")
         try:
             value = int(raw)
-        except (TypeError, ValueError):
+        except ValueError:
             raise ConfigError(
                 f"{setting.name}: must be a whole number, got {raw!r}{where}"
             ) from None
     elif kind is float:
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}")
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except ValueError:
             raise ConfigError(f"{setting.name}: must be a number, got {raw!r}{where}") from None
-    elif kind is list:
+    elif kind == list[int] or kind == list[str]:
         # A TOML array, or a comma-separated string (environment variables).
+        items: list[object]
         if isinstance(raw, str):
             items = [p.strip() for p in raw.split(",") if p.strip()]
         elif isinstance(raw, list):
             items = raw
         else:
             raise ConfigError(f"{setting.name}: must be a list, got {raw!r}{where}")
-        value = [_list_item(i) for i in items]
+        # Whole numbers given as text become numbers (the checks then refuse what is not).
+        value = [_list_item(i) for i in items] if kind == list[int] else [str(i) for i in items]
     elif kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"{setting.name}: must be a string, got {raw!r}{where}")
@@ -254,28 +266,199 @@ def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
     return value
 
 
-def _list_item(item: Any) -> Any:
+def _list_item(item: object) -> object:
     if isinstance(item, str) and item.isdigit():
         return int(item)
     return item
 
 
-class Config:
-    """Resolved settings, read as ``config.http.port``."""
+class Section:
+    """A section of the settings: subclasses are frozen dataclasses, one field per key."""
 
-    def __init__(self, values: Mapping[str, Any], source: str | None = None):
+    section: ClassVar[str]
+
+    @classmethod
+    def of(cls, values: Mapping[str, object]) -> Self:
+        """The section's keys taken from resolved values keyed ``section.key``."""
+        return cls(**{s.key: values[s.name] for s in SETTINGS if s.section == cls.section})
+
+
+@dataclass(frozen=True)
+class DatabaseSettings(Section):
+    """[database]: where Postern keeps its data."""
+
+    section: ClassVar[str] = "database"
+    url: str
+    pool_size: int
+    echo: bool
+
+
+@dataclass(frozen=True)
+class HTTPSettings(Section):
+    """[http]: the API's listener and its gunicorn processes."""
+
+    section: ClassVar[str] = "http"
+    host: str
+    port: int
+    workers: int
+    threads: int
+    timeout: int
+    max_body_bytes: int
+    public_url: str
+    proxy_hops: int
+
+
+@dataclass(frozen=True)
+class SecuritySettings(Section):
+    """[security]: the secret key and sessions."""
+
+    section: ClassVar[str] = "security"
+    secret_key: str
+    session_idle_timeout: int
+
+
+@dataclass(frozen=True)
+class DomainsSettings(Section):
+    """[domains]: sending domains, their DKIM keys and DNS records."""
+
+    section: ClassVar[str] = "domains"
+    max_per_user: int
+    require_verification: bool
+    subdomain: str
+    dkim_selector: str
+    dkim_rsa_bits: int
+    dkim_ed25519: bool
+    dkim_ed25519_selector: str
+    spf_value: str
+
+
+@dataclass(frozen=True)
+class DNSSettings(Section):
+    """[dns]: the resolver used for verification and MX lookups."""
+
+    section: ClassVar[str] = "dns"
+    nameservers: list[str]
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SMTPSettings(Section):
+    """[smtp]: the relay's listeners and authentication."""
+
+    section: ClassVar[str] = "smtp"
+    hostname: str
+    ports: list[int]
+    listen_host: str
+    tls_cert: str
+    tls_key: str
+    allow_plain_auth: bool
+    auth_max_failures: int
+    auth_lockout: int
+
+
+@dataclass(frozen=True)
+class SendingSettings(Section):
+    """[sending]: quotas and limits on what one send may hold."""
+
+    section: ClassVar[str] = "sending"
+    quota: int
+    quota_period: int
+    max_recipients: int
+    max_bcc: int
+    max_reply_to: int
+    max_message_bytes: int
+    max_schedule_seconds: int
+
+
+@dataclass(frozen=True)
+class DeliverySettings(Section):
+    """[delivery]: the delivery worker, its SMTP client and retries."""
+
+    section: ClassVar[str] = "delivery"
+    mx_port: int
+    tls: str
+    smarthost: str
+    smarthost_port: int
+    smarthost_username: str
+    smarthost_password: str
+    smarthost_tls: str
+    concurrency_per_host: int
+    batch_size: int
+    build_processes: int
+    claim_timeout: int
+    max_age: int
+    retry_base: int
+    retry_max: int
+    timeout: float
+    poll_interval: float
+
+
+@dataclass(frozen=True)
+class WebhooksSettings(Section):
+    """[webhooks]: the webhook sender."""
+
+    section: ClassVar[str] = "webhooks"
+    allow_private: bool
+    timeout: float
+    retry_schedule: list[int]
+    concurrency: int
+    batch_size: int
+    gap_expiry: int
+    poll_interval: float
+    keep_days: int
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Section):
+    """[tracking]: where tracking URLs point."""
+
+    section: ClassVar[str] = "tracking"
+    base_url: str
+
+
+@dataclass(frozen=True)
+class RateLimitSettings(Section):
+    """[ratelimit]: the API's request limit and where its counters live."""
+
+    section: ClassVar[str] = "ratelimit"
+    storage: str
+    requests: int
+    period: int
+
+
+@dataclass(frozen=True)
+class LogSettings(Section):
+    """[log]: log level and line format."""
+
+    section: ClassVar[str] = "log"
+    level: str
+    format: str
+
+
+class Config:
+    """Resolved settings, read as ``config.http.port``: one typed section per table."""
+
+    def __init__(self, values: Mapping[str, object], source: str | None = None) -> None:
         self._values = dict(values)
         self.source = source
-        for section in _SECTIONS:
-            ns = SimpleNamespace(
-                **{s.key: self._values[s.name] for s in SETTINGS if s.section == section}
-            )
-            setattr(self, section, ns)
+        self.database = DatabaseSettings.of(self._values)
+        self.http = HTTPSettings.of(self._values)
+        self.security = SecuritySettings.of(self._values)
+        self.domains = DomainsSettings.of(self._values)
+        self.dns = DNSSettings.of(self._values)
+        self.smtp = SMTPSettings.of(self._values)
+        self.sending = SendingSettings.of(self._values)
+        self.delivery = DeliverySettings.of(self._values)
+        self.webhooks = WebhooksSettings.of(self._values)
+        self.tracking = TrackingSettings.of(self._values)
+        self.ratelimit = RateLimitSettings.of(self._values)
+        self.log = LogSettings.of(self._values)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> object:
         return self._values[name]
 
-    def replace(self, **changes: Any) -> Config:
+    def replace(self, **changes: object) -> Config:
         """A copy with some settings changed, keyed as ``section__key``."""
         values = dict(self._values)
         for k, v in changes.items():
@@ -291,7 +474,7 @@ class Config:
 
 
 def load_config(
-    path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Read defaults, then the TOML file, then environment overrides."""
     environ = os.environ if environ is None else environ
@@ -337,7 +520,11 @@ def sqlite_in_memory(url: str) -> bool:
 def sqlite_path(config: Config) -> Path | None:
     """The SQLite database file, or None for in-memory and server databases."""
     url = make_url(config.database.url)
-    if url.get_backend_name() != "sqlite" or sqlite_in_memory(config.database.url):
+    if (
+        url.get_backend_name() != "sqlite"
+        or url.database is None
+        or sqlite_in_memory(config.database.url)
+    ):
         return None
     return Path(url.database)
 

@@ -9,13 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select, create_engine, event, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from core.settings import sqlite_in_memory
 
@@ -51,19 +54,29 @@ def make_engine(
         )
         _configure_sqlite(engine, durable, begin)
         return engine
-    kwargs: dict = {"pool_size": pool_size, "max_overflow": pool_size}
+    recycle = -1  # SQLAlchemy's default: never
     if backend in ("mysql", "mariadb"):
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        kwargs["pool_recycle"] = 3600
-    engine = create_engine(parsed, echo=echo, isolation_level="READ COMMITTED", **kwargs)
+        recycle = 3600
+    engine = create_engine(
+        parsed,
+        echo=echo,
+        isolation_level="READ COMMITTED",
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=recycle,
+    )
     _ping_when_idle(engine)
     if backend == "postgresql" and not durable:
 
         @event.listens_for(engine, "connect")
-        def _no_wal_wait(dbapi_conn, _record):
-            with dbapi_conn.cursor() as cur:
+        def _no_wal_wait(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+            cur = dbapi_conn.cursor()
+            try:
                 cur.execute("SET synchronous_commit TO OFF")
+            finally:
+                cur.close()
             dbapi_conn.commit()
 
     return engine
@@ -83,11 +96,13 @@ def _ping_when_idle(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "checkin")
-    def _rested_from(_dbapi_conn, record):
+    def _rested_from(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info["postern_checkin"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _test_if_rested(dbapi_conn, record, _proxy):
+    def _test_if_rested(
+        dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
         since = record.info.get("postern_checkin")
         if since is None or time.monotonic() - since < IDLE_PING:
             return
@@ -97,7 +112,7 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"a pooled connection failed its test: {exc}") from exc
 
 
-def _ping(dbapi_conn) -> None:
+def _ping(dbapi_conn: DBAPIConnection) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("SELECT 1")
     cursor.close()
@@ -113,7 +128,7 @@ def _configure_sqlite(engine: Engine, durable: bool = True, begin: str = "IMMEDI
     """
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
+    def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         dbapi_conn.isolation_level = None  # the dialect begins transactions itself
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -138,8 +153,11 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
     supports_statement_cache = True
 
     def __init__(
-        self, postern_begin: str = "IMMEDIATE", postern_queue: str | None = None, **kwargs
-    ):
+        self,
+        postern_begin: str = "IMMEDIATE",
+        postern_queue: str | None = None,
+        **kwargs: Any,  # pysqlite's own options, passed on as they are
+    ) -> None:
         super().__init__(**kwargs)
         if postern_begin not in ("IMMEDIATE", "DEFERRED", "NONE"):
             raise ValueError(f"unknown way to begin a transaction: {postern_begin}")
@@ -148,11 +166,11 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
         # at BEGIN IMMEDIATE and let go at commit or rollback, rather than in SQLite's busy
         # handler. ``_writer`` is the DBAPI connection holding it.
         self._write_lock = threading.Lock()
-        self._writer = None
+        self._writer: object | None = None
         # And Postern's processes queue on a lock file beside the database (see WriterQueue).
         self.writer_queue = WriterQueue(postern_queue) if postern_queue else None
 
-    def do_begin(self, dbapi_connection):
+    def do_begin(self, dbapi_connection: PoolProxiedConnection) -> None:
         if self.postern_begin == "NONE":
             return
         if self.postern_begin == "DEFERRED":
@@ -169,19 +187,19 @@ class SQLiteDialect(SQLiteDialect_pysqlite):
             self._release(dbapi_connection)
             raise
 
-    def do_commit(self, dbapi_connection):
+    def do_commit(self, dbapi_connection: PoolProxiedConnection) -> None:
         try:
             dbapi_connection.commit()
         finally:
             self._release(dbapi_connection)
 
-    def do_rollback(self, dbapi_connection):
+    def do_rollback(self, dbapi_connection: PoolProxiedConnection) -> None:
         try:
             dbapi_connection.rollback()
         finally:
             self._release(dbapi_connection)
 
-    def _release(self, dbapi_connection) -> None:
+    def _release(self, dbapi_connection: PoolProxiedConnection) -> None:
         if self._writer is not None and self._writer is _driver(dbapi_connection):
             self._writer = None
             if self.writer_queue is not None:
@@ -206,21 +224,22 @@ class WriterQueue:
     across ``fork`` would share its lock with the parent.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
         self._pid: int | None = None
         self._held = False
 
     def enter(self) -> None:
-        if self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._fd
+        if fd is None or self._pid != os.getpid():
+            fd = self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._pid = os.getpid()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         self._held = True
 
     def leave(self) -> None:
-        if self._held:
+        if self._held and self._fd is not None:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -234,15 +253,18 @@ class WriterQueue:
         self._fd = self._pid = None
 
 
-def _driver(connection):
+def _driver(connection: PoolProxiedConnection) -> object:
     """The sqlite3 connection behind a pool's proxy (or the connection itself)."""
-    return getattr(connection, "dbapi_connection", connection)
+    driver: object = getattr(connection, "dbapi_connection", connection)
+    return driver
 
 
 registry.register("sqlite.postern", __name__, "SQLiteDialect")
 
+Columns = TypeVarTuple("Columns")  # the column types of a Select
 
-def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
+
+def _begin_immediate(dbapi_conn: PoolProxiedConnection, timeout: float = 30.0) -> None:
     """BEGIN IMMEDIATE, waiting for another process's write lock in short steps.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, so a waiter
@@ -272,7 +294,9 @@ def _begin_immediate(dbapi_conn, timeout: float = 30.0) -> None:
 class Database:
     """Owns the engine and hands out sessions, each inside one transaction."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True):
+    def __init__(
+        self, url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True
+    ) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size, echo=echo, durable=durable)
         self.backend = self.engine.dialect.name
@@ -291,7 +315,7 @@ class Database:
             self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
 
-    def skip_locked(self, query: Select) -> Select:
+    def skip_locked(self, query: Select[*Columns]) -> Select[*Columns]:
         """``query`` locking the rows it returns and skipping rows another transaction has
         locked (PostgreSQL, MariaDB); on SQLite the write transaction's lock does that."""
         return query if self.backend == "sqlite" else query.with_for_update(skip_locked=True)
@@ -379,7 +403,7 @@ class UnitOfWork:
 
     __slots__ = ("conn", "_factory", "_session")
 
-    def __init__(self, conn: Connection, factory: sessionmaker | None = None):
+    def __init__(self, conn: Connection, factory: sessionmaker[Session] | None = None) -> None:
         self.conn = conn
         self._factory = factory
         self._session: Session | None = None

@@ -22,24 +22,31 @@ read by its column type's result processor as SQLAlchemy reads it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
-_Row = dict[str, Any]
+# Database values are Any here, as in SQLAlchemy's own rows: each statement's columns have
+# types of their own, and the DBAPI's raw values are not typed at all.
+Params = Mapping[str, Any]  # one execution's values, by bind name
+RawRow = tuple[Any, ...]  # a result row as the DBAPI gives it
+Row = dict[str, Any]  # a result row by column name, each value read by its column's type
+Processor = Callable[[Any], Any]  # a bind or result processor of SQLAlchemy's
 
 
 class Direct:
     """One Core statement, executed on the DBAPI cursor (see the module's docstring)."""
 
-    def __init__(self, statement: Executable):
+    def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._plans: dict[tuple[Dialect, tuple[str, ...]], _Plan] = {}
 
-    def execute(self, conn: Connection, rows: Sequence[_Row]) -> None:
+    def execute(self, conn: Connection, rows: Sequence[Params]) -> None:
         """Execute once per row (one row, or ``executemany`` for several)."""
         if not rows:
             return
@@ -49,11 +56,11 @@ class Direct:
         else:
             self._run(conn, *plan.bind_many(rows), many=True).close()
 
-    def first(self, conn: Connection, row: _Row) -> tuple | None:
+    def first(self, conn: Connection, row: Params) -> RawRow | None:
         """Execute for one row; the first row of its result (RETURNING, SELECT), raw."""
         return self._first(conn, self._plan(conn.dialect, row), row)
 
-    def all(self, conn: Connection, row: _Row) -> list[tuple]:
+    def all(self, conn: Connection, row: Params) -> list[RawRow]:
         """Execute for one row; every row of its result, raw."""
         cursor = self._run(conn, *self._plan(conn.dialect, row).bind(row))
         try:
@@ -61,25 +68,26 @@ class Direct:
         finally:
             cursor.close()
 
-    def mapping(self, conn: Connection, row: _Row) -> dict[str, Any] | None:
+    def mapping(self, conn: Connection, row: Params) -> Row | None:
         """Execute a SELECT for one row; its first row by column name, values typed."""
         plan = self._plan(conn.dialect, row)
         first = self._first(conn, plan, row)
         return None if first is None else plan.typed(first)
 
-    def mappings(self, conn: Connection, row: _Row) -> list[dict[str, Any]]:
+    def mappings(self, conn: Connection, row: Params) -> list[Row]:
         """Execute a SELECT for one row; every row by column name, values typed."""
         plan = self._plan(conn.dialect, row)
         return [plan.typed(raw) for raw in self.all(conn, row)]
 
-    def _first(self, conn: Connection, plan: _Plan, row: _Row) -> tuple | None:
+    def _first(self, conn: Connection, plan: _Plan, row: Params) -> RawRow | None:
         cursor = self._run(conn, *plan.bind(row))
         try:
-            return cursor.fetchone()
+            first: RawRow | None = cursor.fetchone()
+            return first
         finally:
             cursor.close()
 
-    def _plan(self, dialect: Dialect, row: _Row) -> _Plan:
+    def _plan(self, dialect: Dialect, row: Params) -> _Plan:
         key = (dialect, tuple(row))
         plan = self._plans.get(key)
         if plan is None:
@@ -87,7 +95,7 @@ class Direct:
         return plan
 
     @staticmethod
-    def _run(conn: Connection, sql: str, args: Any, many: bool = False):
+    def _run(conn: Connection, sql: str, args: Any, many: bool = False) -> DBAPICursor:
         if not conn.in_transaction():
             conn.begin()  # as Connection.execute begins one
         cursor = conn.connection.cursor()
@@ -117,8 +125,10 @@ class Direct:
 class _Plan:
     """A statement compiled for one dialect and set of given columns."""
 
-    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]):
+    def __init__(self, statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"not a SELECT, INSERT, UPDATE or DELETE: {statement!r}")
         if compiled.insert_prefetch or compiled.update_prefetch:
             missing = [c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch)]
             raise ValueError(f"give every column a value; these have Python defaults: {missing}")
@@ -139,33 +149,33 @@ class _Plan:
         if len({name for name, _ in self.columns}) != len(self.columns):
             raise ValueError("label the result's columns with names of their own")
 
-    def typed(self, raw: Sequence[Any]) -> dict[str, Any]:
+    def typed(self, raw: Sequence[Any]) -> Row:
         """A result row by column name, each value read by its type's result processor."""
         return {
             name: processor(value) if processor else value
             for (name, processor), value in zip(self.columns, raw, strict=True)
         }
 
-    def bind(self, row: _Row) -> tuple[str, Any]:
+    def bind(self, row: Params) -> tuple[str, Any]:
         """The SQL text and the DBAPI parameters for one execution."""
         sql, entries = self._render(row)
         return sql, self._args(entries, row)
 
-    def bind_many(self, rows: Sequence[_Row]) -> tuple[str, list[Any]]:
+    def bind_many(self, rows: Sequence[Params]) -> tuple[str, list[Any]]:
         """The SQL text and the DBAPI parameters of each row, for an executemany."""
         if self.lists:
             raise ValueError("expanding parameters (IN lists) in an executemany")
         sql, entries = self._render(rows[0])
         return sql, [self._args(entries, row) for row in rows]
 
-    def _render(self, row: _Row) -> tuple[str, list[_Entry]]:
+    def _render(self, row: Params) -> tuple[str, list[_Entry]]:
         lengths = tuple(len(row[name]) for name in self.lists)
         rendered = self._rendered.get(lengths)
         if rendered is None:
             rendered = self._rendered[lengths] = self._expand(row)
         return rendered
 
-    def _expand(self, row: _Row) -> tuple[str, list[_Entry]]:
+    def _expand(self, row: Params) -> tuple[str, list[_Entry]]:
         """SQLAlchemy's rendering for these list lengths: the SQL text, and for each DBAPI
         parameter where its value comes from and its bind processor."""
         state = self.compiled.construct_expanded_state(row)  # a value missing fails here
@@ -175,17 +185,17 @@ class _Plan:
             for index, rendered in enumerate(names)
         }
         names = state.positiontup if self.positional else list(state.parameters)
-        entries = []
+        entries: list[_Entry] = []
         for name in names or ():
-            key, index = source.get(name, (name, None))
-            if key not in row:  # a literal of the statement itself ("hits + 1")
-                key = None
+            found, index = source.get(name, (name, None))
+            # None: a literal of the statement itself ("hits + 1")
+            key = found if found in row else None
             # The rendered members of an IN list have processors of their own.
             processor = state.processors.get(name) or self._processors.get(name)
             entries.append((name, key, index, processor, state.parameters[name]))
         return state.statement, entries
 
-    def _args(self, entries: list[_Entry], row: _Row) -> Any:
+    def _args(self, entries: list[_Entry], row: Params) -> Any:
         values = []
         for _name, key, index, processor, constant in entries:
             value = constant if key is None else row[key] if index is None else row[key][index]
@@ -197,4 +207,4 @@ class _Plan:
 
 # A DBAPI parameter: its rendered name, the row's key giving its value (None: the constant),
 # the index in that key's list (IN lists), its bind processor, the statement's constant.
-_Entry = tuple[str, str | None, int | None, Any, Any]
+_Entry = tuple[str, str | None, int | None, Processor | None, Any]

@@ -105,10 +105,12 @@ def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
     When every line ends in CRLF, only the header block goes through dkimpy's parser,
     which splits the whole message into lines and joins the body up again."""
     end = message.find(b"\r\n\r\n")
+    parsed: tuple[list[list[bytes]], bytes]  # dkimpy has no type hints
     if end < 0 or message.count(b"\n") != message.count(b"\r\n"):
-        return dkim.rfc822_parse(message)
-    headers, _ = dkim.rfc822_parse(message[: end + 2])
-    return headers, message[end + 4 :]
+        parsed = dkim.rfc822_parse(message)
+        return parsed
+    parsed = dkim.rfc822_parse(message[: end + 2])
+    return parsed[0], message[end + 4 :]
 
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
@@ -179,7 +181,7 @@ def _signature(
         hasher, _RELAXED, canonical, include, (HEADER_NAME, b" " + unsigned), dict(fields)
     )
     fields[-1] = (b"b", base64.b64encode(_sign_digest(private, hasher.digest())))
-    value = dkim.fold(_join(fields) + b"\r\n", namelen=len(HEADER_NAME))
+    value: bytes = dkim.fold(_join(fields) + b"\r\n", namelen=len(HEADER_NAME))
     return HEADER_NAME + b": " + value
 
 

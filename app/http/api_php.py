@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, request
 
 from app.http import envelope
+from app.http.context import current_gateway
 from app.http.params import read_params
 from commands import find
 from commands.errors import UNKNOWN_COMMAND, CommandError
@@ -13,15 +14,15 @@ bp = Blueprint("api_php", __name__)
 
 
 @bp.route("/api.php", methods=["GET", "POST"])
-def api_php():
-    fmt = request.args.get("ResponseFormat") or request.args.get("responseformat")
+def api_php() -> Response:
+    fmt: object = request.args.get("ResponseFormat") or request.args.get("responseformat")
     cmd = None
     try:
         params = read_params(request)
         lowered = {str(k).lower(): v for k, v in params.items()}
         fmt = lowered.get("responseformat", fmt)
         name = lowered.get("command")
-        cmd = find(name)
+        cmd = find(name) if isinstance(name, str) else None
         if cmd is None:
             text = (
                 f"Unknown command: {name}"
@@ -29,9 +30,7 @@ def api_php():
                 else "Missing required parameter: Command"
             )
             raise CommandError(UNKNOWN_COMMAND, text, http_status=400)
-        fields = current_app.extensions["postern.gateway"].run(
-            cmd, params, remote_addr=request.remote_addr
-        )
+        fields = current_gateway().run(cmd, params, remote_addr=request.remote_addr)
     except CommandError as exc:
         code = [exc.code] if cmd is not None and cmd.error_list else exc.code
         return envelope.render(envelope.failure(code, exc.text), fmt, exc.http_status)

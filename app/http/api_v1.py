@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from collections.abc import Mapping
 
+from flask import Blueprint, Response, jsonify, request
+
+from app.http.context import current_gateway
 from app.http.params import read_params
 from commands import find
 from commands.errors import CommandError
@@ -17,7 +20,7 @@ def errors(code: int, message: str, status: int) -> Response:
     return resp
 
 
-def sender_key(params: dict) -> str | None:
+def sender_key(params: Mapping[str, object]) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -39,7 +42,10 @@ def run_v1(
     gives it another code (the email route: 12); ``limited_text`` the 429 text where a
     route's contract words it otherwise (the events route; ``{seconds}`` is filled in).
     """
-    gateway = current_app.extensions["postern.gateway"]
+    gateway = current_gateway()
+    cmd = find(command_name, "v1")
+    if cmd is None:  # pragma: no cover - each route names a command registered for v1
+        raise LookupError(f"no v1 command {command_name}")
     try:
         params = read_params(request)
         sender = gateway.authenticate_sender(sender_key(params))
@@ -53,9 +59,7 @@ def run_v1(
             resp = errors(429, text, 429)
             resp.headers["Retry-After"] = str(decision.retry_after)
             return resp
-        fields = gateway.run(
-            find(command_name, "v1"), params, remote_addr=request.remote_addr, sender=sender
-        )
+        fields = gateway.run(cmd, params, remote_addr=request.remote_addr, sender=sender)
     except CommandError as exc:
         if account_error and exc.http_status == 403:
             return errors(*account_error, 403)
@@ -68,7 +72,7 @@ def run_v1(
 
 
 @bp.route("/webhooks", methods=["GET", "POST", "DELETE"])
-def webhooks():
+def webhooks() -> Response:
     return run_v1(
         {"GET": "v1.Webhooks.List", "POST": "v1.Webhooks.Create", "DELETE": "v1.Webhooks.Delete"}[
             request.method
@@ -77,12 +81,12 @@ def webhooks():
 
 
 @bp.route("/email", methods=["POST"])
-def email():
+def email() -> Response:
     return run_v1("v1.Email.Send", account_error=(12, "Invalid or deactivated user account"))
 
 
 @bp.route("/events", methods=["GET"])
-def events():
+def events() -> Response:
     return run_v1(
         "v1.Events.List",
         limited_text="Too many requests. Please wait for {seconds} seconds before trying again.",

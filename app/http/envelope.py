@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
 from xml.sax.saxutils import escape
 
 from flask import Response
 
 
-def success(fields: dict[str, Any]) -> dict[str, Any]:
+def success(fields: Mapping[str, object]) -> dict[str, object]:
     return {"Success": True, "ErrorCode": 0, **fields}
 
 
-def failure(code: int | list[int], text: str, **extra: Any) -> dict[str, Any]:
+def failure(code: int | list[int], text: str, **extra: object) -> dict[str, object]:
     # ErrorMessage repeats ErrorText: seed 003 shows both names in its examples.
     return {"Success": False, "ErrorCode": code, "ErrorText": text, "ErrorMessage": text, **extra}
 
 
-def render(body: dict[str, Any], fmt: str | None, status: int = 200) -> Response:
+def render(body: Mapping[str, object], fmt: object, status: int = 200) -> Response:
+    """``body`` as XML when ``fmt`` (the request's ResponseFormat, if any) says so, else JSON."""
     if isinstance(fmt, str) and fmt.strip().upper() == "XML":
         return Response(to_xml(body), status=status, mimetype="text/xml")
     return Response(
@@ -26,7 +27,7 @@ def render(body: dict[str, Any], fmt: str | None, status: int = 200) -> Response
     )
 
 
-def to_xml(body: dict[str, Any]) -> str:
+def to_xml(body: Mapping[str, object]) -> str:
     """Octeth's XML rendering: <response> with one element per field.
 
     Booleans are written as PHP writes them (true as 1, false as empty), list items as
@@ -39,7 +40,7 @@ def to_xml(body: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _xml_value(parts: list[str], tag: str, value: Any) -> None:
+def _xml_value(parts: list[str], tag: str, value: object) -> None:
     tag = _tag(tag)
     if isinstance(value, dict):
         parts.append(f"<{tag}>")

@@ -7,11 +7,13 @@ import re
 import secrets
 import time
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.http import envelope
+from app.http.context import install
 from app.logs import configure_logging
 from commands import Gateway
 from commands.errors import INTERNAL_ERROR
@@ -28,9 +30,11 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.http.max_body_bytes
     if config.http.proxy_hops:
         hops = config.http.proxy_hops
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    app.extensions["postern.config"] = config
-    app.extensions["postern.gateway"] = gateway or Gateway(config)
+        # Flask's documented way to wrap its WSGI app; mypy sees a method replaced.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
+    install(app, config, gateway or Gateway(config))
 
     from app.http.api_php import bp as api_php_bp
     from app.http.api_v1 import bp as api_v1_bp
@@ -43,13 +47,13 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.register_blueprint(tracking_bp)
 
     @app.before_request
-    def _start():
+    def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         g.started = time.perf_counter()
 
     @app.after_request
-    def _finish(response):
+    def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         if not log.isEnabledFor(logging.INFO):
             return response
@@ -70,17 +74,21 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
         return response
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> ResponseReturnValue:
         if request.path == "/api.php":
             return envelope.render(
                 envelope.failure(exc.code or 400, exc.description or exc.name),
                 request.args.get("ResponseFormat"),
                 exc.code or 400,
             )
-        return jsonify({"Errors": [{"Code": exc.code, "Message": exc.description}]}), exc.code
+        # Flask hands this handler only exceptions with a code (it returns the others as
+        # they are); 400 stands in for the type checker's None.
+        return jsonify(
+            {"Errors": [{"Code": exc.code, "Message": exc.description}]}
+        ), exc.code or 400
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> ResponseReturnValue:
         request_id = g.get("request_id", "")
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         text = f"Internal error; quote request id {request_id} when reporting it"

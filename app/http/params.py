@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from flask import Request
+from werkzeug.datastructures import MultiDict
 
 from commands.errors import INVALID_JSON, CommandError
 
 
-def read_params(request: Request) -> dict[str, Any]:
+def read_params(request: Request) -> dict[str, object]:
     """All parameters, body over query string.
 
     A body that starts like JSON is read as JSON whatever its Content-Type says (short of
     multipart); a form body is read as a form, with or without its Content-Type. Form keys
     written ``Name[]``, or given more than once, become lists.
     """
-    params: dict[str, Any] = _multidict(request.args)
+    params = _multidict(request.args)
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         params.update(_multidict(request.form))
@@ -45,10 +45,8 @@ def read_params(request: Request) -> dict[str, Any]:
     return params
 
 
-def _parse_qs(raw: bytes):
+def _parse_qs(raw: bytes) -> MultiDict[str, str]:
     from urllib.parse import parse_qsl
-
-    from werkzeug.datastructures import MultiDict
 
     return MultiDict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
@@ -56,9 +54,9 @@ def _parse_qs(raw: bytes):
 _PATH = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])+)$")
 
 
-def _multidict(md) -> dict[str, Any]:
+def _multidict(md: MultiDict[str, str]) -> dict[str, object]:
     """Form fields as a dict; PHP-style keys (``To[0][email]``, ``Tags[]``) become nested."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key in md:
         values = md.getlist(key)
         match = _PATH.match(key)
@@ -71,19 +69,20 @@ def _multidict(md) -> dict[str, Any]:
     return {k: _listify(v) for k, v in out.items()}
 
 
-def _put(node: dict, path: list[str], value: str) -> None:
+def _put(node: dict[str, object], path: list[str], value: str) -> None:
     for part in path[:-1]:
         if part == "":
             part = str(len(node))
         child = node.get(part)
         if not isinstance(child, dict):
-            child = node[part] = {}
+            child = {}
+            node[part] = child
         node = child
     last = path[-1]
     node[str(len(node)) if last == "" else last] = value
 
 
-def _listify(value: Any) -> Any:
+def _listify(value: object) -> object:
     """Dicts whose keys are 0..n-1 become lists, at every depth."""
     if not isinstance(value, dict):
         return value

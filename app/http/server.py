@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import TYPE_CHECKING
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from core.settings import Config
 
+if TYPE_CHECKING:
+    from flask import Flask
 
-class QuietAccessLogger(Logger):
+
+class QuietAccessLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hints
     """Gunicorn's logger without its access log: Postern logs each request itself (without
     query strings), and gunicorn would otherwise format an access line per request only to
     drop it."""
 
-    def access(self, resp, req, environ, request_time) -> None:
+    def access(self, resp: object, req: object, environ: object, request_time: object) -> None:
         return None
 
 
@@ -49,21 +53,21 @@ def worker_count(config: Config) -> int:
     return cores if config.is_sqlite else 2 * cores
 
 
-class GunicornServer(BaseApplication):
+class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     """Gunicorn with Postern's settings; each worker builds its own app (and engine) after fork."""
 
-    def __init__(self, config: Config, companions: list[list[str]] | None = None):
+    def __init__(self, config: Config, companions: list[list[str]] | None = None) -> None:
         self.postern_config = config
         # Commands run beside the API (the delivery worker under `postern serve`): started
         # when gunicorn is ready, stopped when it exits.
         self.companions = companions or []
-        self._children: list[subprocess.Popen] = []
+        self._children: list[subprocess.Popen[bytes]] = []
         super().__init__()
 
-    def load_config(self):
+    def load_config(self) -> None:
         c = self.postern_config
         fmt = "postern_json" if c.log.format == "json" else "postern_text"
-        settings = {
+        settings: dict[str, object] = {
             "bind": [f"{c.http.host}:{c.http.port}"],
             "workers": worker_count(c),
             "threads": c.http.threads,
@@ -104,10 +108,10 @@ class GunicornServer(BaseApplication):
         for key, value in settings.items():
             self.cfg.set(key, value)
 
-    def _start_companions(self, _server) -> None:
+    def _start_companions(self, _server: object) -> None:
         self._children = [subprocess.Popen(cmd) for cmd in self.companions]  # noqa: S603
 
-    def _stop_companions(self, _server) -> None:
+    def _stop_companions(self, _server: object) -> None:
         for child in self._children:
             child.terminate()
         for child in self._children:
@@ -117,7 +121,7 @@ class GunicornServer(BaseApplication):
                 child.kill()
                 child.wait()
 
-    def load(self):
+    def load(self) -> Flask:
         from app.http.factory import create_app
 
         return create_app(self.postern_config)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from flask import Blueprint, Response, current_app, redirect, request
+from flask import Blueprint, Response, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
+from app.http.context import current_gateway
 from commands import tracking
 from commands.tracking import Visitor
 
@@ -19,10 +21,6 @@ NO_CACHE = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
-
-
-def _gateway():
-    return current_app.extensions["postern.gateway"]
 
 
 def _visitor() -> Visitor:
@@ -50,8 +48,8 @@ def _page(title: str, body: str, status: int = 200) -> Response:
 
 
 @bp.route("/c/<signed>", methods=["GET"])  # and HEAD, which records nothing
-def click(signed: str):
-    url = tracking.click(_gateway(), signed, _visitor(), record=request.method == "GET")
+def click(signed: str) -> BaseResponse:
+    url = tracking.click(current_gateway(), signed, _visitor(), record=request.method == "GET")
     if url is None:
         return _not_found()
     resp = redirect(url, 302)
@@ -60,17 +58,17 @@ def click(signed: str):
 
 
 @bp.route("/o/<signed>.gif", methods=["GET"])
-def pixel(signed: str):
-    if not tracking.open_(_gateway(), signed, _visitor(), record=request.method == "GET"):
+def pixel(signed: str) -> Response:
+    if not tracking.open_(current_gateway(), signed, _visitor(), record=request.method == "GET"):
         return _not_found()
     return Response(PIXEL, 200, headers=NO_CACHE, mimetype="image/gif")
 
 
 @bp.route("/u/<signed>", methods=["GET", "POST"])
-def unsubscribe(signed: str):
+def unsubscribe(signed: str) -> Response:
     """GET shows a page with a button (link scanners follow GETs); any POST unsubscribes:
     the button's, or a mail client's RFC 8058 one-click POST."""
-    gateway = _gateway()
+    gateway = current_gateway()
     if request.method == "GET":
         who = tracking.recipient(gateway, signed)
         if who is None:

@@ -1,15 +1,17 @@
 """Settings: defaults, the TOML file, environment overrides, errors and the secret key."""
 
+import dataclasses
 import os
 import stat
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
 
-from core.settings import SETTINGS, ConfigError, load_config, resolve_secret_key
+from core.settings import SETTINGS, ConfigError, Section, load_config, resolve_secret_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +43,40 @@ def test_example_file_documents_every_setting_with_its_default():
     for s in SETTINGS:
         assert documented[(s.section, s.key)] == s.default, s.name
     assert load_config(ROOT / "config.example.toml", environ={}).http.port == 8080
+
+
+def test_each_section_is_a_dataclass_naming_the_tables_keys_with_their_types():
+    sections = {cls.section: cls for cls in Section.__subclasses__()}
+    assert set(sections) == {s.section for s in SETTINGS}
+    typed = {
+        (name, field.name): typing.get_type_hints(cls)[field.name]
+        for name, cls in sections.items()
+        for field in dataclasses.fields(cls)
+    }
+    assert typed == {(s.section, s.key): s.kind for s in SETTINGS}
+    for s in SETTINGS:
+        kind = typing.get_origin(s.kind) or s.kind
+        assert isinstance(s.default, kind), s.name
+        items = typing.get_args(s.kind)
+        assert all(isinstance(i, items[0]) for i in s.default) if items else True, s.name
+        assert s.check is None or s.check(s.default) is None, s.name
+
+
+def test_sections_hold_values_of_their_types_and_are_frozen():
+    c = load_config(
+        environ={"POSTERN_DNS_NAMESERVERS": "127.0.0.1, 127.0.0.2", "POSTERN_SMTP_PORTS": "25"}
+    )
+    for name in {s.section for s in SETTINGS}:
+        section = getattr(c, name)
+        assert isinstance(section, Section) and section.section == name
+        for field in dataclasses.fields(section):
+            hint = typing.get_type_hints(type(section))[field.name]
+            value = getattr(section, field.name)
+            assert isinstance(value, typing.get_origin(hint) or hint), f"{name}.{field.name}"
+    assert c.dns.nameservers == ["127.0.0.1", "127.0.0.2"] and c.smtp.ports == [25]
+    assert c.replace(delivery__batch_size="7").delivery.batch_size == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.delivery.batch_size = 1
 
 
 def test_file_then_environment(tmp_path):

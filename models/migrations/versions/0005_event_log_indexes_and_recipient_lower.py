@@ -7,6 +7,7 @@ Create Date: 2026-11-21 10:50:26.289250
 
 import hashlib
 from collections import Counter
+from datetime import date
 
 import sqlalchemy as sa
 from alembic import op
@@ -73,12 +74,12 @@ def count_existing_events() -> None:
         sa.column("tags", sa.Text()),
         sa.column("user_id", sa.Integer()),
     )
-    counts: Counter = Counter()
+    counts: Counter[tuple[int, date, str, str, int]] = Counter()
     query = sa.select(
         events.c.domain_id, events.c.created_at, events.c.type, events.c.tags, events.c.user_id
     ).execution_options(yield_per=10000)
-    for domain_id, created_at, kind, tags, user_id in op.get_bind().execute(query):
-        counts[(domain_id, created_at.date(), kind, tags, user_id)] += 1
+    for row in op.get_bind().execute(query):
+        counts[(row.domain_id, row.created_at.date(), row.type, row.tags, row.user_id)] += 1
     rows = [
         {
             "domain_id": domain_id,

@@ -18,7 +18,7 @@ branch_labels = None
 depends_on = None
 
 
-def _gaps_type(old: sa.types.TypeEngine, new: sa.types.TypeEngine) -> None:
+def _gaps_type(old: sa.types.TypeEngine[str], new: sa.types.TypeEngine[str]) -> None:
     if op.get_bind().dialect.name in ("mysql", "mariadb"):
         op.alter_column(
             "webhook_cursor", "gaps", existing_type=old, type_=new, existing_nullable=False
