@@ -92,6 +92,13 @@ class People:
 
     entries: list[dict[str, str]]
     problem: str | None = None
+    surrogate_at: int | None = None  # where the invalid entry's name has a lone surrogate
+
+    def invalid(self, code: int, text: str, label: str) -> CommandError:
+        """The answer for an invalid entry: ``text``, or why its ``label`` name is not text."""
+        if self.surrogate_at is not None:
+            return fail(code, not_text(f"{label} name", self.surrogate_at))
+        return fail(code, text)
 
 
 @dataclass
@@ -331,7 +338,11 @@ def read_people(value: Any, *, strict: bool = False) -> People:
         if not isinstance(name, str):
             name = str(name)
         normalised = normalise_address(email)
-        if normalised is None or "\r" in name or "\n" in name or lone_surrogate(name) is not None:
+        if normalised is None or "\r" in name or "\n" in name:
+            people.problem = "invalid"
+            break
+        people.surrogate_at = lone_surrogate(name)
+        if people.surrogate_at is not None:
             people.problem = "invalid"
             break
         people.entries.append({"email": normalised, "name": name.strip()})
@@ -348,7 +359,7 @@ def to_entries_complete(d: Draft) -> None:
 @check(19)
 def to_entries_valid(d: Draft) -> None:
     if d.to.problem == "invalid":
-        raise fail(19, "Recipient email address is invalid.")
+        raise d.to.invalid(19, "Recipient email address is invalid.", "Recipient")
 
 
 @check(20)
@@ -367,7 +378,7 @@ def cc_entries_complete(d: Draft) -> None:
 @check(22)
 def cc_entries_valid(d: Draft) -> None:
     if d.cc.problem == "invalid":
-        raise fail(22, "CC email address is invalid.")
+        raise d.cc.invalid(22, "CC email address is invalid.", "CC")
 
 
 @check(20)
@@ -393,7 +404,7 @@ def bcc_entries_complete(d: Draft) -> None:
 @check(26)
 def bcc_entries_valid(d: Draft) -> None:
     if d.bcc.problem == "invalid":
-        raise fail(26, "BCC email address is invalid.")
+        raise d.bcc.invalid(26, "BCC email address is invalid.", "BCC")
 
 
 @check(27)
@@ -422,7 +433,7 @@ def reply_to_entries_complete(d: Draft) -> None:
 @check(30)
 def reply_to_entries_valid(d: Draft) -> None:
     if d.reply_to.problem == "invalid":
-        raise fail(30, "Reply-To email address is invalid.")
+        raise d.reply_to.invalid(30, "Reply-To email address is invalid.", "Reply-To")
 
 
 @check(31)
