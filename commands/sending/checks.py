@@ -196,6 +196,14 @@ def not_text(what: str, at: int) -> str:
     )
 
 
+def shown(text: str) -> str:
+    """``text`` as an answer may quote it: a lone surrogate (which no response could be
+    encoded with) written as its escape."""
+    if lone_surrogate(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # -- the domain, the subject and the content -------------------------------------------------
 
 
@@ -473,10 +481,10 @@ def headers(d: Draft) -> None:
         raise fail(35, "Headers must be an object of header names and values")
     for name, raw in value.items():
         if not isinstance(raw, str | int | float) or isinstance(raw, bool):
-            raise fail(35, f"Invalid header {name}: the value must be a string")
+            raise fail(35, f"Invalid header {shown(str(name))}: the value must be a string")
         problem = header_problem(str(name), str(raw))
         if problem:
-            raise fail(35, f"Invalid header {name}: {problem}")
+            raise fail(35, f"Invalid header {shown(str(name))}: {problem}")
         d.headers[str(name)] = str(raw)
 
 

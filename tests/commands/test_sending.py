@@ -536,6 +536,30 @@ def test_what_could_not_be_written_into_the_message_is_refused(send, database, c
     assert rows(database, Message) == []
 
 
+def test_a_header_name_with_a_lone_surrogate_is_quoted_escaped(client, user, domain):
+    """The answer names the header: with its lone surrogate escaped, since no response
+    could be encoded with it (the JSON and XML envelopes of /api.php, /api/v1's list)."""
+    changes = payload(Headers={"X-\ud800": "x"})
+    for fmt in ("JSON", "XML"):
+        resp = client.post(
+            "/api.php",
+            json={
+                "Command": "EmailGateway.SendEmail",
+                "APIKey": user.api_key,
+                "DomainID": domain.id,
+                "ResponseFormat": fmt,
+                **changes,
+            },
+        )
+        assert resp.status_code == 200
+        answer = resp.get_data(as_text=True).replace("\\\\", "\\")  # JSON escapes the "\"
+        assert "Invalid header X-\\ud800: the name" in answer
+    resp = client.post(
+        "/api/v1/email", json=changes, headers={"Authorization": f"Bearer {domain.key}"}
+    )
+    assert resp.status_code == 400 and error_of(resp) == 35
+
+
 def test_a_surrogate_name_is_refused_through_api_php_too(client, user, domain, database):
     body = {
         "Command": "EmailGateway.SendEmail",
