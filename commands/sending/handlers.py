@@ -27,7 +27,7 @@ from commands.errors import CommandError
 from commands.events import writer as events
 from commands.registry import Auth, command
 from commands.schema import CommandSchema, RawFieldsSchema
-from commands.sending.checks import MAX_TAGS, Accepted, Recipient, check_send
+from commands.sending.checks import MAX_TAGS, Recipient, check_send
 from commands.suppression import suppressed_among
 from commands.tenancy import domain_id_param, owned_domain
 from core.settings import Config
@@ -37,8 +37,6 @@ from models.direct import Direct
 from models.messages import QUEUED, SUPPRESSED, pack_payload, raw_entry
 from mta.addresses import belongs, normalise_address
 from mta.message import header_block_problem
-
-__all__ = ["Accepted", "Recipient", "accept", "accept_raw", "check_send", "store"]
 
 
 def _fail(code: int, text: str) -> CommandError:
