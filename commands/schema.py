@@ -98,7 +98,7 @@ def _pass_through_problem(klass: type, declared: Mapping[str, fields.Field[Any]]
     for base in klass.__mro__:
         if base is CommandSchema:
             break
-        if base.__module__ == __name__:  # RawFieldsSchema itself
+        if base.__module__ == __name__ and base.__qualname__ == "RawFieldsSchema":
             continue
         if "Meta" in vars(base):
             return f"{base.__name__} sets Meta options"
