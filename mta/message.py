@@ -6,12 +6,12 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address as _HeaderAddress
 from email.headerregistry import HeaderRegistry
-from email.message import EmailMessage, MIMEPart
+from email.message import EmailMessage, Message, MIMEPart
 from email.policy import EmailPolicy
 
 import idna
@@ -23,7 +23,7 @@ class _BuildPolicy(EmailPolicy):
     are read back as plain strings, not parsed into header objects on every read (the
     generator reads Content-Type and its parameters several times per part)."""
 
-    def header_fetch_parse(self, name, value):
+    def header_fetch_parse(self, name: str, value: str) -> str:
         if hasattr(value, "name"):
             return value
         return "".join(value.splitlines())
@@ -115,21 +115,76 @@ def header_problem(name: str, value: str) -> str | None:
     return None
 
 
-def _syntax_problem(name: str, value: str) -> str | None:
+# The characters other than CR and LF at which str.splitlines (and so the email package's
+# generator) breaks a line: in a header value they would start a line that is not a header.
+LINE_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (a code point from U+D800 to
+    U+DFFF, which JSON's \\ud800 escapes can give, and which no encoding can write), or
+    None when there is none."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _syntax_problem(name: str, value: str, longest: int = MAX_LINE) -> str | None:
     for what, text in (("name", name), ("value", value)):
         if any(c in text for c in "\r\n\0"):
             return f"the {what} must not contain CR, LF or NUL characters"
+    if any(c in LINE_BREAKS for c in value):
+        return "the value must not contain line breaks (VT, FF, FS, GS, RS, NEL, U+2028, U+2029)"
+    at = lone_surrogate(value)
+    if at is not None:
+        return f"the value is not valid Unicode text (a lone surrogate at character {at + 1})"
     if not name:
         return "the name is empty"
     if len(name) > 76:
         return "the name is longer than 76 characters"
     if not _FIELD_NAME.fullmatch(name):
         return "the name may only contain printable ASCII characters other than the colon"
-    if len(value) > MAX_LINE:
-        return f"the value is longer than {MAX_LINE} characters"
+    if len(value) > longest:
+        return f"the value is longer than {longest} characters"
     if any(len(word) >= MAX_LINE for word in re.split(r"[ \t]+", value)):
         return f"the value has a word too long to fit on a {MAX_LINE}-character line"
     return None
+
+
+# A submitted message's header block as the DKIM signer reads it: lines ending in LF or
+# CRLF, each a field ("name:" with no space before the colon) or the continuation of one
+# (beginning with a space or tab), up to an empty line or the end.
+_FIELD_LINE = rb"[\x21-\x39\x3b-\x7e]+:[^\n]*(?:\n|\Z)"
+_HEADER_BLOCK = re.compile(rb"(?:%s(?:[ \t][^\n]*(?:\n|\Z))*)*(?:\r?\n|\Z)" % _FIELD_LINE)
+_SPACE_BEFORE_COLON = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]+:")
+
+
+def header_block_problem(data: bytes) -> str | None:
+    """Why the header block of a complete message (as submitted over SMTP) could not be
+    signed and sent as it is, or None when it can: a line that is neither a header field
+    nor the continuation of one, a space before a field's colon (``From :``), or a
+    continuation with no field before it."""
+    if _HEADER_BLOCK.match(data):
+        return None
+    for number, line in enumerate(re.split(rb"\r?\n", data), 1):
+        if not line:
+            break  # the end of the header block
+        if line[:1] in (b" ", b"\t"):
+            if number == 1:
+                return "line 1 begins with a space or tab, but there is no header to continue"
+            continue
+        if _SPACE_BEFORE_COLON.match(line):
+            return f"line {number}: a header name must be followed by its colon, with no space"
+        if not re.match(rb"[\x21-\x39\x3b-\x7e]+:", line):
+            return (
+                f"line {number} is neither a header field (a name of printable ASCII "
+                "characters, a colon, the value) nor the continuation of one"
+            )
+    return "the header block cannot be read"  # pragma: no cover - the lines above say why
 
 
 def build_message(spec: MessageSpec) -> bytes:
@@ -148,7 +203,9 @@ def build_message(spec: MessageSpec) -> bytes:
     msg.set_raw("Message-ID", spec.message_id)
     msg.set_raw("MIME-Version", "1.0")
     if spec.tags:
-        _add_header(msg, "X-Postern-Tags", ", ".join(spec.tags))
+        # Up to 20 tags of 100 characters: longer than a custom header's value may be, and
+        # folded between tags like any other.
+        _add_header(msg, "X-Postern-Tags", ", ".join(spec.tags), longest=TAGS_LONGEST)
     for name, value in spec.headers.items():
         problem = header_problem(name, value)
         if problem:
@@ -185,10 +242,13 @@ def _address(a: Address) -> _HeaderAddress:
     return _HeaderAddress(display_name=_one_line(a.name), addr_spec=f"{local}@{domain}")
 
 
-def _add_header(msg: EmailMessage, name: str, value: str) -> None:
+TAGS_LONGEST = 4 * MAX_LINE  # the X-Postern-Tags value, before it is folded
+
+
+def _add_header(msg: EmailMessage, name: str, value: str, longest: int = MAX_LINE) -> None:
     """Add a header of no particular syntax: folded at whitespace, and never re-encoded when
     ASCII, so a List-Unsubscribe URL reaches the reader as written."""
-    problem = _syntax_problem(name, value)
+    problem = _syntax_problem(name, value, longest)
     if problem:
         raise ValueError(problem)
     if value.isascii():
@@ -273,14 +333,15 @@ def _encoded_text(content: str) -> tuple[str, str]:
 
 def _multipart(subtype: str, children: list[Filler]) -> Filler:
     def fill(part: MIMEPart) -> None:
-        parts = []
+        parts: list[MIMEPart] = []
         for child in children:
             sub = MIMEPart(policy=POLICY)
             child(sub)
             parts.append(sub)
         boundary = _boundary(parts)
         part.set_raw("Content-Type", f'multipart/{subtype}; boundary="{boundary}"')
-        part.set_payload(parts)
+        payload: list[Message[str, str] | str] = [*parts]
+        part.set_payload(payload)
 
     return fill
 
@@ -350,7 +411,7 @@ class _TextExtractor:
         self.skip = 0
         self.links: list[tuple[str, int]] = []
 
-    def start(self, tag: str, attrs) -> None:
+    def start(self, tag: str, attrs: Mapping[str, str]) -> None:
         if tag in _SKIP:
             self.skip += 1
         elif self.skip:

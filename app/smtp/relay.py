@@ -42,6 +42,7 @@ REPLIES = {
     14: "550 5.7.1 All recipients are in the suppression list",
     17: "451 4.7.1 Sending limit reached: try again later",
     19: "550 5.1.3 {text}",
+    35: "550 5.6.0 {text}",  # a header block the signer could not read
     12: "550 5.7.1 Account disabled",
 }
 

@@ -1,28 +1,16 @@
-"""Accepting mail: POST /api/v1/email and EmailGateway.SendEmail.
+"""Accepting mail: POST /api/v1/email, EmailGateway.SendEmail and SMTP submissions.
 
-The checks run in this fixed order; the first that fails answers:
-  (authentication: /api/v1 1, 13, 12; /api.php 99998, then DomainID 2)
-  32 domain not activated;
-  8 Subject; 9 ContentType; 10 HTMLContent; 11 PlainContent;
-  3 From missing or malformed, 23 From address invalid, 3 From not at the sending domain;
-  18/19/20 To (20: none, or more To and Cc than sending.max_recipients);
-  21/22 CC; 24/25/26/27 BCC; 28/29/30/31 ReplyTo;
-  15 TemplateID; 16 TargetListID;
-  35 Headers; 36 Tags; 37 TrackLinks/TrackOpens; 38 SendAt; 39 Attachments;
-  40 message larger than sending.max_message_bytes;
-  14 every recipient suppressed; 17 sending quota reached.
+The send's parameters are checked by commands/sending/checks.py, one check per error code
+in the documented order; ``store`` then answers 14 (every recipient suppressed) and 17
+(sending quota reached) once it has read the database.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import mimetypes
 import re
 import secrets
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
@@ -38,356 +26,24 @@ from commands.context import Context
 from commands.errors import CommandError
 from commands.events import writer as events
 from commands.registry import Auth, command
-from commands.schema import CommandSchema
+from commands.schema import CommandSchema, RawFieldsSchema
+from commands.sending.checks import MAX_TAGS, Recipient, check_send
 from commands.suppression import suppressed_among
 from commands.tenancy import domain_id_param, owned_domain
+from core.settings import Config
 from models import Delivery, Domain, Message, User
 from models.base import new_uuid
 from models.direct import Direct
-from models.domains import ENABLED
 from models.messages import QUEUED, SUPPRESSED, pack_payload, raw_entry
 from mta.addresses import belongs, normalise_address
-from mta.message import header_problem
-
-MAX_TAGS = 20
-MAX_TAG_LENGTH = 100
-
-
-@dataclass
-class Recipient:
-    email: str
-    name: str
-    kind: str  # to, cc, bcc
-
-
-@dataclass
-class Accepted:
-    """A send that passed every check, ready to be stored."""
-
-    sender: dict[str, str]
-    recipients: list[Recipient]
-    reply_to: list[dict[str, str]]
-    subject: str
-    html: str | None
-    text: str | None
-    headers: dict[str, str]
-    tags: list[str]
-    track_links: bool | None
-    track_opens: bool | None
-    send_at: datetime | None
-    attachments: list[dict[str, Any]] = field(default_factory=list)
-    size: int = 0
+from mta.message import header_block_problem
 
 
 def _fail(code: int, text: str) -> CommandError:
     return CommandError(code, text)
 
 
-def _maybe_json(value: Any) -> Any:
-    """Structured fields may arrive as JSON text (form bodies)."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _entries(value: Any, *, strict: bool, not_array: tuple[int, str]) -> list[Any]:
-    """A list of address entries; a single entry or a bare address is accepted unless strict."""
-    value = _maybe_json(value)
-    if value is None or value == "":
-        return []
-    if isinstance(value, list):
-        return value
-    if strict:
-        raise _fail(*not_array)
-    return [value]
-
-
-def _parse_people(
-    value: Any,
-    *,
-    missing: tuple[int, str],
-    invalid: tuple[int, str],
-    strict: bool = False,
-    not_array: tuple[int, str] = (0, ""),
-) -> list[dict]:
-    """[{email, name}] from objects or bare addresses; names are optional."""
-    out = []
-    for entry in _entries(value, strict=strict, not_array=not_array):
-        if isinstance(entry, str):
-            entry = {"email": entry}
-        if not isinstance(entry, dict):
-            raise _fail(*missing)
-        lowered = {str(k).lower(): v for k, v in entry.items()}
-        email, name = lowered.get("email"), lowered.get("name", "")
-        if not isinstance(email, str) or not email.strip():
-            raise _fail(*missing)
-        if not isinstance(name, str):
-            name = str(name)
-        normalised = normalise_address(email)
-        if normalised is None:
-            raise _fail(*invalid)
-        if "\r" in name or "\n" in name:
-            raise _fail(*invalid)
-        out.append({"email": normalised, "name": name.strip()})
-    return out
-
-
-def _flag(value: Any, name: str) -> bool | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise _fail(37, f'{name} must be "true" or "false"')
-
-
-def check_send(p: dict[str, Any], domain: Domain, config, now: datetime) -> Accepted:
-    """Validate a send in the documented order; CommandError for the first problem."""
-    if domain.status != ENABLED:
-        raise _fail(32, "Domain is not activated")
-    subject = p.get("Subject")
-    if not isinstance(subject, str) or not subject.strip():
-        raise _fail(8, "Missing Subject")
-    if "\r" in subject or "\n" in subject or len(subject) > 998:
-        raise _fail(8, "Subject must be one line of at most 998 characters")
-    content_type = p.get("ContentType")
-    if not isinstance(content_type, str) or not content_type.strip():
-        raise _fail(9, "Missing ContentType")
-    content_type = content_type.strip().lower()
-    if content_type not in ("html", "plain"):
-        raise _fail(9, 'Missing ContentType: it must be "html" or "plain"')
-    html, text = p.get("HTMLContent"), p.get("PlainContent")
-    html = html if isinstance(html, str) and html.strip() else None
-    text = text if isinstance(text, str) and text.strip() else None
-    if content_type == "html" and html is None:
-        raise _fail(10, "Missing HTMLContent")
-    if content_type == "plain" and text is None:
-        raise _fail(11, "Missing PlainContent")
-    if content_type == "plain":
-        html = None if p.get("HTMLContent") is None else html
-
-    from_bad = (
-        3,
-        "From parameter is either missing or invalid. Make sure you pass both name "
-        "and email address for the from field",
-    )
-    sender_raw = _maybe_json(p.get("From"))
-    if isinstance(sender_raw, str):
-        sender_raw = {"email": sender_raw}
-    if not isinstance(sender_raw, dict):
-        raise _fail(*from_bad)
-    sender_fields = {str(k).lower(): v for k, v in sender_raw.items()}
-    if not isinstance(sender_fields.get("email"), str) or not sender_fields["email"].strip():
-        raise _fail(*from_bad)
-    sender_email = normalise_address(sender_fields["email"])
-    sender_name = str(sender_fields.get("name") or "").strip()
-    if sender_email is None or "\n" in sender_name or "\r" in sender_name:
-        raise _fail(23, "Invalid from email address format")
-    if not belongs(sender_email, domain.name):
-        raise _fail(3, f"From must be an address at {domain.name} (or one of its subdomains)")
-
-    limits = config.sending
-    to = _parse_people(
-        p.get("To"),
-        missing=(18, "Recipient name or email address is missing"),
-        invalid=(19, "Recipient email address is invalid."),
-    )
-    if not to:
-        raise _fail(20, "There is no recipient set for the email.")
-    cc = _parse_people(
-        p.get("CC"),
-        missing=(21, "CC name or email address is missing"),
-        invalid=(22, "CC email address is invalid."),
-    )
-    if len(to) + len(cc) > limits.max_recipients:
-        raise _fail(
-            20, f"Too many recipients: at most {limits.max_recipients} To and CC addresses together"
-        )
-    bcc = _parse_people(
-        p.get("BCC"),
-        missing=(25, "BCC name or email address is missing"),
-        invalid=(26, "BCC email address is invalid."),
-        strict=True,
-        not_array=(24, "BCC email addresses must be set as an array"),
-    )
-    if len(bcc) > limits.max_bcc:
-        raise _fail(
-            27,
-            "The number of BCC email addresses exceed the allowed email address "
-            f"count ({limits.max_bcc})",
-        )
-    reply_to = _parse_people(
-        p.get("ReplyTo"),
-        missing=(29, "Reply-To name or email address is missing"),
-        invalid=(30, "Reply-To email address is invalid."),
-        strict=True,
-        not_array=(28, "Reply-To email addresses must be set as an array"),
-    )
-    if len(reply_to) > limits.max_reply_to:
-        raise _fail(
-            31,
-            "The number of Reply-To email addresses exceed the allowed email "
-            f"address count ({limits.max_reply_to})",
-        )
-    if p.get("TemplateID") not in (None, ""):
-        raise _fail(15, "Invalid TemplateID")
-    if p.get("TargetListID") not in (None, ""):
-        raise _fail(16, "Invalid TargetListID")
-
-    headers = _headers(p.get("Headers"))
-    tags = _tags(p.get("Tags"))
-    track_links = _flag(p.get("TrackLinks"), "TrackLinks")
-    track_opens = _flag(p.get("TrackOpens"), "TrackOpens")
-    send_at = _send_at(p.get("SendAt"), now, limits.max_schedule_seconds)
-    attachments, attachment_bytes = _attachments(p.get("Attachments"))
-
-    size = (
-        len(subject)
-        + len((html or "").encode())
-        + len((text or "").encode())
-        + attachment_bytes
-        + sum(len(k) + len(v) + 4 for k, v in headers.items())
-    )
-    if size > limits.max_message_bytes:
-        raise _fail(40, f"Message too large: {size} bytes, at most {limits.max_message_bytes}")
-
-    recipients: list[Recipient] = []
-    seen: set[str] = set()
-    for kind, people in (("to", to), ("cc", cc), ("bcc", bcc)):
-        for person in people:
-            key = person["email"].lower()
-            if key not in seen:
-                seen.add(key)
-                recipients.append(Recipient(person["email"], person["name"], kind))
-    return Accepted(
-        sender={"email": sender_email, "name": sender_name},
-        recipients=recipients,
-        reply_to=reply_to,
-        subject=subject,
-        html=html,
-        text=text,
-        headers=headers,
-        tags=tags,
-        track_links=track_links,
-        track_opens=track_opens,
-        send_at=send_at,
-        attachments=attachments,
-        size=size,
-    )
-
-
-def _headers(value: Any) -> dict[str, str]:
-    value = _maybe_json(value)
-    if value in (None, ""):
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(35, "Headers must be an object of header names and values")
-    out = {}
-    for name, raw in value.items():
-        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
-            raise _fail(35, f"Invalid header {name}: the value must be a string")
-        problem = header_problem(str(name), str(raw))
-        if problem:
-            raise _fail(35, f"Invalid header {name}: {problem}")
-        out[str(name)] = str(raw)
-    return out
-
-
-def _tags(value: Any) -> list[str]:
-    value = _maybe_json(value)
-    if value in (None, ""):
-        return []
-    if isinstance(value, str):
-        value = [t for t in value.split(",")]
-    if not isinstance(value, list) or len(value) > MAX_TAGS:
-        raise _fail(36, f"Tags must be an array of at most {MAX_TAGS} strings")
-    tags = []
-    for tag in value:
-        if not isinstance(tag, str):
-            raise _fail(36, "Tags must be strings")
-        tag = tag.strip()
-        if not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable() or "," in tag:
-            raise _fail(
-                36, f"Invalid tag {tag!r}: 1 to {MAX_TAG_LENGTH} printable characters, no commas"
-            )
-        if tag not in tags:
-            tags.append(tag)
-    return tags
-
-
-def _send_at(value: Any, now: datetime, max_ahead: int) -> datetime | None:
-    if value in (None, ""):
-        return None
-    try:
-        stamp = int(str(value).strip())
-    except ValueError:
-        raise _fail(38, "SendAt must be a Unix time (seconds)") from None
-    try:
-        when = datetime.fromtimestamp(stamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        raise _fail(38, "SendAt must be a Unix time (seconds)") from None
-    if when <= now:
-        return None
-    if when > now + timedelta(seconds=max_ahead):
-        raise _fail(38, f"SendAt may be at most {max_ahead} seconds ahead")
-    return when
-
-
-def _attachments(value: Any) -> tuple[list[dict[str, Any]], int]:
-    value = _maybe_json(value)
-    if value in (None, ""):
-        return [], 0
-    if not isinstance(value, list):
-        raise _fail(39, "Attachments must be an array")
-    out, total = [], 0
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise _fail(39, f"Attachment {i + 1} must be an object")
-        a = {str(k).lower(): v for k, v in item.items()}
-        name, content = a.get("filename"), a.get("content")
-        if (
-            not isinstance(name, str)
-            or not name.strip()
-            or len(name) > 255
-            or any(c in name for c in "\r\n\0")
-        ):
-            raise _fail(39, f"Attachment {i + 1}: filename is missing or invalid")
-        if not isinstance(content, str):
-            raise _fail(39, f"Attachment {name}: content (base64) is missing")
-        try:
-            data = base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            raise _fail(39, f"Attachment {name}: content is not valid base64") from None
-        ctype = a.get("type") or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if not isinstance(ctype, str) or ctype.count("/") != 1 or any(c in ctype for c in "\r\n;"):
-            raise _fail(39, f"Attachment {name}: invalid type")
-        disposition = str(a.get("disposition") or "attachment").lower()
-        if disposition not in ("attachment", "inline"):
-            raise _fail(39, f"Attachment {name}: disposition must be attachment or inline")
-        cid = a.get("contentid") or None
-        if cid is not None and (not isinstance(cid, str) or any(c in cid for c in "\r\n<>")):
-            raise _fail(39, f"Attachment {name}: invalid contentid")
-        total += len(data)
-        out.append(
-            {
-                "filename": name.strip(),
-                "content": content,
-                "type": ctype.lower(),
-                "disposition": disposition,
-                "contentid": cid,
-            }
-        )
-    return out, total
-
-
-def quota_of(config, user: User) -> int:
+def quota_of(config: Config, user: User) -> int:
     return user.send_quota if user.send_quota is not None else config.sending.quota
 
 
@@ -429,19 +85,27 @@ def accept(
     )
 
 
+MALFORMED_HEADER = 35  # the code of an invalid header in a send's Headers
+
+
 def accept_raw(
     ctx: Context, domain: Domain, data: bytes, recipients: list[str], *, source: str = "smtp"
 ) -> dict[str, Any]:
     """Store a complete message submitted over SMTP, for the envelope recipients.
 
-    The From header must be an address at the domain (error 3); every recipient must be a
-    valid address (19). The worker adds Message-ID and Date when missing, drops any Bcc
+    The header block must be one the signer can read (35: every line a header field,
+    ``name: value`` with no space before the colon, or the continuation of one); the From
+    header must be an address at the domain (3); every recipient must be a valid address
+    (19). The worker adds Message-ID and Date when missing, drops any Bcc
     header, and DKIM-signs it like any other message.
     """
     # The raw header values (compat32): the default policy builds header objects (and new
     # classes) per header, which costs more than the rest of accepting the message. Only
     # the header block is given to the parser, which would otherwise split the whole body
     # into lines it then ignores.
+    problem = header_block_problem(data)
+    if problem is not None:
+        raise _fail(MALFORMED_HEADER, f"Malformed message header: {problem}")
     end = _HEADER_END.search(data)
     headers = BytesHeaderParser().parsebytes(data[: end.end()] if end else data)
     authors = [addr for _name, addr in getaddresses(headers.get_all("From") or []) if addr]
@@ -485,7 +149,7 @@ def _decoded(value: Any) -> str:
     try:
         return str(make_header(decode_header(value)))
     except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        return value
+        return str(value)
 
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -624,8 +288,8 @@ def _person(r: Recipient) -> dict[str, str]:
     return {"email": r.email, "name": r.name}
 
 
-class SendSchema(CommandSchema):
-    """The send fields, collected as given; check_send validates them in order."""
+class SendFields:
+    """The send fields, as given: commands/sending/checks.py reads them in order."""
 
     Subject = fields.Raw()
     ContentType = fields.Raw()
@@ -646,6 +310,10 @@ class SendSchema(CommandSchema):
     TargetListID = fields.Raw()
 
 
+class SendSchema(SendFields, RawFieldsSchema):
+    """v1.Email.Send: the send fields, loaded as given (a pass-through of raw fields)."""
+
+
 @command("v1.Email.Send", schema=SendSchema, auth=Auth.SENDER, transport="v1")
 def v1_send(ctx: Context, **params: Any) -> dict[str, Any]:
     return accept(ctx, ctx.sender_domain, params, source="api", sender_key_id=ctx.sender.key_id)
@@ -654,7 +322,9 @@ def v1_send(ctx: Context, **params: Any) -> dict[str, Any]:
 _SEND_NOT_FOUND = (2, "Invalid DomainID")
 
 
-class SendEmailSchema(SendSchema):
+class SendEmailSchema(SendFields, CommandSchema):
+    """EmailGateway.SendEmail: the send fields, and the DomainID to send from."""
+
     DomainID = domain_id_param((2, "Invalid DomainID"), _SEND_NOT_FOUND)
 
 

@@ -1,7 +1,7 @@
 """The command registry: every command has a schema and an auth rule; names are unique."""
 
 import pytest
-from marshmallow import Schema
+from marshmallow import Schema, fields
 
 import commands
 from commands.registry import Auth, DuplicateCommand, all_commands, command, find
@@ -50,47 +50,111 @@ def test_a_command_needs_a_schema_and_an_auth_rule():
     assert commands.find("Test.NoAuth") is None
 
 
-def test_a_schema_of_fields_as_given_loads_as_marshmallow_would():
-    """load_params skips marshmallow for schemas that only normalise names (the send
-    fields): the answer must be the same."""
-    from marshmallow import fields
-
-    from commands.schema import load_params
+def test_a_schema_of_raw_fields_loads_as_marshmallow_would():
+    """load_params skips marshmallow for RawFieldsSchema schemas (the send fields): the
+    answer must be what marshmallow's own load gives."""
+    from commands.schema import RawFieldsSchema, load_params
     from commands.sending.handlers import SendEmailSchema, SendSchema
 
-    plain = [cmd.schema() for cmd in all_commands() if cmd.schema().as_given]
+    plain = [cmd.schema() for cmd in all_commands() if issubclass(cmd.schema, RawFieldsSchema)]
     assert any(isinstance(schema, SendSchema) for schema in plain)
-    assert not SendEmailSchema().as_given  # DomainID is a row id, validated by marshmallow
+    assert all(schema.as_given for schema in plain)
+    assert not issubclass(SendEmailSchema, RawFieldsSchema)  # DomainID is validated
 
-    class Hooked(CommandSchema):
+    class Plain(RawFieldsSchema):
         Body = fields.Raw()
+        Other = fields.Raw()
 
-        @commands.schema.pre_load
-        def _other(self, data, **_kw):
-            return data
-
-    class Validated(CommandSchema):
-        Body = fields.Raw(validate=lambda v: v != "x")
-
-    class Required(CommandSchema):
-        Body = fields.Raw(required=True)
-
-    class Keyed(CommandSchema):
-        Body = fields.Raw(data_key="b")
-
-    class Plain(CommandSchema):
-        Body = fields.Raw()
-
-    assert Plain().as_given
-    for schema in (Hooked(), Validated(), Required(), Keyed()):
-        assert not schema.as_given, type(schema).__name__
-
+    plain.append(Plain())
     inputs = [
         {},
         {"subject": " Hi ", "to": None, "Unknown": 1, "TRACKLINKS": "true", "From": ""},
         {"Subject": "", "HTMLContent": "<p>x</p>", "To": [{"email": "a@b.example"}]},
         {"Tags": ["a", "b"], "Headers": {"X-A": "1"}, "SendAt": 0, "BCC": []},
+        {"body": "  as sent\n", "OTHER": {"a": None}, "other": "second", 5: "x"},
+        {"Subject": "\ud800", "HTMLContent": "   ", "CC": False, "BCC": 0},
     ]
     for schema in plain:
         for params in inputs:
-            assert load_params(schema, params) == schema.load(params)
+            assert load_params(schema, params) == schema.load(params), (schema, params)
+    # An instance made with options of its own is loaded by marshmallow, not as given.
+    partial = Plain(only=("Body",))
+    assert not partial.as_given
+    assert load_params(partial, {"Body": 1, "Other": 2}) == {"Body": 1}
+
+
+def test_a_raw_fields_schema_that_would_load_otherwise_fails_when_made():
+    """Each refused declaration differs from the control in one thing."""
+    from marshmallow import RAISE, post_load, pre_load
+
+    from commands.schema import RawFieldsSchema
+
+    class Control(RawFieldsSchema):
+        Body = fields.Raw()
+
+    assert Control().as_given
+
+    def refused(why: str):
+        return pytest.raises(TypeError, match=f"^Declared is a RawFieldsSchema: {why}")
+
+    with refused("Body is a String"):
+
+        class Declared(RawFieldsSchema):
+            Body = fields.String()
+
+    for options in (
+        dict(required=True),
+        dict(validate=lambda v: v != "x"),
+        dict(load_default="x"),
+        dict(data_key="b"),
+        dict(attribute="b"),
+        dict(dump_only=True),
+    ):
+        with refused("Body must be an optional fields.Raw"):
+
+            class Declared(RawFieldsSchema):  # noqa: F811 - one declaration per case
+                Body = fields.Raw(**options)
+
+    with refused("Declared.other: such a schema holds fields only"):
+
+        class Declared(RawFieldsSchema):  # noqa: F811
+            Body = fields.Raw()
+
+            @pre_load
+            def other(self, data, **_kw):
+                return data
+
+    with refused("Declared.other: such a schema holds fields only"):
+
+        class Declared(RawFieldsSchema):  # noqa: F811
+            Body = fields.Raw()
+
+            @post_load
+            def other(self, data, **_kw):
+                return data
+
+    with refused("Declared sets Meta options"):
+
+        class Declared(RawFieldsSchema):  # noqa: F811
+            Body = fields.Raw()
+
+            class Meta:
+                unknown = RAISE
+
+
+def test_a_subclass_of_a_raw_fields_schema_is_checked_too():
+    from marshmallow import fields
+
+    from commands.schema import RawFieldsSchema
+    from commands.sending.handlers import SendSchema
+
+    class More(SendSchema):
+        Extra = fields.Raw()
+
+    assert More().as_given and "Extra" in More().fields
+    with pytest.raises(TypeError, match="DomainID is a Integer"):
+
+        class WithID(SendSchema):
+            DomainID = fields.Integer()
+
+    assert issubclass(More, RawFieldsSchema)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from commands.users import set_enabled
 from models import Delivery, Domain, Event, Message, User
-from models.domains import PENDING
+from models.domains import ENABLED, PENDING
 from models.messages import PACK_ABOVE, pack_payload, unpack_payload
 
 
@@ -398,3 +398,281 @@ def test_pack_payload_leaves_small_and_precompressed_payloads_as_json():
     assert "jz" in json.loads(packed) and unpack_payload(packed) == large
     # Rows stored before payloads were packed are plain JSON, and read as they are.
     assert unpack_payload(json.dumps(large)) == large
+
+
+# -- the send checks, one per error code, in the documented order -----------------------------
+
+DOCUMENTED_ORDER = [32, 8, 9, 10, 11, 3, 23, 3, 18, 19, 20, 21, 22, 20]
+DOCUMENTED_ORDER += [24, 25, 26, 27, 28, 29, 30, 31, 15, 16, 35, 36, 37, 38, 39, 40]
+
+
+def test_the_checks_run_in_the_documented_order():
+    from commands.sending.checks import CHECKS
+
+    assert [c.code for c in CHECKS] == DOCUMENTED_ORDER
+
+
+def test_each_check_answers_its_code_before_the_checks_after_it(make_app, domain, database):
+    """A send failing every check at once, mended one check at a time: each answer is the
+    next check's code, in order, until the send is accepted."""
+    client = make_app(
+        sending__max_recipients=2,
+        sending__max_bcc=1,
+        sending__max_reply_to=1,
+        sending__max_message_bytes=2000,
+    ).client
+    two = [{"email": "a@dest.example"}, {"email": "b@dest.example"}]
+    body = {
+        "Subject": None,
+        "ContentType": "pdf",
+        "HtmlContent": "<p>\ud800</p>",
+        "PlainContent": "\udfff",
+        "From": {"name": "News"},
+        "To": [{"name": "x"}],
+        "CC": [{"name": "x"}],
+        "BCC": {"email": "a@b.example"},
+        "ReplyTo": {"email": "a@b.example"},
+        "TemplateID": "1",
+        "TargetListID": 2,
+        "Headers": {"X-A": "a\x0cb"},
+        "Tags": 5,
+        "TrackLinks": "maybe",
+        "SendAt": "tomorrow",
+        "Attachments": [{"filename": "\ud800.txt", "content": B64}],
+    }
+    mends = [
+        dict(Subject="Hello"),
+        dict(ContentType="html"),
+        dict(HtmlContent="<p>Hello</p>"),
+        dict(PlainContent=None),
+        dict(From={"email": "news@example.com", "name": "\ud800"}),
+        dict(From={"email": "news@elsewhere.example", "name": "News"}),
+        dict(From={"email": "news@example.com", "name": "News"}),
+        dict(To=[{"email": "r@dest.example", "name": "R\udc00"}]),
+        dict(To=[]),
+        dict(To=two),
+        dict(CC=[{"email": "bad"}]),
+        dict(CC=[{"email": "c@dest.example"}]),
+        dict(CC=None),
+        dict(BCC=[{"name": "x"}]),
+        dict(BCC=[{"email": "bad"}]),
+        dict(BCC=two),
+        dict(BCC=two[:1]),
+        dict(ReplyTo=[{"name": "x"}]),
+        dict(ReplyTo=[{"email": "bad"}]),
+        dict(ReplyTo=two),
+        dict(ReplyTo=two[:1]),
+        dict(TemplateID=None),
+        dict(TargetListID=None),
+        dict(Headers={"X-A": "b"}),
+        dict(Tags=["ok"]),
+        dict(TrackLinks="false"),
+        dict(SendAt=None),
+        dict(
+            Attachments=[{"filename": "a.bin", "content": base64.b64encode(b"x" * 3000).decode()}]
+        ),
+        dict(Attachments=[{"filename": "a.txt", "content": B64}]),
+    ]
+
+    def answer():
+        resp = client.post(
+            "/api/v1/email",
+            json={k: v for k, v in body.items() if v is not None},
+            headers={"Authorization": f"Bearer {domain.key}"},
+        )
+        return 0 if resp.status_code == 200 else error_of(resp)
+
+    with database.transaction() as s:
+        s.get(Domain, domain.id).status = PENDING
+    codes = [answer()]
+    with database.transaction() as s:
+        s.get(Domain, domain.id).status = ENABLED
+    for mend in mends:
+        codes.append(answer())
+        body.update(mend)
+    codes.append(answer())
+    assert codes == [*DOCUMENTED_ORDER, 0]
+
+
+SURROGATES = [
+    # Lone surrogates (a JSON \ud800 escape that is not half of a pair) cannot be written into
+    # a message: each is refused with its field's code.
+    (dict(To=[{"email": "rcpt@dest.example", "name": "\ud800"}]), 19),
+    (dict(CC=[{"email": "cc@dest.example", "name": "x\udfff"}]), 22),
+    (dict(BCC=[{"email": "bcc@dest.example", "name": "\ud800"}]), 26),
+    (dict(ReplyTo=[{"email": "r@dest.example", "name": "\ud800"}]), 30),
+    (dict(From={"email": "news@example.com", "name": "News \ud800"}), 23),
+    (dict(Subject="Hello \ud800"), 8),
+    (dict(HtmlContent="<p>\ud800</p>"), 10),
+    (dict(HtmlContent='<a href="https://x.example/\ud800">x</a>', TrackLinks="true"), 10),
+    (dict(ContentType="plain", PlainContent="Hi \udc00"), 11),
+    (dict(PlainContent="\ud800"), 11),  # a plain part sent along the HTML is checked too
+    (dict(Headers={"X-A": "\ud800"}), 35),
+    (dict(Attachments=[{"filename": "\ud800.txt", "content": B64}]), 39),
+    # Characters the email package breaks a header line at, other than CR and LF.
+    (dict(Headers={"X-A": "a\x1cb"}), 35),
+    (dict(Headers={"X-A": "a\x0bb"}), 35),
+    (
+        dict(
+            Attachments=[
+                {
+                    "filename": "a.png",
+                    "content": B64,
+                    "contentid": "a\x0cb",
+                    "disposition": "inline",
+                }
+            ]
+        ),
+        39,
+    ),
+]
+
+
+@pytest.mark.parametrize("changes, code", SURROGATES)
+def test_what_could_not_be_written_into_the_message_is_refused(send, database, changes, code):
+    resp = send(**changes)
+    assert resp.status_code == 400
+    assert error_of(resp) == code, resp.get_json()
+    assert rows(database, Message) == []
+
+
+def test_a_header_name_with_a_lone_surrogate_is_quoted_escaped(client, user, domain):
+    """The answer names the header: with its lone surrogate escaped, since no response
+    could be encoded with it (the JSON and XML envelopes of /api.php, /api/v1's list)."""
+    changes = payload(Headers={"X-\ud800": "x"})
+    for fmt in ("JSON", "XML"):
+        resp = client.post(
+            "/api.php",
+            json={
+                "Command": "EmailGateway.SendEmail",
+                "APIKey": user.api_key,
+                "DomainID": domain.id,
+                "ResponseFormat": fmt,
+                **changes,
+            },
+        )
+        assert resp.status_code == 200
+        answer = resp.get_data(as_text=True).replace("\\\\", "\\")  # JSON escapes the "\"
+        assert "Invalid header X-\\ud800: the name" in answer
+    resp = client.post(
+        "/api/v1/email", json=changes, headers={"Authorization": f"Bearer {domain.key}"}
+    )
+    assert resp.status_code == 400 and error_of(resp) == 35
+
+
+def test_a_surrogate_name_is_refused_through_api_php_too(client, user, domain, database):
+    body = {
+        "Command": "EmailGateway.SendEmail",
+        "APIKey": user.api_key,
+        "DomainID": domain.id,
+        **payload(To=[{"email": "rcpt@dest.example", "name": "\ud800"}]),
+    }
+    answer = client.post("/api.php", json=body).get_json()
+    assert (answer["Success"], answer["ErrorCode"]) == (False, 19)
+    assert rows(database, Message) == []
+
+
+def test_what_the_checks_accept_can_be_built_and_signed():
+    """Random values from characters that have broken messages before, in each field: a
+    send the checks accept is one the message builder and the DKIM signer take."""
+    import random
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from commands.errors import CommandError
+    from commands.sending.checks import check_send
+    from core.settings import load_config
+    from models.domains import ENABLED
+    from mta import tracking
+    from mta.message import Address, Attachment, MessageSpec, build_message
+    from mta.signing import SigningKey, sign_message
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keys = [SigningKey("sl.example.com", "key1", "ed25519", pem)]
+    track = tracking.Tracking("https://t.example.com", b"k" * 32, "ab" * 16, True, True, True)
+    config = load_config(environ={})
+    domain = SimpleNamespace(status=ENABLED, name="example.com")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    pieces = ["a", "é", " ", "\t", "\x00", "\x01", "\x0b", "\x0c", "\x1c", "\x85", "\u2028"]
+    pieces += ["\ud800", "\udc00", "\U0001f600", "\ufeff", "=?", "?=", ":", ";", '"', "\\", "<"]
+    pieces += [">", "(", ",", "@", "x" * 80, "y" * 500, "\r\n", "http://x.example/", "</body>"]
+    pieces += ["<a href='http://h.example/", "'>"]
+    rnd = random.Random(11)
+
+    def text():
+        return "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 6)))
+
+    def person(email):
+        return [{"email": email, "name": text()}]
+
+    makers = {
+        "To": lambda: person("r@dest.example"),
+        "CC": lambda: person("c@dest.example"),
+        "ReplyTo": lambda: person("reply@dest.example"),
+        "From": lambda: {"email": "news@example.com", "name": text()},
+        "Subject": text,
+        "HTMLContent": text,
+        "PlainContent": text,
+        "Headers": lambda: {rnd.choice(["X-A", text()]): text()},
+        "Tags": lambda: [text()],
+        "Attachments": lambda: [
+            {
+                "filename": text() or "a",
+                "content": B64,
+                "type": rnd.choice([text(), "text/plain"]),
+                "contentid": text(),
+                "disposition": rnd.choice(["inline", "attachment"]),
+            }
+        ],
+    }
+    accepted = 0
+    for _ in range(1500):
+        name = rnd.choice(list(makers))
+        params = {
+            "Subject": "Hi",
+            "ContentType": "html",
+            "HTMLContent": "<p>x</p>",
+            "From": {"email": "news@example.com", "name": "N"},
+            "To": [{"email": "r@dest.example"}],
+            name: makers[name](),
+        }
+        try:
+            send = check_send(params, domain, config, now)
+        except CommandError:
+            continue
+        accepted += 1
+        for tracked in (None, track):
+            html, text_part, extra = send.html, send.text, {}
+            if tracked is not None:
+                html, text_part, extra = tracking.apply(tracked, html, text_part)
+            spec = MessageSpec(
+                sender=Address(send.sender["email"], send.sender["name"]),
+                to=[Address(r.email, r.name) for r in send.recipients if r.kind == "to"],
+                cc=[Address(r.email, r.name) for r in send.recipients if r.kind == "cc"],
+                reply_to=[Address(p["email"], p["name"]) for p in send.reply_to],
+                subject=send.subject,
+                html=html,
+                text=text_part,
+                attachments=[
+                    Attachment(
+                        a["filename"],
+                        base64.b64decode(a["content"]),
+                        a["type"],
+                        a["disposition"],
+                        a["contentid"],
+                    )
+                    for a in send.attachments
+                ],
+                headers=send.headers,
+                tags=send.tags,
+                message_id="<m@example.com>",
+                date=now,
+                extra_headers=extra,
+            )
+            sign_message(build_message(spec), keys)  # raises for a message it cannot take
+    assert accepted > 300  # the values are not all refused

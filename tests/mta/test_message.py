@@ -474,3 +474,107 @@ def test_html_to_text_renders_readable_text():
 )
 def test_html_to_text_cases(html, text):
     assert html_to_text(html) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("a\x0bb", "line breaks"),
+        ("a\x0cb", "line breaks"),
+        ("a\x1cb", "line breaks"),
+        ("Grüße\x85", "line breaks"),
+        ("a\u2028b", "line breaks"),
+        ("\ud800", "lone surrogate at character 1"),
+        ("ok \udfff", "lone surrogate at character 4"),
+    ],
+)
+def test_header_values_the_message_could_not_hold_are_refused(value, reason):
+    problem = header_problem("X-Note", value)
+    assert problem is not None and reason in problem
+    with pytest.raises(ValueError, match=reason):
+        build_message(make_spec(headers={"X-Note": value}))
+
+
+def test_lone_surrogate():
+    from mta.message import lone_surrogate
+
+    assert lone_surrogate("plain ascii") is None
+    assert lone_surrogate("Grüße 😀") is None
+    assert lone_surrogate("ab\ud800") == 2
+    assert lone_surrogate("\udc00\ud800") == 0
+
+
+def test_twenty_long_tags_are_folded_into_the_tags_header():
+    tags = [f"tag{i:02d}-" + "x" * 94 for i in range(20)]  # the most a send may have
+    raw = build_message(make_spec(tags=tags))
+    assert_wire_clean(raw)
+    assert parse(raw)["X-Postern-Tags"] == ", ".join(tags)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"From: a@example.com\r\nNot a header\r\n\r\nHi\r\n", "line 2 is neither"),
+        (b"From: a@example.com\nNot a header\n\nHi\n", "line 2 is neither"),
+        (b"From : a@example.com\r\n\r\nHi\r\n", "line 1: a header name must be followed"),
+        (b"From: a@example.com\r\nSubject\t: x\r\n\r\nHi\r\n", "line 2: a header name"),
+        (b" folded\r\nFrom: a@example.com\r\n\r\nHi\r\n", "line 1 begins with a space"),
+        (b"From: a@example.com\r\nX-\xc3\xa9: y\r\n\r\nHi\r\n", "line 2 is neither"),
+        (b"From: a@example.com\r\n: no name\r\n\r\nHi\r\n", "line 2 is neither"),
+        (b"From sender@example.com Mon Jan 1\r\nFrom: a@example.com\r\n\r\n", "line 1"),
+        (b"From: a@example.com\r\n\r\r\nHi\r\n", "line 2 is neither"),
+    ],
+)
+def test_header_blocks_the_signer_cannot_read(data, reason):
+    from mta.message import header_block_problem
+
+    problem = header_block_problem(data)
+    assert problem is not None and problem.startswith(reason), problem
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@example.com\r\nSubject: x\r\n folded\r\n\tagain\r\n\r\nNot a header\r\n",
+        b"From: a@example.com\nSubject: x\n\nbody\n",
+        b"From: a@example.com\r\n",  # no body
+        b"From:a@example.com\r\nX-Empty:\r\nX-Odd!#$%&'*+-.^`|~: v\r\n\r\n",
+        b"From: a@example.com\r\nX-8bit: Gr\xc3\xbc\xc3\x9fe\r\n\r\n",
+        b"\r\nno headers at all\r\n",
+        b"",
+    ],
+)
+def test_header_blocks_the_signer_reads(data):
+    from mta.message import header_block_problem
+
+    assert header_block_problem(data) is None
+
+
+def test_a_header_block_found_readable_is_signed():
+    """Random header blocks: every one header_block_problem lets through (with a From
+    header, which the relay requires) is one the DKIM signer takes."""
+    import random
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from mta.message import header_block_problem
+    from mta.signing import SigningKey, sign_message
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keys = [SigningKey("example.com", "key1", "ed25519", pem)]
+    pieces = [b"From: a@example.com", b"From : a@example.com", b"Subject: x", b"Bad line"]
+    pieces += [b" cont", b"\tcont", b"X-\xc3\xa9: y", b"Subject: \xc3\xa9", b"Bcc: z", b""]
+    pieces += [b":novalue", b"X-A:", b"\x00", b"X:\r", b"From sender", b"X-B: a\rb", b"\r"]
+    rnd = random.Random(5)
+    readable = 0
+    for _ in range(3000):
+        lines = [rnd.choice(pieces) for _ in range(rnd.randint(1, 6))]
+        end = rnd.choice([b"\r\n", b"\n"])
+        data = end.join([b"From: a@example.com", *lines]) + end + end + b"body" + end
+        if header_block_problem(data) is None:
+            readable += 1
+            sign_message(data, keys)  # raises for a header block it cannot read
+    assert readable > 300

@@ -230,3 +230,16 @@ def test_oversized_body_is_refused(flask_app, base_config):
     )
     assert resp.status_code == 413
     assert resp.get_json()["Success"] is False
+
+
+def test_a_lone_surrogate_in_a_send_is_refused_with_its_field_code(client, user, active_domain):
+    domain = active_domain()
+    body = (
+        f'{{"Command": "EmailGateway.SendEmail", "APIKey": "{user.api_key}",'
+        f' "DomainID": {domain.id}, "Subject": "Hi \\ud800", "ContentType": "plain",'
+        ' "PlainContent": "Hello", "From": {"email": "news@example.com", "name": "News"},'
+        ' "To": [{"email": "rcpt@dest.example", "name": "Rcpt"}]}'
+    )
+    answer = client.post("/api.php", data=body, content_type="application/json").get_json()
+    assert (answer["Success"], answer["ErrorCode"]) == (False, 8)
+    assert "lone surrogate" in answer["ErrorMessage"]

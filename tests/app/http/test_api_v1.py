@@ -144,3 +144,26 @@ def test_default_limit_is_100_per_minute(client, sender_key, one_window):
     key, _ = sender_key()
     codes = [client.get("/api/v1/webhooks", headers=bearer(key)).status_code for _ in range(101)]
     assert codes.count(200) == 100 and codes[-1] == 429
+
+
+def test_a_lone_surrogate_in_a_recipient_name_is_refused_with_400(client, active_domain):
+    """The JSON escape \\ud800 alone decodes to a lone surrogate, which no message can hold:
+    refused at the edge with the recipient's code, not accepted to fail its build later."""
+    domain = active_domain()
+    body = (
+        '{"Subject": "Hi", "ContentType": "plain", "PlainContent": "Hello",'
+        ' "From": {"email": "news@example.com", "name": "News"},'
+        ' "To": [{"email": "rcpt@dest.example", "name": "\\ud800"}]}'
+    )
+    resp = client.post(
+        "/api/v1/email", data=body, content_type="application/json", headers=bearer(domain.key)
+    )
+    assert resp.status_code == 400
+    [error] = resp.get_json()["Errors"]
+    assert error["Code"] == 19 and "lone surrogate" in error["Message"]
+    fixed = body.replace("\\ud800", "Rcpt")
+    assert fixed != body
+    ok = client.post(
+        "/api/v1/email", data=fixed, content_type="application/json", headers=bearer(domain.key)
+    )
+    assert ok.status_code == 200, ok.get_json()

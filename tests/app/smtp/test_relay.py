@@ -646,3 +646,28 @@ def test_random_data_is_read_as_aiosmtpd_reads_it(data_servers):
         cuts = sorted(rnd.sample(range(1, len(raw)), min(3, len(raw) - 1)))
         chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
         _compare(data_servers, chunks, pause=0.005)
+
+
+MALFORMED_HEADERS = [
+    b"From: News <news@example.com>\r\nTo: rcpt@dest.example\r\nNot a header\r\n\r\nHi\r\n",
+    b"From : News <news@example.com>\r\nTo: rcpt@dest.example\r\n\r\nHi\r\n",
+    b" folded\r\nFrom: news@example.com\r\n\r\nHi\r\n",
+]
+
+
+def test_a_header_block_the_signer_cannot_read_is_refused_at_data_and_the_session_goes_on(
+    relay, credential, database
+):
+    """A header line without a colon (or with a space before it) would fail the message's
+    signing, and with it its batch, after it was accepted: it is refused at DATA."""
+    with _login(relay, credential) as c:
+        for raw in MALFORMED_HEADERS:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                c.sendmail("news@example.com", ["rcpt@dest.example"], raw)
+            assert refused.value.smtp_code == 550
+            assert refused.value.smtp_error.startswith(b"5.6.0 Malformed message header: line")
+        # The same connection goes on to submit a message whose header block is readable.
+        assert (
+            c.sendmail("news@example.com", ["rcpt@dest.example"], raw.replace(b" f", b"X: f")) == {}
+        )
+    assert [d.recipient for d in queued(database)] == ["rcpt@dest.example"]
