@@ -1,4 +1,5 @@
-"""Who is calling: SessionID and user API key authentication, with idle session expiry."""
+"""Who is calling: SessionID and user API key authentication, with idle session expiry, and
+the caller a sender API key stands for."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import delete, select, update
 from commands.errors import AuthenticationFailed
 from core.crypto import digests_match, token_digest
 from core.settings import Config
-from models import Database, User, UserAPIKey, UserSession
+from models import Database, Domain, User, UserAPIKey, UserSession
 
 # How stale a last-seen or last-used time may get before it is written again.
 TOUCH_INTERVAL = timedelta(seconds=60)
@@ -21,6 +22,18 @@ class Caller:
     user_id: int
     session_id: str | None
     user: User | None = None  # loaded with the credential (detached: read its fields only)
+
+
+@dataclass(frozen=True)
+class SenderCaller:
+    """The sender API key that authenticated an /api/v1 request, and whose it is."""
+
+    key_id: int
+    key_digest: str
+    domain_id: int
+    user_id: int
+    user: User | None = None  # loaded with the key (detached: read its fields only)
+    domain: Domain | None = None  # likewise
 
 
 def authenticate(
@@ -35,12 +48,14 @@ def authenticate(
     if not session_id and not api_key:
         raise AuthenticationFailed("Authentication failure: SessionID or APIKey is required")
     idle = timedelta(seconds=config.security.session_idle_timeout)
-    caller = None
-    touch_session = touch_key = expired = None
+    caller: Caller | None = None
+    touch_session: int | None = None
+    touch_key: int | None = None
+    expired: int | None = None
     with db.transaction(readonly=True) as s:
         if session_id:
             digest = token_digest(session_id)
-            row = s.execute(
+            session = s.execute(
                 select(
                     UserSession.id,
                     UserSession.user_id,
@@ -48,16 +63,16 @@ def authenticate(
                     UserSession.last_seen_at,
                 ).where(UserSession.token_digest == digest)
             ).first()
-            if row is not None and digests_match(row.token_digest, digest):
-                if row.last_seen_at + idle < now:
-                    expired = row.id
+            if session is not None and digests_match(session.token_digest, digest):
+                if session.last_seen_at + idle < now:
+                    expired = session.id
                 else:
-                    caller = Caller(row.user_id, session_id)
-                    if now - row.last_seen_at > TOUCH_INTERVAL:
-                        touch_session = row.id
+                    caller = Caller(session.user_id, session_id)
+                    if now - session.last_seen_at > TOUCH_INTERVAL:
+                        touch_session = session.id
         if caller is None and api_key:
             digest = token_digest(api_key)
-            row = s.execute(
+            key = s.execute(
                 select(
                     UserAPIKey.id,
                     UserAPIKey.user_id,
@@ -65,13 +80,13 @@ def authenticate(
                     UserAPIKey.last_used_at,
                 ).where(UserAPIKey.key_digest == digest)
             ).first()
-            if row is not None and digests_match(row.key_digest, digest):
-                caller = Caller(row.user_id, None)
-                if row.last_used_at is None or now - row.last_used_at > TOUCH_INTERVAL:
-                    touch_key = row.id
+            if key is not None and digests_match(key.key_digest, digest):
+                caller = Caller(key.user_id, None)
+                if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
+                    touch_key = key.id
         user = s.get(User, caller.user_id) if caller is not None else None
         enabled = user is not None and user.enabled
-        if user is not None:
+        if caller is not None and user is not None:
             caller = Caller(caller.user_id, caller.session_id, user)
     if expired or touch_session or touch_key:
         with db.transaction() as s:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from commands.auth import SenderCaller
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database, Domain, User
@@ -27,7 +28,7 @@ class Context:
     user: User | None = None
     session_id: str | None = None  # the SessionID that authenticated the call, if any
     remote_addr: str | None = None
-    sender: Any = None  # the SenderCaller of /api/v1 commands
+    sender: SenderCaller | None = None  # the sender API key of /api/v1 commands
     database: Database | None = None  # for a short read transaction of its own
     # Deliveries accepted per user earlier in this transaction (SMTP submissions committed
     # together), which the quota's count, read in a transaction of its own, cannot see yet.
@@ -41,7 +42,7 @@ class Context:
     def conn(self) -> Connection:
         return self.work.conn
 
-    def read(self):
+    def read(self) -> AbstractContextManager[Session]:
         """A separate, short read transaction (to read before slow work, then write in db)."""
         if self.database is None:  # pragma: no cover - the runner always sets it
             raise RuntimeError("context without a database")
@@ -54,10 +55,17 @@ class Context:
         Loaded with the key, before this command's transaction: read its fields, and
         re-read it through ``db`` before changing it.
         """
-        domain = self.sender.domain or self.db.get(Domain, self.sender.domain_id)
+        sender = self.current_sender
+        domain = sender.domain or self.db.get(Domain, sender.domain_id)
         if domain is None:  # pragma: no cover - a key is deleted with its domain
             raise RuntimeError("sender key without a domain")
         return domain
+
+    @property
+    def current_sender(self) -> SenderCaller:
+        if self.sender is None:  # pragma: no cover - the runner guarantees it for SENDER commands
+            raise RuntimeError("command needs a sender API key")
+        return self.sender
 
     @property
     def current_user(self) -> User:

@@ -9,27 +9,31 @@ from typing import Any
 from marshmallow import Schema
 
 from commands import registry
-from commands.auth import Caller, authenticate
+from commands.auth import Caller, SenderCaller, authenticate
 from commands.context import Context
-from commands.delivery.inbox import apply_report, is_return_path_host
+from commands.delivery.inbox import Outcome, apply_report, is_return_path_host
 from commands.errors import AUTH_FAILED, CommandError, NotPermitted
 from commands.keys.sender_keys import (
     INVALID_ACCOUNT,
     INVALID_KEY,
-    SenderCaller,
     authenticate_sender,
     load_owner,
     unauthorised,
 )
+from commands.keys.smtp_credentials import SMTPCaller
 from commands.ratelimit import Decision, RateLimited, make_limiter
 from commands.schema import load_params
 from commands.sending.handlers import accept_raw
 from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config, resolve_secret_key
-from models import Database, User
+from models import Database, Domain, User
+from models.database import UnitOfWork
 from mta.bounces import parse_report
 from mta.verp import verp_token
+
+# An SMTP submission by an authenticated credential: (caller, envelope recipients, message).
+Submission = tuple[SMTPCaller, list[str], bytes]
 
 
 class Gateway:
@@ -37,7 +41,7 @@ class Gateway:
 
     def __init__(
         self, config: Config, db: Database | None = None, clock: Callable[[], datetime] = utcnow
-    ):
+    ) -> None:
         self.config = config
         self.db = db or Database(
             config.database.url, pool_size=config.database.pool_size, echo=config.database.echo
@@ -60,7 +64,7 @@ class Gateway:
         /api/v1 transport authenticates first, to count the request against the key).
         """
         now = self.clock()
-        caller = None
+        caller: Caller | None = None
         if cmd.auth is registry.Auth.SENDER:
             if sender is None:
                 raise unauthorised(INVALID_KEY)
@@ -109,7 +113,7 @@ class Gateway:
                 refused = exc  # leaving the block normally commits what was written
         raise refused
 
-    def submit_many(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
+    def submit_many(self, items: list[Submission]) -> list[str | Exception]:
         """Several SMTP submissions by authenticated credentials, (caller, recipients, data)
         each, queued in one transaction: for each its message id, or the exception that
         refused it (CommandError as the send checks answer them, RateLimited past the
@@ -128,24 +132,25 @@ class Gateway:
                 return [exc]
             return [self.submit_many([item])[0] for item in items]
 
-    def _accept_together(self, items: list[tuple[Any, list[str], bytes]]) -> list[str | Exception]:
+    def _accept_together(self, items: list[Submission]) -> list[str | Exception]:
 
         results: list[str | Exception] = []
         with self.db.unit_of_work() as work:
             # Read in the transaction that accepts (a connection fewer per message); on
             # SQLite that begins it, and the look-up is one indexed row of each table.
-            owners = {}
+            owners: dict[tuple[int, int], tuple[User, Domain] | None] = {}
             for caller, _, _ in items:
                 key = (caller.user_id, caller.domain_id)
                 if key not in owners:
-                    owners[key] = load_owner(work.conn, *key) or (None, None)
+                    owners[key] = load_owner(work.conn, *key)
             decisions = self._rate_limits(work, items)
             accepted: dict[int, int] = {}  # per user, for the quota: not yet committed
             for (caller, recipients, data), decision in zip(items, decisions, strict=True):
-                user, domain = owners[caller.user_id, caller.domain_id]
-                if user is None or not user.enabled:
+                owner = owners[caller.user_id, caller.domain_id]
+                if owner is None or not owner[0].enabled:
                     results.append(CommandError(12, "Invalid or deactivated user account"))
                     continue
+                user, domain = owner
                 if not decision.allowed:
                     results.append(RateLimited(decision))
                     continue
@@ -156,7 +161,7 @@ class Gateway:
                     results.append(exc)
         return results
 
-    def _rate_limits(self, work, items: list[tuple[Any, list[str], bytes]]) -> list[Decision]:
+    def _rate_limits(self, work: UnitOfWork, items: list[Submission]) -> list[Decision]:
         """Each submission's hit on its credential's rate limit, counted in the accepting
         transaction: one statement each, kept by its commit, where a write of its own would
         cost a transaction. Counted credential by credential in id order, so that two
@@ -167,9 +172,11 @@ class Gateway:
         for i in order:
             bucket = f"smtp:{items[i][0].credential_id}"
             decisions[i] = self.limiter.hit_in(work.conn, bucket)
-        return decisions
+        return [d for d in decisions if d is not None]  # each was set above
 
-    def _context(self, work, user: User, accepted: dict[int, int] | None = None) -> Context:
+    def _context(
+        self, work: UnitOfWork, user: User, accepted: dict[int, int] | None = None
+    ) -> Context:
         return Context(
             work=work,
             config=self.config,
@@ -187,7 +194,7 @@ class Gateway:
         with self.db.transaction(readonly=True) as s:
             return bool(host) and is_return_path_host(s, host)
 
-    def receive_report(self, recipients: list[str], data: bytes):
+    def receive_report(self, recipients: list[str], data: bytes) -> Outcome | None:
         """Parse mail sent to a return path and record the bounce or complaint it reports."""
 
         report = parse_report(data)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from marshmallow import Schema
+
+# A handler takes the Context and the schema's loaded values as keywords, and answers the
+# command's response fields.
+Handler = Callable[..., dict[str, Any]]
+H = TypeVar("H", bound=Handler)
 
 
 class Auth(enum.Enum):
@@ -22,7 +27,7 @@ class Auth(enum.Enum):
 @dataclass(frozen=True)
 class Command:
     name: str
-    handler: Callable[..., dict[str, Any]]
+    handler: Handler
     schema: type[Schema]
     auth: Auth
     readonly: bool
@@ -47,7 +52,7 @@ def command(
     readonly: bool = False,
     transport: str = "api.php",
     error_list: bool = False,
-):
+) -> Callable[[H], H]:
     """Register the decorated function as the handler of ``name``.
 
     ``readonly`` commands run in a read transaction. A second registration of the same
@@ -60,7 +65,7 @@ def command(
     if not (isinstance(schema, type) and issubclass(schema, Schema)):
         raise TypeError(f"{name}: schema must be a marshmallow Schema class")
 
-    def register(handler):
+    def register(handler: H) -> H:
         key = name.lower()
         if key in _REGISTRY:
             raise DuplicateCommand(f"command {name} is registered twice")

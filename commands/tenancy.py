@@ -18,5 +18,5 @@ def owned_domain(ctx: Context, domain_id: int | None, not_found: tuple[int, str]
     return domain
 
 
-def domain_id_param(missing: tuple[int, str], not_found: tuple[int, str]) -> fields.Field:
+def domain_id_param(missing: tuple[int, str], not_found: tuple[int, str]) -> fields.Field[int]:
     return param(RowID(required=True), missing=missing, invalid=not_found)

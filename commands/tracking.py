@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from commands.events import writer as events
 from commands.suppression import suppress
-from models import Delivery, Message
+from models import Delivery
 from mta.tracking import CLICK, OPEN, UNSUBSCRIBE, verify
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def recipient(gateway: Gateway, signed: str) -> Recipient | None:
         delivery = _delivery(s, named[0])
         if delivery is None:
             return None
-        return Recipient(delivery.recipient, s.get(Message, delivery.message_id).domain_name)
+        return Recipient(delivery.recipient, delivery.message.domain_name)
 
 
 def unsubscribe(
@@ -109,7 +109,7 @@ def unsubscribe(
             now,
             domain_id=delivery.domain_id,
         )
-        message = s.get(Message, delivery.message_id)
+        message = delivery.message
         if added:
             events.record(
                 s,
@@ -130,5 +130,6 @@ def _delivery(s: Session, token: str) -> Delivery | None:
 def _record(
     s: Session, kind: str, delivery: Delivery, gateway: Gateway, details: dict[str, Any]
 ) -> None:
-    message = s.get(Message, delivery.message_id)
-    events.record(s, kind, message, delivery, delivery.recipient, gateway.clock(), details=details)
+    events.record(
+        s, kind, delivery.message, delivery, delivery.recipient, gateway.clock(), details=details
+    )

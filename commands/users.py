@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
 from marshmallow import fields, validate
 from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
@@ -191,11 +192,16 @@ class APIKeyDeleteSchema(CommandSchema):
 
 @command("User.APIKey.Delete", schema=APIKeyDeleteSchema, auth=Auth.USER)
 def api_key_delete(ctx: Context, APIKeyID: int) -> dict[str, Any]:
-    deleted = ctx.db.execute(
-        delete(UserAPIKey).where(
-            UserAPIKey.id == APIKeyID, UserAPIKey.user_id == ctx.current_user.id
-        )
-    ).rowcount
+    # A DELETE answers a CursorResult (its rowcount); Session.execute is typed for any statement.
+    result = cast(
+        CursorResult[Any],
+        ctx.db.execute(
+            delete(UserAPIKey).where(
+                UserAPIKey.id == APIKeyID, UserAPIKey.user_id == ctx.current_user.id
+            )
+        ),
+    )
+    deleted = result.rowcount
     if not deleted:
         raise CommandError(2, "API key not found")
     return {}

@@ -13,6 +13,7 @@ from models import DKIMKey
 
 def new_key(box: SecretBox, selector: str, algorithm: str, rsa_bits: int = 2048) -> DKIMKey:
     """A fresh key pair as an (unsaved) DKIMKey row."""
+    private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if algorithm == "rsa":
         private = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
         public = private.public_key().public_bytes(

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import dns.exception
+import dns.rdata
 import dns.resolver
+from dns.rdtypes.mxbase import MXBase
+from dns.rdtypes.nsbase import NSBase
+from dns.rdtypes.txtbase import TXTBase
 
 from commands.domains.dkim import txt_value
 from core.settings import Config
@@ -24,7 +29,7 @@ class Record:
     purpose: str  # ownership, spf, dkim, dmarc, return-path, tracking
     required: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "Host": self.host,
             "Type": self.type,
@@ -41,8 +46,8 @@ class Result:
     found: list[str] = field(default_factory=list)
     error: str | None = None  # "timeout", "servfail": the answer is unknown, not negative
 
-    def as_dict(self) -> dict:
-        out = {
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "Host": self.record.host,
             "Type": self.record.type,
             "Value": self.record.value,
@@ -125,12 +130,12 @@ def check_record(record: Record, resolver: dns.resolver.Resolver) -> Result:
     return Result(record, _matches(record, found), found)
 
 
-def _text(rdata, rdtype: str) -> str:
-    if rdtype == "TXT":
+def _text(rdata: dns.rdata.Rdata, rdtype: str) -> str:
+    if rdtype == "TXT" and isinstance(rdata, TXTBase):
         return b"".join(rdata.strings).decode("utf-8", "replace")
-    if rdtype == "MX":
+    if rdtype == "MX" and isinstance(rdata, MXBase):
         return f"{rdata.preference} {rdata.exchange.to_text(omit_final_dot=True).lower()}"
-    if rdtype == "CNAME":
+    if rdtype == "CNAME" and isinstance(rdata, NSBase):  # CNAME's rdata class is an NSBase
         return rdata.target.to_text(omit_final_dot=True).lower()
     return rdata.to_text()
 

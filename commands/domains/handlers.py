@@ -111,7 +111,9 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     user = ctx.current_user
     if ctx.db.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == name)):
         raise CommandError(2, "Invalid domain name provided: it is already in your account")
-    count = ctx.db.scalar(select(func.count()).select_from(Domain).where(Domain.user_id == user.id))
+    count = ctx.db.execute(
+        select(func.count()).select_from(Domain).where(Domain.user_id == user.id)
+    ).scalar_one()
     if count >= ctx.config.domains.max_per_user:
         raise CommandError(3, "User has reached the maximum number of sender domains allowed")
     domain = Domain(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from marshmallow import fields, validate
 from sqlalchemy import select
@@ -31,17 +31,35 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _json(raw: str | None, default):
+def _json(raw: str | None) -> Any:
     try:
-        value = json.loads(raw or "")
+        return json.loads(raw or "")
     except ValueError:
-        return default
-    return value if isinstance(value, type(default)) else default
+        return None
 
 
-def event_view(row: Event, message: Any) -> dict[str, Any]:
+def _json_dict(raw: str | None) -> dict[str, Any]:
+    """A JSON object column, or {} when it holds anything else."""
+    value = _json(raw)
+    return value if isinstance(value, dict) else {}
+
+
+def _json_list(raw: str | None) -> list[Any]:
+    """A JSON array column, or [] when it holds anything else."""
+    value = _json(raw)
+    return value if isinstance(value, list) else []
+
+
+class Headers(NamedTuple):
+    """What an event shows of its message."""
+
+    subject: str
+    from_email: str
+
+
+def event_view(row: Event, message: Headers | None) -> dict[str, Any]:
     """One event as GetEvents answers it (Octeth's shape, with Postern's own fields)."""
-    details = _json(row.details, {})
+    details = _json_dict(row.details)
     view: dict[str, Any] = {
         "id": row.uid,
         "event_type": public_type(row.type),
@@ -49,7 +67,7 @@ def event_view(row: Event, message: Any) -> dict[str, Any]:
         "message_id": row.message_id,
         "recipient": row.recipient,
         "domain": row.domain_name,
-        "tags": _json(row.tags, []),
+        "tags": _json_list(row.tags),
         "message": {
             "headers": {
                 "subject": message.subject if message else None,
@@ -120,7 +138,7 @@ def get_events(
     total, rows = event_page(ctx.db, where, StartFrom, RetrieveCount)
     ids = {r.message_id for r in rows}
     messages = {
-        m.id: m
+        m.id: Headers(m.subject, m.from_email)
         for m in ctx.db.execute(
             select(Message.id, Message.subject, Message.from_email).where(
                 Message.id.in_(ids), Message.user_id == user_id
@@ -141,7 +159,7 @@ _DETAIL_NAMES = {"user_agent": "UserAgent", "ip": "IpAddress", "url": "Url"}
 def v1_event_view(row: Event) -> dict[str, Any]:
     details = {
         _DETAIL_NAMES.get(k) or k.title().replace("_", ""): v
-        for k, v in _json(row.details, {}).items()
+        for k, v in _json_dict(row.details).items()
     }
     if row.smtp_code is not None:
         details["SMTPCode"] = row.smtp_code
@@ -156,7 +174,7 @@ def v1_event_view(row: Event) -> dict[str, Any]:
         "Recipient": row.recipient,
         "MessageId": row.message_id,
         "CampaignId": None,
-        "Tags": _json(row.tags, []),
+        "Tags": _json_list(row.tags),
         "Details": details,
     }
 
@@ -194,9 +212,10 @@ def v1_events(
     """The sender key's domain's events, newest first."""
     since, until = date_range(StartDate, EndDate, 7)
     plan_each_query(ctx.db)
+    sender = ctx.current_sender
     where = event_filters(
-        ctx.sender.user_id,
-        ctx.sender.domain_id,
+        sender.user_id,
+        sender.domain_id,
         since=since,
         until=until,
         types=types,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,10 +39,12 @@ def public_type(stored: str) -> str:
     return OCTETH_NAMES.get(stored, stored)
 
 
-class EventTypes(fields.Field):
+class EventTypes(fields.Field[list[str]]):
     """One or several event types (a list, or comma-separated), in either vocabulary."""
 
-    def _deserialize(self, value, attr, data, **kwargs) -> list[str]:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> list[str]:
         items = value if isinstance(value, list) else str(value).split(",")
         types: list[str] = []
         for item in items:
@@ -87,8 +90,12 @@ def parse_span(value: Any) -> Span | None:
     return None
 
 
-class DateArg(fields.Field):
-    def _deserialize(self, value, attr, data, **kwargs) -> Span:
+class DateArg(fields.Field[Span]):
+    """A date parameter, as the Span it covers."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Span:
         span = parse_span(value)
         if span is None or not 1970 <= span.start.year <= 9998:
             raise ValidationError("not a date")
@@ -138,14 +145,16 @@ def message_id_of(value: str) -> str:
     return value.strip().strip("<>").partition("@")[0]
 
 
-def _messages_where(user_id: int, domain_id: int | None, *where) -> ColumnElement[bool]:
+def _messages_where(
+    user_id: int, domain_id: int | None, *where: ColumnElement[bool]
+) -> ColumnElement[bool]:
     ids = select(Message.id).where(Message.user_id == user_id, *where)
     if domain_id is not None:
         ids = ids.where(Message.domain_id == domain_id)
     return Event.message_id.in_(ids)
 
 
-def _term(user_id: int, domain_id: int | None, name: str | None, value: str):
+def _term(user_id: int, domain_id: int | None, name: str | None, value: str) -> ColumnElement[bool]:
     if name == "subject":
         return _messages_where(
             user_id, domain_id, Message.subject.ilike(_contains(value), escape="\\")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from marshmallow import ValidationError, fields, validate
-from sqlalchemy import ColumnElement, distinct, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, distinct, func, select
 from sqlalchemy.orm import Session
 
 from commands.context import Context
@@ -47,6 +48,13 @@ COUNTED = {
 }
 UNIQUE = {"opened": "UniqueOpened", "clicked": "UniqueClicked"}
 STAT_KEYS = (*COUNTED.values(), *UNIQUE.values())
+
+# What figures are grouped by: () for the whole period, (tag list,) or (day,).
+Group = tuple[str, ...]
+# Events per group and type, keyed (*group, stored type).
+Tally = Counter[tuple[str, ...]]
+Figures = dict[str, int]
+V = TypeVar("V")
 
 
 def stat_period(
@@ -82,7 +90,9 @@ class Scope:
         self.low, self.high = low, high
         plan_each_query(db)
 
-    def events(self, low: datetime | None = None, high: datetime | None = None) -> list[Any]:
+    def events(
+        self, low: datetime | None = None, high: datetime | None = None
+    ) -> list[ColumnElement[bool]]:
         return [
             Event.domain_id == self.domain_id,
             Event.user_id == self.user_id,
@@ -101,13 +111,22 @@ class Scope:
         ends = [(a, b) for a, b in ((self.low, first), (last, self.high)) if a < b]
         return (first.date(), last.date()), ends
 
-    def counts(self, by: str | None = None, types: list[str] | None = None) -> Counter:
+    def counts(self, by: str | None = None, types: list[str] | None = None) -> Tally:
         """Events per (group, type); ``by`` is None, "tags" (the tag list) or "day"."""
-        out: Counter = Counter()
+        out: Tally = Counter()
         days, ends = self.split()
         if days:
-            shown = {None: [], "tags": [func.max(EventCount.tags)], "day": [EventCount.day]}[by]
-            group = {None: [], "tags": [EventCount.tags_key], "day": [EventCount.day]}[by]
+            shown_by: dict[str | None, list[SQLColumnExpression[Any]]] = {
+                None: [],
+                "tags": [func.max(EventCount.tags)],
+                "day": [EventCount.day],
+            }
+            group_by: dict[str | None, list[SQLColumnExpression[Any]]] = {
+                None: [],
+                "tags": [EventCount.tags_key],
+                "day": [EventCount.day],
+            }
+            shown, group = shown_by[by], group_by[by]
             query = select(*shown, EventCount.type, func.sum(EventCount.total)).where(
                 EventCount.domain_id == self.domain_id,
                 EventCount.user_id == self.user_id,
@@ -116,31 +135,34 @@ class Scope:
             )
             if types:
                 query = query.where(EventCount.type.in_(types))
-            for *key, kind, n in self.db.execute(query.group_by(*group, EventCount.type)):
+            for row in self.db.execute(query.group_by(*group, EventCount.type)):
+                key, kind, n = _split_row(row)
                 out[(*self._key(key, by), kind)] += int(n)
         for low, high in ends:
             column = self._column(by)
             query = select(*column, Event.type, func.count()).where(*self.events(low, high))
             if types:
                 query = query.where(Event.type.in_(types))
-            for *key, kind, n in self.db.execute(query.group_by(*column, Event.type)):
+            for row in self.db.execute(query.group_by(*column, Event.type)):
+                key, kind, n = _split_row(row)
                 out[(*self._key(key, by), kind)] += n
         return out
 
-    def uniques(self, by: str | None = None) -> Counter:
+    def uniques(self, by: str | None = None) -> Tally:
         """Distinct deliveries with an open, and with a click, per (group, type)."""
         column = self._column(by)
         query = select(*column, Event.type, func.count(distinct(Event.delivery_id))).where(
             *self.events(), Event.type.in_(list(UNIQUE))
         )
-        out: Counter = Counter()
-        for *key, kind, n in self.db.execute(query.group_by(*column, Event.type)):
+        out: Tally = Counter()
+        for row in self.db.execute(query.group_by(*column, Event.type)):
+            key, kind, n = _split_row(row)
             out[(*self._key(key, by), kind)] += n
         return out
 
-    def figures(self, by: str | None = None) -> dict[tuple, dict[str, int]]:
+    def figures(self, by: str | None = None) -> dict[Group, Figures]:
         """The Stats figures per group (every key, zero where nothing happened)."""
-        out: dict[tuple, dict[str, int]] = {}
+        out: dict[Group, Figures] = {}
         for names, counter in (
             (COUNTED, self.counts(by, list(COUNTED))),
             (UNIQUE, self.uniques(by)),
@@ -149,21 +171,32 @@ class Scope:
                 out.setdefault(tuple(key), _zero())[names[kind]] += n
         return out
 
-    def _column(self, by: str | None) -> list[ColumnElement]:
-        return {None: [], "tags": [Event.tags], "day": [bucket(self.db, "day")]}[by]
+    def _column(self, by: str | None) -> list[SQLColumnExpression[Any]]:
+        columns: dict[str | None, list[SQLColumnExpression[Any]]] = {
+            None: [],
+            "tags": [Event.tags],
+            "day": [bucket(self.db, "day")],
+        }
+        return columns[by]
 
     @staticmethod
-    def _key(key: list, by: str | None) -> tuple:
+    def _key(key: Sequence[Any], by: str | None) -> Group:
         return (bucket_key(key[0], "day"),) if by == "day" else tuple(key)
 
 
-def _zero() -> dict[str, int]:
+def _split_row(row: Sequence[Any]) -> tuple[list[Any], str, Any]:
+    """A counting row's group columns (none or one), its event type and its count."""
+    *key, kind, n = row
+    return key, kind, n
+
+
+def _zero() -> Figures:
     return dict.fromkeys(STAT_KEYS, 0)
 
 
-def per_tag(by_tags: dict, add) -> dict[str, Any]:
+def per_tag(by_tags: Mapping[Group, V], add: Callable[[V, V], V]) -> dict[str, V]:
     """Figures per tag from figures per tag list (``add`` sums two of them)."""
-    out: dict[str, Any] = {}
+    out: dict[str, V] = {}
     for (tags_text, *_), figures in by_tags.items():
         try:
             tags = json.loads(tags_text)
@@ -175,11 +208,11 @@ def per_tag(by_tags: dict, add) -> dict[str, Any]:
     return out
 
 
-def _add_figures(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+def _add_figures(a: Figures, b: Figures) -> Figures:
     return {k: a[k] + b[k] for k in a}
 
 
-def bucket(db: Session, unit: str) -> ColumnElement:
+def bucket(db: Session, unit: str) -> ColumnElement[Any]:
     """created_at truncated to its UTC day or hour, in this database's own way."""
     column = Event.created_at
     dialect = db.get_bind().dialect.name
@@ -199,7 +232,7 @@ def bucket_key(value: Any, unit: str) -> str:
     return text[:10] if unit == "day" else text[:13] + ":00:00"
 
 
-def recipient_domain(db: Session) -> ColumnElement:
+def recipient_domain(db: Session) -> ColumnElement[Any]:
     """The part of the recipient after its last @."""
     column = Event.recipient_lower
     dialect = db.get_bind().dialect.name
@@ -211,7 +244,7 @@ def recipient_domain(db: Session) -> ColumnElement:
     return func.replace(column, func.rtrim(column, func.replace(column, "@", "")), "")
 
 
-class Field(fields.Field):
+class Field(fields.Field[str]):
     """AggregatedField: eventType, recipientDomain, tag, day or hour (a few spellings)."""
 
     NAMES = {
@@ -229,7 +262,9 @@ class Field(fields.Field):
         "hour": "hour",
     }
 
-    def _deserialize(self, value, attr, data, **kwargs) -> str:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
         name = self.NAMES.get(str(value).strip().lower())
         if name is None:
             raise ValidationError("unknown field")
@@ -267,7 +302,7 @@ def aggr_events(
     """Event counts per type, recipient domain, tag, day or hour, largest (or latest) first."""
     scope = domain_scope(ctx, DomainID, StartDate, EndDate, DOMAIN_NOT_FOUND)
     field, size = AggregatedField, AggregateSize
-    totals: Counter = Counter()
+    totals: Counter[str] = Counter()
     if field in ("eventType", "tag", "day"):
         by = {"eventType": None, "tag": "tags", "day": "day"}[field]
         for (*key, kind), n in scope.counts(by, types).items():
@@ -279,8 +314,9 @@ def aggr_events(
         query = select(column, func.count()).where(*scope.events())
         if types:
             query = query.where(Event.type.in_(types))
-        for key, n in ctx.db.execute(query.group_by(column)):
-            totals[bucket_key(key, "hour") if field == "hour" else key] += n
+        for row in ctx.db.execute(query.group_by(column)):
+            value, n = row[0], row[1]
+            totals[bucket_key(value, "hour") if field == "hour" else value] += n
     if field in ("day", "hour"):  # the latest buckets, oldest first
         ranked = sorted(totals.items())[-size:]
     else:

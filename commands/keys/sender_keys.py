@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from marshmallow import fields, validate
-from sqlalchemy import bindparam, delete, inspect, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Label, bindparam, delete, select, update
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.orm import class_mapper
 
+from commands.auth import SenderCaller
 from commands.context import Context, format_date
 from commands.errors import CommandError
 from commands.registry import Auth, command
 from commands.schema import CommandSchema, RowID, param
 from commands.tenancy import domain_id_param, owned_domain
 from core.crypto import digests_match, new_token, token_digest
-from models import Database, Domain, SenderAPIKey, User
+from models import Base, Database, Domain, SenderAPIKey, User
 from models.direct import Direct
 
 PERMISSIONS = "Send,Events,Webhooks"
 TOUCH_SECONDS = 60
 
-
-@dataclass(frozen=True)
-class SenderCaller:
-    key_id: int
-    key_digest: str
-    domain_id: int
-    user_id: int
-    user: User | None = None  # loaded with the key (detached: read its fields only)
-    domain: Domain | None = None  # likewise
+M = TypeVar("M", bound=Base)
 
 
 MISSING_KEY = (1, "Missing SenderAPIKey")
@@ -43,14 +37,16 @@ def unauthorised(code_text: tuple[int, str]) -> CommandError:
     return CommandError(*code_text, http_status=403 if code_text == INVALID_ACCOUNT else 401)
 
 
-def _loaded(model, prefix: str):
+def _loaded(
+    model: type[M], prefix: str
+) -> tuple[list[Label[Any]], Callable[[Mapping[str, Any]], M]]:
     """The columns of ``model`` labelled ``prefix + attribute``, and a maker of instances."""
-    mapper = inspect(model)
+    mapper = class_mapper(model)
     names = [(a.key, prefix + a.key) for a in mapper.column_attrs]
     labelled = [a.columns[0].label(prefix + a.key) for a in mapper.column_attrs]
     new_instance = mapper.class_manager.new_instance
 
-    def make(mapping):
+    def make(mapping: Mapping[str, Any]) -> M:
         # A bare instance with its column values (the constructor's bookkeeping costs more
         # than the query on this path); like a detached object, for reading fields only.
         obj = new_instance()
@@ -164,7 +160,7 @@ def add_api(
     SubscriberID: str | None,
     JourneyID: str | None,
     ActionID: str | None,
-) -> dict:
+) -> dict[str, Any]:
     domain = owned_domain(ctx, DomainID, _ADD_API_NOT_FOUND)
     plain = new_token("ps_", nbytes=24)
     row = SenderAPIKey(
@@ -224,9 +220,16 @@ class DeleteAPISchema(CommandSchema):
 @command("EmailGateway.DeleteAPI", schema=DeleteAPISchema, auth=Auth.USER)
 def delete_api(ctx: Context, ApiKeyId: int) -> dict[str, Any]:
     owned = select(Domain.id).where(Domain.user_id == ctx.current_user.id)
-    deleted = ctx.db.execute(
-        delete(SenderAPIKey).where(SenderAPIKey.id == ApiKeyId, SenderAPIKey.domain_id.in_(owned))
-    ).rowcount
+    # A DELETE answers a CursorResult (its rowcount); Session.execute is typed for any statement.
+    result = cast(
+        CursorResult[Any],
+        ctx.db.execute(
+            delete(SenderAPIKey).where(
+                SenderAPIKey.id == ApiKeyId, SenderAPIKey.domain_id.in_(owned)
+            )
+        ),
+    )
+    deleted = result.rowcount
     if not deleted:
         raise CommandError(2, "Invalid API key or API key not found")
     return {}

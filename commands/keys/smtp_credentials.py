@@ -16,7 +16,7 @@ from commands.registry import Auth, command
 from commands.schema import CommandSchema, RowID, param
 from commands.tenancy import domain_id_param, owned_domain
 from core.crypto import digests_match, token_digest
-from models import Domain, SMTPCredential, User
+from models import Database, Domain, SMTPCredential, User
 from models.domains import ENABLED
 
 MASKED = "********"
@@ -143,7 +143,7 @@ def owned_credential(ctx: Context, smtp_id: int, not_found: tuple[int, str]) -> 
     """The caller's SMTP credential ``smtp_id``; anyone else's answers like a missing one."""
     row = ctx.db.get(SMTPCredential, smtp_id)
     domain = ctx.db.get(Domain, row.domain_id) if row is not None else None
-    if domain is None or domain.user_id != ctx.current_user.id:
+    if row is None or domain is None or domain.user_id != ctx.current_user.id:
         raise CommandError(*not_found)
     return row
 
@@ -204,7 +204,7 @@ class SMTPCaller:
     user_id: int
 
 
-def authenticate_smtp(db, username: str, password: str) -> tuple[SMTPCaller | None, str]:
+def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPCaller | None, str]:
     """The credential for a username and password, or None and why (for the log only).
 
     The password is checked against its stored digest in constant time; a user's disabled
