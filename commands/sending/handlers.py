@@ -316,7 +316,9 @@ class SendSchema(SendFields, RawFieldsSchema):
 
 @command("v1.Email.Send", schema=SendSchema, auth=Auth.SENDER, transport="v1")
 def v1_send(ctx: Context, **params: Any) -> dict[str, Any]:
-    return accept(ctx, ctx.sender_domain, params, source="api", sender_key_id=ctx.sender.key_id)
+    return accept(
+        ctx, ctx.sender_domain, params, source="api", sender_key_id=ctx.current_sender.key_id
+    )
 
 
 _SEND_NOT_FOUND = (2, "Invalid DomainID")
