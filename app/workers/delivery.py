@@ -35,7 +35,7 @@ from commands.delivery.build import (
 )
 from commands.delivery.outcomes import ERROR_CODE, Result, Retry, record_outcomes, retry_delay
 from commands.delivery.queue import Claimed, claim_batch
-from commands.domains.dns_records import make_resolver
+from commands.domains.dns_records import make_resolver, tracking_host
 from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config
@@ -133,7 +133,9 @@ class Worker:
     def handle(self, claimed: Sequence[Claimed]) -> list[Result]:
         """Build and send every claimed delivery; one result each."""
         self._backlog = len(claimed) >= self.config.delivery.batch_size
-        urls = TrackingURLs(self.config.tracking.base_url, self.config.http.public_url)
+        urls = TrackingURLs(
+            self.config.tracking.base_url, self.config.http.public_url, tracking_host
+        )
         ready, results = prepare_batch(self.db, self.box, claimed, urls)
         deadline = time.monotonic() + self.config.delivery.claim_timeout * DEADLINE_SHARE
         if ready:

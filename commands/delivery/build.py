@@ -14,7 +14,7 @@ import base64
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -25,7 +25,6 @@ from sqlalchemy import bindparam, select
 
 from commands.delivery.outcomes import Result
 from commands.delivery.queue import Claimed
-from commands.domains.dns_records import tracking_host
 from core.crypto import SecretBox
 from models import Database, DKIMKey, Domain, Message
 from models.direct import Direct
@@ -67,10 +66,12 @@ class Outgoing:
 @dataclass(frozen=True)
 class TrackingURLs:
     """Where tracking links point: ``tracking.base_url``, else the domain's tracking host
-    with the scheme and port of ``http.public_url``."""
+    (``host``: commands.domains.dns_records.tracking_host, given by the caller, as the
+    domains package depends on this one) with the scheme and port of ``http.public_url``."""
 
     base_url: str
     public_url: str
+    host: Callable[[Domain], str]
 
 
 def build_and_sign(job: BuildJob) -> bytes:
@@ -238,6 +239,6 @@ def _tracking(
     )
     if flags is None:
         return None
-    host = tracking_host(cast(Domain, SimpleNamespace(**domain)))
+    host = urls.host(cast(Domain, SimpleNamespace(**domain)))
     base = tracking.base_url(urls.base_url, urls.public_url, host)
     return tracking.Tracking(base, key, token, *flags)
