@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import multiprocessing
 import os
 import random
@@ -25,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
+from app.workers.dispatch import Outgoing, dispatch
 from commands.domains.dns_records import make_resolver, tracking_host
 from commands.events import writer as events
 from commands.suppression import suppress_bounce
@@ -43,11 +43,11 @@ from models.messages import (
     submitted_whole,
     unpack_payload,
 )
-from mta import mx, tracking
+from mta import tracking
 from mta.eventloop import new_event_loop
 from mta.message import Address, Attachment, MessageSpec, build_message
 from mta.signing import SigningKey, sign_message
-from mta.smtp_client import ClientSettings, Envelope, Outcome, deliver
+from mta.smtp_client import Build, Envelope, Outcome
 from mta.verp import verp_address
 
 log = logging.getLogger("postern.worker")
@@ -156,6 +156,15 @@ class Job:
     message_id: str
     domain_id: int
     created_at: datetime
+
+
+def _ready(data: bytes | Build) -> Build:
+    """A build that gives an already built message."""
+
+    async def build() -> bytes:
+        return data if isinstance(data, bytes) else await data()
+
+    return build
 
 
 def retry_delay(attempts: int, base: int, cap: int) -> float:
@@ -433,85 +442,16 @@ class Worker:
 
     # -- sending ------------------------------------------------------------------------
 
-    def client_settings(self, port: int) -> ClientSettings:
-        c = self.config.delivery
-        timeout = c.timeout
-        if c.smarthost:
-            tls = {"starttls": "required", "implicit": "implicit", "none": "none"}[c.smarthost_tls]
-            return ClientSettings(
-                helo_name=self.config.smtp.hostname,
-                port=c.smarthost_port,
-                tls=tls,
-                username=c.smarthost_username or None,
-                password=c.smarthost_password or None,
-                connect_timeout=timeout,
-                command_timeout=timeout,
-                data_timeout=timeout * 10,
-            )
-        return ClientSettings(
-            helo_name=self.config.smtp.hostname,
-            port=port,
-            tls=c.tls,
-            connect_timeout=timeout,
-            command_timeout=timeout,
-            data_timeout=timeout * 10,
-        )
-
     async def send(self, jobs: list[Job], envelopes: dict[int, Envelope]) -> list[Outcome]:
-        """Send every envelope: grouped by recipient domain, over reused connections."""
-        by_domain: dict[str, list[Envelope]] = defaultdict(list)
-        for job in jobs:
-            if job.delivery_id in envelopes:
-                key = "" if self.config.delivery.smarthost else job.recipient_domain
-                by_domain[key].append(envelopes[job.delivery_id])
-        per_host = self.config.delivery.concurrency_per_host
-        host_slots: dict[tuple, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(per_host)
-        )
-        results = await asyncio.gather(
-            *(self._send_domain(domain, group, host_slots) for domain, group in by_domain.items())
-        )
-        return [outcome for group in results for outcome in group]
-
-    async def _send_domain(
-        self, domain: str, group: list[Envelope], host_slots: dict[tuple, asyncio.Semaphore]
-    ) -> list[Outcome]:
-        c = self.config.delivery
-        try:
-            if c.smarthost:
-                addresses = await asyncio.to_thread(
-                    mx.resolve_addresses, c.smarthost, self.resolver
-                )
-            else:
-                hosts = await asyncio.to_thread(mx.resolve_mx, domain, self.resolver)
-                addresses = []
-                for host in hosts:
-                    try:
-                        addresses += await asyncio.to_thread(
-                            mx.resolve_addresses, host, self.resolver
-                        )
-                    except mx.RouteError:
-                        continue
-                if not addresses:
-                    raise mx.TemporaryDNSError(f"No address found for the MX hosts of {domain}")
-        except mx.RouteError as exc:
-            status = "bounced" if exc.permanent else "deferred"
-            return [
-                Outcome(e.ref, status, None, "5.1.2" if exc.permanent else "4.4.3", str(exc), None)
-                for e in group
-            ]
-        settings = self.client_settings(c.mx_port)
-        # Several connections share a large group; each reuses its connection for its share.
-        connections = min(c.concurrency_per_host, max(1, math.ceil(len(group) / 20)))
-        slices = [group[i::connections] for i in range(connections)]
-        slot = host_slots[tuple(addresses)]
-
-        async def one(envs: list[Envelope]) -> list[Outcome]:
-            async with slot:
-                return await deliver(addresses, envs, settings)
-
-        results = await asyncio.gather(*(one(s) for s in slices if s))
-        return [o for r in results for o in r]
+        """Send every envelope: grouped by recipient domain, over reused connections, within
+        half the claim timeout."""
+        items = [
+            Outgoing(j.delivery_id, j.recipient_domain, e.mail_from, e.rcpt_to, _ready(e.data))
+            for j in jobs
+            if (e := envelopes.get(j.delivery_id)) is not None
+        ]
+        deadline = time.monotonic() + self.config.delivery.claim_timeout / 2
+        return await dispatch(items, self.config, self.resolver, deadline=deadline)
 
     # -- recording ----------------------------------------------------------------------
 
