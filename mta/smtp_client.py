@@ -168,11 +168,15 @@ async def deliver(
         # the server may or may not have taken it, and the only outcome that cannot lose
         # mail is to send it again later (RFC 5321 6.1: a duplicate is the lesser harm).
         # Calling it delivered could lose it; bouncing it would tell the sender a lie.
-        doing = "connecting" if session is None else session.doing
-        host = None if session is None else session.host
-        if session is not None:
+        if session is None:
+            when, host = "while connecting", None
+        else:
             session.channel.abort()
-        outcomes += [deadline_outcome(env.ref, doing, host) for env in envelopes[len(outcomes) :]]
+            when, host = f"while {session.doing}", session.host
+        for env in envelopes[len(outcomes) :]:
+            outcomes.append(deadline_outcome(env.ref, when, host))
+            if session is not None:
+                when = "before it was sent"  # the envelopes after the one under way
     except BaseException:  # cancelled: drop the connection at once
         if session is not None:
             session.channel.abort()
@@ -180,9 +184,10 @@ async def deliver(
     return outcomes
 
 
-def deadline_outcome(ref: object, doing: str, host: str | None = None) -> Outcome:
-    """The outcome of an envelope left unfinished at the deadline (``doing`` says where)."""
-    return Outcome(ref, "deferred", None, "4.4.7", f"delivery deadline reached {doing}", host)
+def deadline_outcome(ref: object, when: str, host: str | None = None) -> Outcome:
+    """The outcome of an envelope left unfinished at the deadline (``when``: how far it got,
+    as "while connecting")."""
+    return Outcome(ref, "deferred", None, "4.4.7", f"delivery deadline reached {when}", host)
 
 
 def loop_time(deadline: float | None) -> float | None:
@@ -295,7 +300,7 @@ class _Session:
         self.tls = False
         self.broken = False  # no QUIT: the connection timed out, was lost or got a 421
         self.dirty = False  # a transaction failed half-way: RSET before the next one
-        self.doing = "greeting"  # what the session is waiting for, as outcomes tell it
+        self.doing = "starting"  # what the session is doing, as a deadline outcome tells it
 
     # -- replies and commands ------------------------------------------------------------
 

@@ -129,8 +129,10 @@ async def _destination(
         enhanced = "5.1.2" if exc.permanent else "4.4.3"
         return [Outcome(i, status, None, enhanced, str(exc), None) for i, _ in group]
     except TimeoutError:
-        doing = f"looking up the MX hosts of {domain or c.smarthost}"
-        return [deadline_outcome(i, doing) for i, _ in group]
+        when = f"while looking up the MX hosts of {domain}"
+        if c.smarthost:
+            when = f"while looking up the smarthost {c.smarthost}"
+        return [deadline_outcome(i, when) for i, _ in group]
     settings = client_settings(config, c.mx_port)
     envelopes = [Envelope(item.mail_from, item.rcpt_to, item.build, i) for i, item in group]
     # Several connections share a large group; each reuses its connection for its share.
@@ -144,7 +146,7 @@ async def _destination(
             async with asyncio.timeout_at(loop_time(deadline)):
                 await slot.acquire()
         except TimeoutError:
-            return [deadline_outcome(e.ref, "waiting for a connection slot") for e in share]
+            return [deadline_outcome(e.ref, "while waiting for a connection") for e in share]
         try:
             return await deliver(addresses, share, settings, deadline=deadline)
         finally:

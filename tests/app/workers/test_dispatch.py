@@ -85,11 +85,11 @@ def test_a_destination_that_hangs_defers_its_own_items_at_the_deadline(peers, co
     # but it is not lost).
     assert len(slow.messages) == 1
     assert (held.status, held.code, held.enhanced) == ("deferred", None, "4.4.7")
-    assert held.text == "delivery deadline reached waiting for the reply to the end of DATA"
+    assert held.text == "delivery deadline reached while waiting for the reply to the end of DATA"
     assert held.host == f"127.0.0.2:{slow.port}"
     for outcome in waiting:
         assert (outcome.status, outcome.enhanced) == ("deferred", "4.4.7")
-        assert outcome.text.startswith("delivery deadline reached")
+        assert outcome.text == "delivery deadline reached before it was sent"
 
 
 def test_a_destination_still_connecting_is_deferred_at_the_deadline(peers, config, dns_server):
@@ -104,7 +104,7 @@ def test_a_destination_still_connecting_is_deferred_at_the_deadline(peers, confi
             [item(1, "a@silent.example"), item(2, "b@fast.example")], config, seconds=1.5
         )
     assert (outcomes[0].status, outcomes[0].enhanced) == ("deferred", "4.4.7")
-    assert outcomes[0].text == "delivery deadline reached connecting"
+    assert outcomes[0].text == "delivery deadline reached while connecting"
     assert outcomes[1].status == "delivered"
 
 
