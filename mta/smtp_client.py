@@ -28,12 +28,16 @@ import ipaddress
 import os
 import re
 import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 TLS_MODES = ("opportunistic", "required", "none", "implicit")
 MAX_LINE = 8192  # the longest reply line accepted (RFC 5321 allows 512)
 MAX_REPLY_LINES = 200
 CLOSE_TIMEOUT = 5.0  # for QUIT's reply and the connection to close
+CHUNK = 65536  # a large message is dot-stuffed and written in pieces of about this size
 
 _REPLY_LINE = re.compile(r"([2-5]\d\d)([ -]|$)(.*)", re.ASCII | re.DOTALL)
 _ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)", re.ASCII)
@@ -42,18 +46,23 @@ _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
 _WANTED = (2, 2, 3)  # the reply class that lets MAIL FROM, RCPT TO and DATA go on
 
 
+Build = Callable[[], Awaitable[bytes]]
+
+
 @dataclass
 class Envelope:
     mail_from: str
     rcpt_to: str
-    data: bytes  # the complete signed message, CRLF line endings
+    # The complete signed message, or what builds it: a build is awaited once, when the
+    # session is about to send the message, and what it returns is let go once sent.
+    data: bytes | Build
     ref: object  # the caller's handle (delivery id), returned in the Outcome
 
 
 @dataclass
 class Outcome:
     ref: object
-    status: str  # "delivered" | "deferred" | "bounced"
+    status: str  # "delivered" | "deferred" | "bounced" | "error" (its build raised)
     code: int | None  # the reply code that decided it (None: network error, timeout, local)
     enhanced: str | None  # enhanced status code such as "5.1.1" if there was one
     text: str  # the reply text, or a description of the problem
@@ -114,13 +123,16 @@ async def deliver(
     settings: ClientSettings,
     *,
     server_name: str | None = None,
+    deadline: float | None = None,
 ) -> list[Outcome]:
     """Send every envelope over one connection to the first of ``addresses`` that works.
 
     ``addresses`` are IP literals, tried in order (port ``settings.port``). ``server_name``
     is the host name for TLS (SNI, and what the certificate must match when
-    ``verify_certificates``); the address itself by default. Returns one Outcome per
-    envelope, in order; network trouble is reported in the outcomes, never raised.
+    ``verify_certificates``); the address itself by default. ``deadline`` (a
+    ``time.monotonic()`` value) ends the session however far it got: every envelope not yet
+    finished is deferred (4.4.7). Returns one Outcome per envelope, in order; network
+    trouble is reported in the outcomes, never raised.
     """
     if settings.tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {settings.tls!r}")
@@ -131,22 +143,58 @@ async def deliver(
             raise ValueError(f"not an IP address: {address!r}") from None
     if not envelopes:
         return []
-    try:
-        session = await _connect(addresses, settings, server_name)
-    except _Failure as failure:
-        return [failure.outcome(env) for env in envelopes]
     outcomes: list[Outcome] = []
+    session: _Session | None = None
+    # One limit over everything the session awaits (connecting, TLS, each reply, each
+    # build), so that no operation's own timeout can carry it past the deadline.
+    scope = asyncio.timeout_at(loop_time(deadline))
     try:
-        for env in envelopes:
-            outcomes.append(await session.transaction(env))
-    except _Failure as exc:
-        exc.host = session.host
-        outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
+        async with scope:
+            try:
+                session = await _connect(addresses, settings, server_name)
+            except _Failure as failure:
+                return [failure.outcome(env) for env in envelopes]
+            try:
+                for env in envelopes:
+                    outcomes.append(await session.transaction(env))
+            except _Failure as exc:
+                exc.host = session.host
+                outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
+            await session.finish()
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        # An envelope whose message was sent and whose reply had not come is deferred too:
+        # the server may or may not have taken it, and the only outcome that cannot lose
+        # mail is to send it again later (RFC 5321 6.1: a duplicate is the lesser harm).
+        # Calling it delivered could lose it; bouncing it would tell the sender a lie.
+        if session is None:
+            when, host = "while connecting", None
+        else:
+            session.channel.abort()
+            when, host = f"while {session.doing}", session.host
+        for env in envelopes[len(outcomes) :]:
+            outcomes.append(deadline_outcome(env.ref, when, host))
+            if session is not None:
+                when = "before it was sent"  # the envelopes after the one under way
     except BaseException:  # cancelled: drop the connection at once
-        session.channel.abort()
+        if session is not None:
+            session.channel.abort()
         raise
-    await session.finish()
     return outcomes
+
+
+def deadline_outcome(ref: object, when: str, host: str | None = None) -> Outcome:
+    """The outcome of an envelope left unfinished at the deadline (``when``: how far it got,
+    as "while connecting")."""
+    return Outcome(ref, "deferred", None, "4.4.7", f"delivery deadline reached {when}", host)
+
+
+def loop_time(deadline: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline on the running loop's clock (uvloop keeps its own)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 class _Failure(Exception):
@@ -207,23 +255,24 @@ async def _open(
     loop = asyncio.get_running_loop()
     host = f"[{address}]:{settings.port}" if ":" in address else f"{address}:{settings.port}"
     channel = _Channel()
-    options: dict = {}
-    if settings.tls == "implicit":
-        options = {
-            "ssl": _tls_context(settings),
-            "server_hostname": server_name or address,
-            "ssl_handshake_timeout": settings.connect_timeout,
-            "ssl_shutdown_timeout": CLOSE_TIMEOUT,
-        }
+    implicit = settings.tls == "implicit"
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            await loop.create_connection(lambda: channel, address, settings.port, **options)
+            await loop.create_connection(
+                lambda: channel,
+                address,
+                settings.port,
+                ssl=_tls_context(settings) if implicit else None,
+                server_hostname=(server_name or address) if implicit else None,
+                ssl_handshake_timeout=settings.connect_timeout if implicit else None,
+                ssl_shutdown_timeout=CLOSE_TIMEOUT if implicit else None,
+            )
     except TimeoutError:
         failure = _Failure(f"timed out after {settings.connect_timeout:g} s connecting")
         failure.host = host
         raise failure from None
     except OSError as exc:
-        failure = _Failure(f"cannot connect: {_describe(exc)}", tls="ssl" in options)
+        failure = _Failure(f"cannot connect: {_describe(exc)}", tls=implicit)
         failure.host = host
         raise failure from None
     session = _Session(channel, host, settings)
@@ -251,12 +300,14 @@ class _Session:
         self.tls = False
         self.broken = False  # no QUIT: the connection timed out, was lost or got a 421
         self.dirty = False  # a transaction failed half-way: RSET before the next one
+        self.doing = "starting"  # what the session is doing, as a deadline outcome tells it
 
     # -- replies and commands ------------------------------------------------------------
 
     async def reply(self, what: str, timeout: float | None = None) -> Reply:
         """Read one reply (to ``what``); a 421 or any trouble raises _Failure."""
         timeout = self.settings.command_timeout if timeout is None else timeout
+        self.doing = f"waiting for the reply to {what}"
         try:
             async with asyncio.timeout(timeout):
                 reply = await self._read_reply(what)
@@ -274,7 +325,7 @@ class _Session:
         return reply
 
     async def _read_reply(self, what: str) -> Reply:
-        code, lines = 0, []
+        code, lines = 0, list[str]()
         while True:
             raw = await self.channel.readline()
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -287,11 +338,19 @@ class _Session:
                 return Reply(code, tuple(lines))
 
     async def send(self, data: bytes, what: str, timeout: float | None = None) -> None:
+        await self.send_pieces(iter((data,)), what, timeout)
+
+    async def send_pieces(
+        self, pieces: Iterator[bytes], what: str, timeout: float | None = None
+    ) -> None:
+        """Write each piece once the connection takes more (all within one timeout)."""
         timeout = self.settings.command_timeout if timeout is None else timeout
+        self.doing = f"sending {what}"
         try:
-            self.channel.write(data)
             async with asyncio.timeout(timeout):
-                await self.channel.drain()
+                for piece in pieces:
+                    self.channel.write(piece)
+                    await self.channel.drain()
         except TimeoutError:
             raise self._broken(f"timed out after {timeout:g} s sending {what}") from None
         except _Lost as exc:
@@ -388,8 +447,21 @@ class _Session:
     # -- transactions --------------------------------------------------------------------
 
     async def transaction(self, env: Envelope) -> Outcome:
-        """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome."""
-        data = _crlf(env.data)  # no bare CR or LF on the wire
+        """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome.
+
+        A build that raises fails its envelope alone ("error"): nothing was sent for it, so
+        the session goes on with the next."""
+        if isinstance(env.data, bytes):
+            data = env.data
+        else:
+            self.doing = "building the message"
+            try:
+                data = await env.data()
+            except Exception as exc:  # noqa: BLE001 - that envelope's failure, not the session's
+                return Outcome(
+                    env.ref, "error", None, "4.3.0", f"{type(exc).__name__}: {exc}", None
+                )
+        data = _crlf(data)  # no bare CR or LF on the wire
         refusal = self._refusal(env, data)
         if refusal is not None:
             return refusal
@@ -428,7 +500,8 @@ class _Session:
                 reply = await self.command(line, what)
                 if reply.code // 100 != ok:
                     return self._outcome(env, reply)
-        await self.send(_stuff(data), "the message", self.settings.data_timeout)
+        await self.send_pieces(_stuffed(data), "the message", self.settings.data_timeout)
+        del data  # what a build returned is let go before the (possibly long) wait
         reply = await self.reply("the end of DATA", self.settings.data_timeout)
         self.dirty = False
         return self._outcome(env, reply, final=True)
@@ -482,12 +555,12 @@ class _Channel(asyncio.Protocol):
         self.ended = False  # EOF received or connection lost
         self.error: BaseException | None = None
         self.lost = self.loop.create_future()
-        self._readable: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
         self._paused = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -549,6 +622,8 @@ class _Channel(asyncio.Protocol):
     ) -> None:
         self.buffer.clear()  # RFC 3207 4.2: plaintext received before the handshake is void
         raw = self.transport
+        if raw is None:
+            raise _Lost(self.error)
         try:
             self.transport = await self.loop.start_tls(
                 raw,
@@ -582,7 +657,7 @@ class _Channel(asyncio.Protocol):
             transport.abort()
 
 
-def _wake(future: asyncio.Future | None) -> None:
+def _wake(future: asyncio.Future[None] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
 
@@ -594,6 +669,24 @@ def _crlf(data: bytes) -> bytes:
     if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
         return data
     return _LINE_END.sub(b"\r\n", data)
+
+
+def _stuffed(data: bytes) -> Iterator[bytes]:
+    """The message as DATA sends it, in pieces cut after a line end: a large message is not
+    copied whole (a line that begins a piece is stuffed as the first line)."""
+    if len(data) <= CHUNK:
+        yield _stuff(data)
+        return
+    start = 0
+    while start < len(data):
+        cut = data.find(b"\n", start + CHUNK)
+        end = len(data) if cut < 0 else cut + 1
+        piece = data[start:end]
+        if piece.startswith(b"."):
+            piece = b"." + piece
+        yield piece.replace(b"\r\n.", b"\r\n..")
+        start = end
+    yield b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
 
 
 def _stuff(data: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 The steps are the gateway's (commands/delivery: ``claim_batch``, ``prepare_batch`` and
 ``build_and_sign``, ``record_outcomes``); this worker runs them in the shared loop
-(app/workers/runner.py) and does the sending. Each message is built just before it is sent,
+(app/workers/runner.py) and sends through ``dispatch`` (app/workers/dispatch.py), by a
+deadline well inside the claim. Each message is built just before it is sent,
 on a thread of its own (or on the build processes when a backlog is being worked through),
 so builds overlap sending and a batch holds few built messages at once. An error building
 one message is that message's outcome alone ("error"); its batch-mates are sent.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import multiprocessing
 import os
 import threading
@@ -20,17 +20,16 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
+from app.workers.dispatch import Outgoing, dispatch
 from app.workers.runner import Runner, new_worker_id
 from commands.delivery.build import (
     BuildJob,
-    Outgoing,
+    Prepared,
     TrackingURLs,
     build_and_sign,
-    describe,
     prepare_batch,
 )
 from commands.delivery.outcomes import ERROR_CODE, Result, Retry, record_outcomes, retry_delay
@@ -40,9 +39,8 @@ from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database
-from mta import mx
 from mta.eventloop import new_event_loop
-from mta.smtp_client import ClientSettings, Envelope, Outcome, deliver
+from mta.smtp_client import Outcome
 from mta.verp import verp_address
 
 __all__ = ["Worker", "new_worker_id", "retry_delay", "verp_address"]
@@ -65,17 +63,6 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-@dataclass(frozen=True)
-class Send:
-    """One delivery to send, with its message built on demand (awaited once)."""
-
-    ref: int
-    recipient_domain: str
-    mail_from: str
-    rcpt_to: str
-    build: Callable[[], Awaitable[bytes]]
 
 
 class _SharedBuild:
@@ -132,14 +119,17 @@ class Worker:
 
     def handle(self, claimed: Sequence[Claimed]) -> list[Result]:
         """Build and send every claimed delivery; one result each."""
+        deadline = time.monotonic() + self.config.delivery.claim_timeout * DEADLINE_SHARE
         self._backlog = len(claimed) >= self.config.delivery.batch_size
         urls = TrackingURLs(
             self.config.tracking.base_url, self.config.http.public_url, tracking_host
         )
         ready, results = prepare_batch(self.db, self.box, claimed, urls)
-        deadline = time.monotonic() + self.config.delivery.claim_timeout * DEADLINE_SHARE
         if ready:
-            outcomes = self._run_async(self._send(ready, deadline))
+            sends = self.lazy_builds(ready)
+            outcomes = self._run_async(
+                dispatch(sends, self.config, self.resolver, deadline=deadline)
+            )
             results += [
                 Result(cast(int, o.ref), o.status, o.code, o.enhanced, o.text, o.host)
                 for o in outcomes
@@ -203,7 +193,7 @@ class Worker:
 
     # -- building -------------------------------------------------------------------------
 
-    def lazy_builds(self, ready: Sequence[Outgoing]) -> list[Send]:
+    def lazy_builds(self, ready: Sequence[Prepared]) -> list[Outgoing]:
         """Each delivery with its build, made when first awaited: a message's untracked
         recipients share one build, a tracked message is built per recipient."""
         users: dict[int, int] = defaultdict(int)
@@ -219,7 +209,7 @@ class Worker:
                 build = self._shared_build(entry)
             else:
                 build = self._one_build(o.job)
-            sends.append(Send(o.delivery_id, o.recipient_domain, o.mail_from, o.rcpt_to, build))
+            sends.append(Outgoing(o.delivery_id, o.recipient_domain, o.mail_from, o.rcpt_to, build))
         return sends
 
     def _one_build(self, job: BuildJob) -> Callable[[], Awaitable[bytes]]:
@@ -240,7 +230,7 @@ class Worker:
             entry.users -= 1
             if entry.users == 0:
                 entry.task = None  # the last recipient holds the message now
-            return await task
+            return await asyncio.shield(task)  # one recipient given up on is not all
 
         return build
 
@@ -260,94 +250,3 @@ class Worker:
         if self._builder is None:
             self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
         return self._builder
-
-    # -- sending --------------------------------------------------------------------------
-
-    async def _send(self, ready: Sequence[Outgoing], deadline: float) -> list[Outcome]:
-        """Send every delivery: grouped by recipient domain, over reused connections."""
-        sends = self.lazy_builds(ready)
-        by_domain: dict[str, list[Envelope]] = defaultdict(list)
-        outcomes: list[Outcome] = []
-        for s in sends:
-            try:
-                data = await s.build()
-            except Exception as exc:  # noqa: BLE001 - this delivery's outcome alone
-                outcomes.append(Outcome(s.ref, "error", None, None, describe(exc), None))
-                continue
-            key = "" if self.config.delivery.smarthost else s.recipient_domain
-            by_domain[key].append(Envelope(s.mail_from, s.rcpt_to, data, s.ref))
-        per_host = self.config.delivery.concurrency_per_host
-        host_slots: dict[tuple[str, ...], asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(per_host)
-        )
-        results = await asyncio.gather(
-            *(self._send_domain(domain, group, host_slots) for domain, group in by_domain.items())
-        )
-        return outcomes + [outcome for group in results for outcome in group]
-
-    def client_settings(self, port: int) -> ClientSettings:
-        c = self.config.delivery
-        timeout = c.timeout
-        if c.smarthost:
-            tls = {"starttls": "required", "implicit": "implicit", "none": "none"}[c.smarthost_tls]
-            return ClientSettings(
-                helo_name=self.config.smtp.hostname,
-                port=c.smarthost_port,
-                tls=tls,
-                username=c.smarthost_username or None,
-                password=c.smarthost_password or None,
-                connect_timeout=timeout,
-                command_timeout=timeout,
-                data_timeout=timeout * 10,
-            )
-        return ClientSettings(
-            helo_name=self.config.smtp.hostname,
-            port=port,
-            tls=c.tls,
-            connect_timeout=timeout,
-            command_timeout=timeout,
-            data_timeout=timeout * 10,
-        )
-
-    async def _send_domain(
-        self,
-        domain: str,
-        group: list[Envelope],
-        host_slots: dict[tuple[str, ...], asyncio.Semaphore],
-    ) -> list[Outcome]:
-        c = self.config.delivery
-        try:
-            if c.smarthost:
-                addresses = await asyncio.to_thread(
-                    mx.resolve_addresses, c.smarthost, self.resolver
-                )
-            else:
-                hosts = await asyncio.to_thread(mx.resolve_mx, domain, self.resolver)
-                addresses = []
-                for host in hosts:
-                    try:
-                        addresses += await asyncio.to_thread(
-                            mx.resolve_addresses, host, self.resolver
-                        )
-                    except mx.RouteError:
-                        continue
-                if not addresses:
-                    raise mx.TemporaryDNSError(f"No address found for the MX hosts of {domain}")
-        except mx.RouteError as exc:
-            status = "bounced" if exc.permanent else "deferred"
-            return [
-                Outcome(e.ref, status, None, "5.1.2" if exc.permanent else "4.4.3", str(exc), None)
-                for e in group
-            ]
-        settings = self.client_settings(c.mx_port)
-        # Several connections share a large group; each reuses its connection for its share.
-        connections = min(c.concurrency_per_host, max(1, math.ceil(len(group) / 20)))
-        slices = [group[i::connections] for i in range(connections)]
-        slot = host_slots[tuple(addresses)]
-
-        async def one(envs: list[Envelope]) -> list[Outcome]:
-            async with slot:
-                return await deliver(addresses, envs, settings)
-
-        results = await asyncio.gather(*(one(s) for s in slices if s))
-        return [o for r in results for o in r]

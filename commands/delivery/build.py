@@ -1,7 +1,7 @@
 """Building claimed deliveries: what each needs to be built and signed, and the build itself.
 
 ``prepare_batch`` reads a batch's messages, domains and DKIM keys and turns each delivery
-into an ``Outgoing`` (its envelope and its ``BuildJob``) or, when that cannot be done, a
+into a ``Prepared`` (its envelope and its ``BuildJob``) or, when that cannot be done, a
 ``Result``: "failed" when its domain was deleted, "error" when something unexpected went
 wrong (a payload that cannot be read, a DKIM key that cannot be decrypted), for the
 deliveries concerned only. ``build_and_sign`` turns a ``BuildJob`` into the signed message
@@ -50,7 +50,7 @@ class BuildJob:
 
 
 @dataclass(frozen=True)
-class Outgoing:
+class Prepared:
     """A claimed delivery ready to send: its envelope and how to build its message.
 
     Deliveries of one untracked message share one ``job`` (one build serves them all); a
@@ -161,8 +161,8 @@ _DOMAIN_KEYS = Direct(
 
 def prepare_batch(
     db: Database, box: SecretBox, claimed: Iterable[Claimed], urls: TrackingURLs
-) -> tuple[list[Outgoing], list[Result]]:
-    """Each claimed delivery as an ``Outgoing``, or as a ``Result`` when it cannot be sent:
+) -> tuple[list[Prepared], list[Result]]:
+    """Each claimed delivery as a ``Prepared``, or as a ``Result`` when it cannot be sent:
     an unexpected error concerns the deliveries of its message (or of its domain's keys)
     alone."""
     claimed = list(claimed)
@@ -190,7 +190,7 @@ def prepare_batch(
             continue
         found.append((row["selector"], row["algorithm"], private))
 
-    ready: list[Outgoing] = []
+    ready: list[Prepared] = []
     results: list[Result] = []
     shared: dict[str, BuildJob] = {}  # a message's one job, when it is not tracked
     for c in claimed:
@@ -220,7 +220,7 @@ def prepare_batch(
             if track is None:
                 shared[c.message_id] = job
         mail_from = verp_address(c.token, domain["subdomain"], domain["name"])
-        ready.append(Outgoing(c.delivery_id, c.recipient_domain, mail_from, c.recipient, job))
+        ready.append(Prepared(c.delivery_id, c.recipient_domain, mail_from, c.recipient, job))
     return ready, results
 
 

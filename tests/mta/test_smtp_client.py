@@ -6,11 +6,22 @@ import asyncio
 import random
 import socket
 import ssl
+import time
 
 import pytest
 
 from mta.eventloop import new_event_loop
-from mta.smtp_client import _LINE_END, ClientSettings, Envelope, Reply, _crlf, deliver
+from mta.smtp_client import (
+    _LINE_END,
+    CHUNK,
+    ClientSettings,
+    Envelope,
+    Reply,
+    _crlf,
+    _stuff,
+    _stuffed,
+    deliver,
+)
 from tests import smtppeer
 from tests.smtppeer import server_tls_context
 
@@ -45,8 +56,8 @@ def run(coroutine):
         return runner.run(coroutine)
 
 
-def send(peer, envelopes, addresses=("127.0.0.1",), **options):
-    return run(deliver(list(addresses), envelopes, settings(peer, **options)))
+def send(peer, envelopes, addresses=("127.0.0.1",), deadline=None, **options):
+    return run(deliver(list(addresses), envelopes, settings(peer, **options), deadline=deadline))
 
 
 def statuses(outcomes) -> list[str]:
@@ -120,6 +131,31 @@ def test_bare_line_feeds_are_sent_as_crlf(smtp_peer):
 )
 def test_line_ends_made_crlf_as_the_substitution_makes_them(data):
     assert _crlf(data) == _LINE_END.sub(b"\r\n", data)
+
+
+def test_a_large_message_is_stuffed_in_pieces_as_it_is_whole():
+    rng = random.Random(5)
+    for _ in range(30):
+        starts = [b"", b".", b"..", b". ", b"x"]
+        lines = [
+            rng.choice(starts) + b"y" * rng.randrange(3000) for _ in range(rng.randrange(40, 300))
+        ]
+        data = b"\r\n".join(lines) + rng.choice([b"", b"\r\n", b"\r\n.", b"\r\n.\r\n"])
+        pieces = list(_stuffed(data))
+        assert b"".join(pieces) == _stuff(data)
+        assert len(data) <= CHUNK or max(map(len, pieces)) < CHUNK + 6100
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_large_message_arrives_byte_exact(make_smtp_peer, pipelining):
+    """Every line begins with a dot, so every piece does."""
+    peer = make_smtp_peer(pipelining=pipelining)
+    line = b"." + b"x" * 900 + b"\r\n"
+    data = b"Subject: big\r\n\r\n" + line * (5 * CHUNK // len(line)) + b".\r\n..last"
+    outcomes = send(peer, [envelope(1, data=data), envelope(2)])
+    assert statuses(outcomes) == ["delivered", "delivered"]
+    assert peer.messages[0].data == data + b"\r\n"
+    assert peer.messages[1].data == MESSAGE
 
 
 def test_line_ends_made_crlf_on_random_mixes():
@@ -581,3 +617,109 @@ def test_reply_text():
     assert reply.text == "5.1.1 first second 5.1.2 third"
     assert str(reply) == "550 5.1.1 first second 5.1.2 third"
     assert str(Reply(250, ("",))) == "250"
+
+
+# -- builds and the deadline --------------------------------------------------------------
+
+
+def build_of(data: bytes, log: list, peer):
+    async def build() -> bytes:
+        log.append(len(peer.messages))  # how many were delivered when it was built
+        return data
+
+    return build
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_each_message_is_built_when_its_turn_comes(make_smtp_peer, pipelining):
+    peer = make_smtp_peer(pipelining=pipelining)
+    log: list[int] = []
+    envelopes = [
+        Envelope(f"b-{n}@sl.example.com", f"user{n}@example.net", build_of(MESSAGE, log, peer), n)
+        for n in range(3)
+    ]
+    outcomes = send(peer, envelopes)
+    assert statuses(outcomes) == ["delivered"] * 3
+    assert log == [0, 1, 2]  # one at a time, none before the one ahead was delivered
+    assert [m.data for m in peer.messages] == [MESSAGE] * 3
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_build_that_raises_fails_its_envelope_alone(make_smtp_peer, pipelining):
+    peer = make_smtp_peer(pipelining=pipelining)
+
+    async def broken() -> bytes:
+        raise KeyError("key1")
+
+    envelopes = [envelope(1), Envelope("b-2@sl.example.com", "user2@example.net", broken, 2)]
+    outcomes = send(peer, [*envelopes, envelope(3)])
+    assert statuses(outcomes) == ["delivered", "error", "delivered"]
+    assert (outcomes[1].ref, outcomes[1].code, outcomes[1].enhanced) == (2, None, "4.3.0")
+    assert outcomes[1].text == "KeyError: 'key1'"
+    assert [m.rcpt_tos for m in peer.messages] == [["user1@example.net"], ["user3@example.net"]]
+    assert len(peer.connections) == 1
+    assert b"user2" not in peer.connections[0].received  # nothing was sent for it
+
+
+def test_a_build_still_running_at_the_deadline_is_deferred(smtp_peer):
+    async def slow() -> bytes:
+        await asyncio.sleep(30)
+        return MESSAGE
+
+    late = Envelope("b-2@sl.example.com", "user2@example.net", slow, 2)
+    outcomes = send(smtp_peer, [envelope(1), late, envelope(3)], deadline=time.monotonic() + 1)
+    assert statuses(outcomes) == ["delivered", "deferred", "deferred"]
+    assert outcomes[1].text == "delivery deadline reached while building the message"
+    assert outcomes[2].text == "delivery deadline reached before it was sent"
+    assert outcomes[2].enhanced == "4.4.7"
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_the_deadline_ends_a_reply_that_does_not_come(make_smtp_peer, pipelining):
+    """The peer has the first message and holds its reply: deferred, for a message may come
+    twice but must never be lost; the data timeout (600 s) does not matter."""
+    peer = make_smtp_peer(pipelining=pipelining)
+    peer.hold_data(60, times=1)
+    deadline = time.monotonic() + 1
+    outcomes = send(peer, [envelope(1), envelope(2)], deadline=deadline, data_timeout=600)
+    assert statuses(outcomes) == ["deferred", "deferred"]
+    assert (outcomes[0].code, outcomes[0].enhanced) == (None, "4.4.7")
+    assert outcomes[0].text == (
+        "delivery deadline reached while waiting for the reply to the end of DATA"
+    )
+    assert outcomes[0].host == f"127.0.0.1:{peer.port}"
+    assert outcomes[1].text == "delivery deadline reached before it was sent"
+    assert len(peer.messages) == 1
+    assert b"QUIT" not in peer.connections[0].received  # the connection was dropped
+
+
+def test_the_deadline_ends_a_greeting_that_does_not_come():
+    listener = socket.socket()  # accepts at the TCP level (backlog) and never says a word
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        port = listener.getsockname()[1]
+        options = ClientSettings(helo_name="out.postern.test", port=port, command_timeout=60)
+        outcomes = run(
+            deliver(
+                ["127.0.0.1"], [envelope(1), envelope(2)], options, deadline=time.monotonic() + 0.5
+            )
+        )
+    finally:
+        listener.close()
+    assert statuses(outcomes) == ["deferred", "deferred"]
+    assert {o.text for o in outcomes} == {"delivery deadline reached while connecting"}
+    assert {o.enhanced for o in outcomes} == {"4.4.7"}
+
+
+def test_a_deadline_already_past_sends_nothing(smtp_peer):
+    outcomes = send(smtp_peer, [envelope(1)], deadline=time.monotonic() - 1)
+    assert statuses(outcomes) == ["deferred"]
+    assert outcomes[0].enhanced == "4.4.7"
+    assert smtp_peer.messages == []
+
+
+def test_a_deadline_that_is_not_reached_changes_nothing(smtp_peer):
+    outcomes = send(smtp_peer, [envelope(1), envelope(2)], deadline=time.monotonic() + 60)
+    assert statuses(outcomes) == ["delivered", "delivered"]
+    assert smtp_peer.connections[0].reads[-1] == b"QUIT\r\n"
