@@ -146,3 +146,35 @@ def test_the_held_event_details_name_the_error(
     details = json.loads(event.details)
     assert details["error"].startswith("ValueError") and event.delivery_id == d.id
     assert event.enhanced_code == "4.3.0"
+
+
+def test_a_message_whose_build_fails_is_that_messages_error_alone(
+    client, three_senders, mx, worker_for, database
+):
+    """A build that raises (here: an attachment stored as base64 that is not) comes back
+    from sending as that delivery's error; the batch-mates are delivered at once."""
+    from models import Message
+
+    good, bad, other, bob = three_senders
+    broken = send_from(client, good, "broken@dest.example")
+    fine = send_from(client, other, "fine@dest.example")
+    with database.transaction() as s:
+        message = s.get(Message, broken)
+        stored = json.loads(message.payload)
+        stored["attachments"] = [
+            {
+                "filename": "a.bin",
+                "content": "abc",  # not base64: no padding
+                "type": "application/octet-stream",
+                "disposition": "attachment",
+                "contentid": None,
+            }
+        ]
+        message.payload = json.dumps(stored)
+    assert worker_for(mx).run_once() == 2
+    [d] = deliveries(database, fine)
+    assert (d.status, d.attempts) == ("delivered", 1)
+    [d] = deliveries(database, broken)
+    assert (d.status, d.errors) == ("deferred", 1)
+    assert d.last_text.startswith("Unexpected failure: Error: ")  # binascii.Error
+    assert [m.rcpt_tos[0] for m in mx.messages] == ["fine@dest.example"]
