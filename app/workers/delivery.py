@@ -20,6 +20,8 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from datetime import datetime
 from typing import cast
 
@@ -50,7 +52,7 @@ log = logging.getLogger("postern.worker")
 # The share of ``delivery.claim_timeout`` a batch's SMTP work may take: what is left at the
 # deadline is deferred, long before the claim runs out and another worker could take it.
 DEADLINE_SHARE = 0.5
-PROCESS_BUILDS_FROM = 8  # builds in a full batch worth handing to the build processes
+_BROKEN_POOL = f"{BrokenProcessPool.__name__}:"  # how dispatch describes a build pool's death
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -134,6 +136,18 @@ class Worker:
                 Result(cast(int, o.ref), o.status, o.code, o.enhanced, o.text, o.host)
                 for o in outcomes
             ]
+        if any(r.status == "error" and r.text.startswith(_BROKEN_POOL) for r in results):
+            # A build process died (killed, out of memory): not those messages' fault. They
+            # are deferred like any temporary failure, and the pool is started afresh.
+            results = [
+                replace(r, status="deferred", enhanced=ERROR_CODE)
+                if r.status == "error" and r.text.startswith(_BROKEN_POOL)
+                else r
+                for r in results
+            ]
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
         for r in results:
             if r.status == "error":
                 log.error(

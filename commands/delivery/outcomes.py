@@ -141,6 +141,8 @@ def record_outcomes(
     ORM's unit of work cost more than the statements. A bounce's suppression is written
     through the ORM session, joined to the same transaction.
     """
+    if not results:
+        return
     with db.unit_of_work() as work:
         ids = sorted({r.delivery_id for r in results})
         ours = {
