@@ -123,6 +123,8 @@ class Worker:
         """Build and send every claimed delivery; one result each."""
         deadline = time.monotonic() + self.config.delivery.claim_timeout * DEADLINE_SHARE
         self._backlog = len(claimed) >= self.config.delivery.batch_size
+        if self._backlog and self._processes() > 1:
+            self._start_pool()
         urls = TrackingURLs(
             self.config.tracking.base_url, self.config.http.public_url, tracking_host
         )
@@ -251,16 +253,26 @@ class Worker:
     def _executor(self) -> Executor:
         """The build processes while a backlog is worked through (handing a build to another
         process costs about as much CPU again as the build), else a thread of this one."""
-        processes = self.config.delivery.build_processes or os.cpu_count() or 1
-        if processes > 1 and self._backlog:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=processes,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_exit_with_parent,
-                    initargs=(os.getpid(),),
-                )
-            return self._pool
+        if self._backlog and self._processes() > 1:
+            return self._start_pool()
         if self._builder is None:
             self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
         return self._builder
+
+    def _processes(self) -> int:
+        return int(self.config.delivery.build_processes or os.cpu_count() or 1)
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        """The build processes, started (each a new interpreter importing Postern, which
+        takes a while) as soon as a backlog is seen, so that their start overlaps the MX
+        look-ups and connections rather than holding up the first builds."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._processes(),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
+            for _ in range(self._processes()):  # processes start as work arrives
+                self._pool.submit(os.getpid)
+        return self._pool
