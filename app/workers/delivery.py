@@ -18,12 +18,12 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from app.workers.dispatch import Outgoing, dispatch
 from app.workers.runner import Runner, new_worker_id
@@ -202,10 +202,10 @@ class Worker:
             self._loop.close()
             self._loop = None
 
-    def _run_async(self, coroutine: Awaitable[list[Outcome]]) -> list[Outcome]:
+    def _run_async(self, coroutine: Coroutine[Any, Any, list[Outcome]]) -> list[Outcome]:
         if self._loop is None:
             self._loop = asyncio.Runner(loop_factory=new_event_loop)
-        return self._loop.run(coroutine)  # type: ignore[arg-type]
+        return self._loop.run(coroutine)
 
     # -- building -------------------------------------------------------------------------
 
