@@ -4,14 +4,16 @@
 smarthost), finds each group's MX addresses, and sends the group over a few reused
 connections. Destinations do not wait on each other: one that hangs defers its own items
 at the deadline while the others finish. A message is built when its connection is about
-to send it and let go once sent, so a batch holds about one built message per open
-connection whatever its size.
+to send it and let go once written: a batch holds at most one built message per open
+connection, and no more than a few large ones however many connections are open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import dns.resolver
 from core.settings import Config
 from mta import mx
 from mta.smtp_client import (
+    BuildLimit,
     ClientSettings,
     Envelope,
     Outcome,
@@ -29,7 +32,12 @@ from mta.smtp_client import (
     loop_time,
 )
 
+log = logging.getLogger("postern.worker")
+
 MESSAGES_PER_CONNECTION = 20  # a group opens one more connection (up to the cap) per this many
+# No build begins while the messages built and not yet written come to this much (so a batch
+# holds about this plus one message per build under way); small messages never reach it.
+HELD_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,13 @@ class Outgoing:
     build: Callable[
         [], Awaitable[bytes]
     ]  # the signed message; awaited once, just before it is sent
+
+
+def build_limit(config: Config) -> BuildLimit:
+    """What a batch may build at once: two builds per build process (one under way while
+    the one before is handed over), and HELD_BYTES built and not yet written."""
+    processes = config.delivery.build_processes or os.cpu_count() or 1
+    return BuildLimit(builds=2 * processes, held=HELD_BYTES)
 
 
 def client_settings(config: Config, port: int) -> ClientSettings:
@@ -92,10 +107,13 @@ async def dispatch(
     slots: dict[tuple[str, ...], asyncio.Semaphore] = defaultdict(
         lambda: asyncio.Semaphore(c.concurrency_per_host)
     )
+    limit = build_limit(config)
     outcomes: list[Outcome | None] = [None] * len(items)
     sent = await asyncio.gather(
         *(
-            _destination(domain, [(i, items[i]) for i in group], config, resolver, slots, deadline)
+            _destination(
+                domain, [(i, items[i]) for i in group], config, resolver, slots, limit, deadline
+            )
             for domain, group in groups.items()
         )
     )
@@ -117,6 +135,7 @@ async def _destination(
     config: Config,
     resolver: dns.resolver.Resolver,
     slots: dict[tuple[str, ...], asyncio.Semaphore],
+    limit: BuildLimit,
     deadline: float,
 ) -> list[Outcome]:
     """Send one destination's items (their Outcomes' refs are their indexes in the batch)."""
@@ -133,6 +152,10 @@ async def _destination(
         if c.smarthost:
             when = f"while looking up the smarthost {c.smarthost}"
         return [deadline_outcome(i, when) for i, _ in group]
+    except Exception as exc:  # noqa: BLE001 - this destination's trouble only
+        log.exception("cannot route to %s", domain or c.smarthost)
+        text = f"Internal error while looking up the route: {type(exc).__name__}"
+        return [Outcome(i, "deferred", None, "4.3.0", text, None) for i, _ in group]
     settings = client_settings(config, c.mx_port)
     envelopes = [Envelope(item.mail_from, item.rcpt_to, item.build, i) for i, item in group]
     # Several connections share a large group; each reuses its connection for its share.
@@ -148,7 +171,11 @@ async def _destination(
         except TimeoutError:
             return [deadline_outcome(e.ref, "while waiting for a connection") for e in share]
         try:
-            return await deliver(addresses, share, settings, deadline=deadline)
+            return await deliver(addresses, share, settings, deadline=deadline, limit=limit)
+        except Exception as exc:  # noqa: BLE001 - deliver raises before it sends anything
+            log.exception("cannot send to %s", domain or c.smarthost)
+            text = f"Internal error while sending: {type(exc).__name__}"
+            return [Outcome(e.ref, "deferred", None, "4.3.0", text, None) for e in share]
         finally:
             slot.release()
 

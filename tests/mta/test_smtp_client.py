@@ -14,6 +14,7 @@ from mta.eventloop import new_event_loop
 from mta.smtp_client import (
     _LINE_END,
     CHUNK,
+    BuildLimit,
     ClientSettings,
     Envelope,
     Reply,
@@ -723,3 +724,77 @@ def test_a_deadline_that_is_not_reached_changes_nothing(smtp_peer):
     outcomes = send(smtp_peer, [envelope(1), envelope(2)], deadline=time.monotonic() + 60)
     assert statuses(outcomes) == ["delivered", "delivered"]
     assert smtp_peer.connections[0].reads[-1] == b"QUIT\r\n"
+
+
+def test_the_build_limit_bounds_builds_and_bytes_held():
+    """Two builds at once; none begun while 10 bytes or more are built and not written."""
+
+    async def scenario() -> list[str]:
+        limit = BuildLimit(builds=2, held=10)
+        gates = {n: asyncio.Event() for n in range(5)}
+        started: list[int] = []
+
+        def build(n: int):
+            async def make() -> bytes:
+                started.append(n)
+                await gates[n].wait()
+                return b"x" * 6
+
+            return make
+
+        async def settle() -> None:  # let every task run until it waits again
+            for _ in range(50):
+                await asyncio.sleep(0)
+
+        tasks = [asyncio.ensure_future(limit.build(build(n))) for n in range(5)]
+        await settle()
+        steps = [f"started {started}"]
+        gates[0].set()
+        gates[1].set()
+        await settle()  # 12 bytes held: nothing more begins
+        steps.append(f"started {started}, held {limit.holding}")
+        limit.sent(6)
+        await settle()  # 6 held: two more begin
+        steps.append(f"started {started}, held {limit.holding}")
+        for n in range(2, 5):
+            gates[n].set()
+        limit.sent(6)
+        await settle()
+        limit.sent(12)
+        await asyncio.gather(*tasks)
+        steps.append(f"started {started}, held {limit.holding}, building {limit.building}")
+        return steps
+
+    assert run(scenario()) == [
+        "started [0, 1]",
+        "started [0, 1], held 12",
+        "started [0, 1, 2, 3], held 6",
+        "started [0, 1, 2, 3, 4], held 6, building 0",
+    ]
+
+
+def test_a_shared_build_limit_is_handed_back_on_every_path(make_smtp_peer):
+    """Delivered, bounced, refused without sending, and a raising build: nothing stays held."""
+    peer = make_smtp_peer(pipelining=True, size_limit=1000)
+    peer.fail_rcpt("user2@example.net", 550, "5.1.1 No such user")
+    limit = BuildLimit(builds=1, held=1)
+
+    def built(data: bytes):
+        async def make() -> bytes:
+            return data
+
+        return make
+
+    async def broken() -> bytes:
+        raise OSError("no key")
+
+    envelopes = [
+        Envelope("b@sl.example.com", f"user{n}@example.net", build, n)
+        for n, build in enumerate(
+            [built(MESSAGE), built(MESSAGE), built(MESSAGE * 100), broken, built(MESSAGE)],
+            start=1,
+        )
+    ]
+    outcomes = run(deliver(["127.0.0.1"], envelopes, settings(peer), limit=limit))
+    assert statuses(outcomes) == ["delivered", "bounced", "bounced", "error", "delivered"]
+    assert (limit.holding, limit.building) == (0, 0)
