@@ -9,6 +9,11 @@ to MAIL, RCPT or DATA "bounced" (but 530, AUTH needed, is about our session: def
 every envelope not yet finished. Bounces decided here without sending: a message over
 the server's SIZE, 8-bit data without 8BITMIME, non-ASCII addresses without SMTPUTF8.
 
+An envelope's message may be a build, awaited only when its transaction begins and let
+go once written (a build that raises is that envelope's "error"; the session goes on);
+a ``BuildLimit`` shared by the sessions of a batch bounds what is built at once. A
+``deadline`` ends the session wherever it is: what is unfinished is deferred (4.4.7).
+
 A compact client of its own on ``asyncio`` rather than aiosmtplib: aiosmtplib's protocol
 parses one reply per chunk received and ignores data that arrives while no command is
 pending, so replies that arrive together, as pipelined ones do, are stranded; PIPELINING
@@ -191,19 +196,25 @@ class BuildLimit:
     """What the sessions of a batch may build at once: at most ``builds`` builds under way,
     and none begun while the messages built and not yet written come to ``held`` bytes or
     more. Memory then stays under about ``held`` plus ``builds`` messages however many
-    connections are open, while small messages are never kept waiting by it."""
+    connections are open, while small messages are never kept waiting by it.
 
-    def __init__(self, builds: int, held: int):
-        if builds < 1 or held < 1:
-            raise ValueError("builds and held must be positive")
+    A message still being written ``slow`` seconds after it was built no longer counts: a
+    destination slow to take a large message holds back the others' builds for that long
+    at most (its memory is then bounded by its one connection)."""
+
+    def __init__(self, builds: int, held: int, slow: float = 10.0):
+        if builds < 1 or held < 1 or slow <= 0:
+            raise ValueError("builds, held and slow must be positive")
         self.builds = builds
         self.held = held
+        self.slow = slow
         self.building = 0
-        self.holding = 0  # bytes built and not yet written
+        self.holding = 0  # bytes built and not yet written (nor slow)
         self._waiting: list[asyncio.Future[None]] = []
 
-    async def build(self, build: Build) -> bytes:
-        """``build()``'s message, once there is room for it; counted until ``sent``."""
+    async def build(self, build: Build) -> tuple[bytes, Callable[[], None]]:
+        """``build()``'s message, once there is room for it, and what to call once it is
+        written (or given up): until then, or until it is slow, it is counted."""
         while self.building >= self.builds or self.holding >= self.held:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
@@ -218,13 +229,18 @@ class BuildLimit:
         finally:
             self.building -= 1
             self._wake()
-        self.holding += len(data)
-        return data
+        size = len(data)
+        self.holding += size
 
-    def sent(self, size: int) -> None:
-        """A built message of ``size`` bytes is written (or given up): room for more."""
-        self.holding -= size
-        self._wake()
+        def release() -> None:
+            nonlocal size
+            self.holding -= size
+            size = 0
+            timer.cancel()
+            self._wake()
+
+        timer = asyncio.get_running_loop().call_later(self.slow, release)
+        return data, release
 
     def _wake(self) -> None:
         for waiter in self._waiting:  # each looks again whether there is room for it
@@ -503,7 +519,7 @@ class _Session:
         A build that raises fails its envelope alone ("error"): nothing was sent for it, so
         the session goes on with the next. What a build returned is let go (and handed back
         to the limit) once it is written, before the reply to it is awaited."""
-        held = 0
+        release: Callable[[], None] | None = None
         if isinstance(env.data, bytes):
             data = env.data
         else:
@@ -512,8 +528,7 @@ class _Session:
                 if self.limit is None:
                     data = await env.data()
                 else:
-                    data = await self.limit.build(env.data)
-                    held = len(data)
+                    data, release = await self.limit.build(env.data)
             except Exception as exc:  # noqa: BLE001 - that envelope's failure, not the session's
                 return Outcome(
                     env.ref, "error", None, "4.3.0", f"{type(exc).__name__}: {exc}", None
@@ -522,8 +537,8 @@ class _Session:
             early = await self._hand_over(env, data)
         finally:
             del data
-            if self.limit is not None and held:
-                self.limit.sent(held)
+            if release is not None:
+                release()
         if early is not None:
             return early
         reply = await self.reply("the end of DATA", self.settings.data_timeout)

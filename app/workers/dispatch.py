@@ -38,6 +38,8 @@ MESSAGES_PER_CONNECTION = 20  # a group opens one more connection (up to the cap
 # No build begins while the messages built and not yet written come to this much (so a batch
 # holds about this plus one message per build under way); small messages never reach it.
 HELD_BYTES = 16 * 2**20
+# A message still being written this long after it was built no longer holds others back.
+SLOW_WRITE = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,9 @@ class Outgoing:
 
 def build_limit(config: Config) -> BuildLimit:
     """What a batch may build at once: two builds per build process (one under way while
-    the one before is handed over), and HELD_BYTES built and not yet written."""
+    the one before is handed over), and HELD_BYTES built and not yet written (SLOW_WRITE)."""
     processes = config.delivery.build_processes or os.cpu_count() or 1
-    return BuildLimit(builds=2 * processes, held=HELD_BYTES)
+    return BuildLimit(builds=2 * processes, held=HELD_BYTES, slow=SLOW_WRITE)
 
 
 def client_settings(config: Config, port: int) -> ClientSettings:

@@ -733,6 +733,7 @@ def test_the_build_limit_bounds_builds_and_bytes_held():
         limit = BuildLimit(builds=2, held=10)
         gates = {n: asyncio.Event() for n in range(5)}
         started: list[int] = []
+        releases = []
 
         def build(n: int):
             async def make() -> bytes:
@@ -742,25 +743,31 @@ def test_the_build_limit_bounds_builds_and_bytes_held():
 
             return make
 
+        async def built(n: int) -> None:
+            data, release = await limit.build(build(n))
+            releases.append(release)
+
         async def settle() -> None:  # let every task run until it waits again
             for _ in range(50):
                 await asyncio.sleep(0)
 
-        tasks = [asyncio.ensure_future(limit.build(build(n))) for n in range(5)]
+        tasks = [asyncio.ensure_future(built(n)) for n in range(5)]
         await settle()
         steps = [f"started {started}"]
         gates[0].set()
         gates[1].set()
         await settle()  # 12 bytes held: nothing more begins
         steps.append(f"started {started}, held {limit.holding}")
-        limit.sent(6)
+        releases[0]()
+        releases[0]()  # once only
         await settle()  # 6 held: two more begin
         steps.append(f"started {started}, held {limit.holding}")
         for n in range(2, 5):
             gates[n].set()
-        limit.sent(6)
+        releases[1]()
         await settle()
-        limit.sent(12)
+        releases[2]()
+        releases[3]()
         await asyncio.gather(*tasks)
         steps.append(f"started {started}, held {limit.holding}, building {limit.building}")
         return steps
@@ -771,6 +778,20 @@ def test_the_build_limit_bounds_builds_and_bytes_held():
         "started [0, 1, 2, 3], held 6",
         "started [0, 1, 2, 3, 4], held 6, building 0",
     ]
+
+
+def test_a_message_slow_to_be_written_stops_counting():
+    async def scenario() -> tuple[int, int]:
+        limit = BuildLimit(builds=1, held=1, slow=0.05)
+
+        async def make() -> bytes:
+            return b"big"
+
+        await limit.build(make)  # never released: its destination is stuck
+        await limit.build(make)  # begins once the first has been held 0.05 s
+        return limit.holding, limit.building
+
+    assert run(scenario()) == (3, 0)
 
 
 def test_a_shared_build_limit_is_handed_back_on_every_path(make_smtp_peer):
