@@ -232,6 +232,9 @@ class _PeerSMTP(SMTP):
         line = status.encode() if isinstance(status, str) else status
         if line.startswith(b"421") and self.transport is not None:
             self.transport.close()
+        stall = line.startswith(b"354") and self.peer._take("stall") is not None
+        if stall and self.transport is not None:
+            self.transport.pause_reading()  # the client's writes fill the buffers, then wait
 
 
 class _Controller(Controller):
@@ -319,6 +322,11 @@ class SMTPPeer:
         """Record the message, then hold the reply to the end of DATA for ``seconds`` (a
         server that has taken the message but is slow to say so)."""
         self._add("hold", _Rule(250, "", times, seconds=seconds))
+
+    def stall_data(self, times: int | None = None) -> None:
+        """Stop reading once DATA is answered with 354: the message is never taken in (a
+        destination that is slow to receive, at its slowest)."""
+        self._add("stall", _Rule(0, "", times))
 
     def drop_on_data(self, times: int | None = None) -> None:
         """Close the connection at the end of DATA instead of answering it."""

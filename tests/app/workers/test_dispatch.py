@@ -152,6 +152,39 @@ def test_no_route_bounces_or_defers(peers, config, dns_server):
     assert outcomes[1].status == "delivered"
 
 
+def test_a_destination_slow_to_take_a_large_message_holds_no_one_back(peers, config, monkeypatch):
+    """A message larger than HELD_BYTES to a destination that stops reading: the other
+    destination's builds wait for it SLOW_WRITE at most, then go on."""
+    from app.workers import dispatch as module
+
+    monkeypatch.setattr(module, "SLOW_WRITE", 0.5)
+    stuck, fast = peers[1], peers[0]
+    stuck.stall_data()
+    large_built = asyncio.Event()
+    line = b"x" * 998 + b"\r\n"
+
+    async def large() -> bytes:
+        data = MESSAGE + line * (HELD_BYTES // len(line) + 1)
+        large_built.set()
+        return data
+
+    def small(n: int):
+        async def build() -> bytes:
+            await large_built.wait()  # the large one is held before any of these is built
+            return MESSAGE
+
+        return build
+
+    items = [item(0, "a@slow.example", large)]
+    items += [item(n, f"user{n}@fast.example", small(n)) for n in range(1, 4)]
+    outcomes = send(items, config, seconds=4.0)
+    assert [o.status for o in outcomes[1:]] == ["delivered"] * 3
+    assert len(fast.messages) == 3
+    assert (outcomes[0].status, outcomes[0].enhanced) == ("deferred", "4.4.7")
+    assert outcomes[0].text == "delivery deadline reached while sending the message"
+    assert stuck.messages == []
+
+
 class Counted(bytes):
     """A built message that counts itself while it exists."""
 
