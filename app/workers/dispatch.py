@@ -50,9 +50,8 @@ class Outgoing:
     recipient_domain: str
     mail_from: str
     rcpt_to: str
-    build: Callable[
-        [], Awaitable[bytes]
-    ]  # the signed message; awaited once, just before it is sent
+    # The signed message; awaited once, just before it is sent (never if the item is not).
+    build: Callable[[], Awaitable[bytes]]
 
 
 def build_limit(config: Config) -> BuildLimit:
@@ -99,7 +98,8 @@ async def dispatch(
 
     ``deadline`` is a ``time.monotonic()`` value: all SMTP work ends by then, and what is
     unfinished comes back deferred (4.4.7). An item whose build raises comes back as
-    "error" (4.3.0), alone.
+    "error" (4.3.0), alone. Let the deadline end it rather than cancelling it: cancelled,
+    it drops its connections and the outcomes of what was already sent are lost.
     """
     c = config.delivery
     groups: dict[str, list[int]] = defaultdict(list)
