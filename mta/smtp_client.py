@@ -192,6 +192,14 @@ async def deliver(
     return outcomes
 
 
+@dataclass
+class _Held:
+    """A built message counted by a BuildLimit, and how many recipients hold it."""
+
+    data: bytes
+    holders: int = 0
+
+
 class BuildLimit:
     """What the sessions of a batch may build at once: at most ``builds`` builds under way,
     and none begun while the messages built and not yet written come to ``held`` bytes or
@@ -210,6 +218,7 @@ class BuildLimit:
         self.slow = slow
         self.building = 0
         self.holding = 0  # bytes built and not yet written (nor slow)
+        self._held: dict[int, _Held] = {}  # by the id of the message
         self._waiting: list[asyncio.Future[None]] = []
 
     async def build(self, build: Build) -> tuple[bytes, Callable[[], None]]:
@@ -229,14 +238,27 @@ class BuildLimit:
         finally:
             self.building -= 1
             self._wake()
-        size = len(data)
-        self.holding += size
+        # One message shared by several recipients (the same object) is counted once; it is
+        # kept here while counted, so that its id stays its own.
+        key = id(data)
+        entry = self._held.get(key)
+        if entry is None:
+            entry = self._held[key] = _Held(data)
+            self.holding += len(data)
+        entry.holders += 1
+        released = False
 
         def release() -> None:
-            nonlocal size
-            self.holding -= size
-            size = 0
+            nonlocal released
+            if released:
+                return
+            released = True
             timer.cancel()
+            entry.holders -= 1
+            if entry.holders == 0:
+                self.holding -= len(entry.data)
+                del self._held[key]
+                entry.data = b""  # this function outlives the message: it must not keep it
             self._wake()
 
         timer = asyncio.get_running_loop().call_later(self.slow, release)

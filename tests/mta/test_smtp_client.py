@@ -739,7 +739,7 @@ def test_the_build_limit_bounds_builds_and_bytes_held():
             async def make() -> bytes:
                 started.append(n)
                 await gates[n].wait()
-                return b"x" * 6
+                return bytes([n]) * 6  # an object of its own
 
             return make
 
@@ -778,6 +778,26 @@ def test_the_build_limit_bounds_builds_and_bytes_held():
         "started [0, 1, 2, 3], held 6",
         "started [0, 1, 2, 3, 4], held 6, building 0",
     ]
+
+
+def test_a_message_shared_by_recipients_is_counted_once():
+    async def scenario() -> list[int]:
+        limit = BuildLimit(builds=4, held=10)
+        shared = b"x" * 8
+
+        async def make() -> bytes:
+            return shared
+
+        _, first = await limit.build(make)
+        _, second = await limit.build(make)
+        counts = [limit.holding]
+        first()
+        counts.append(limit.holding)  # the other recipient still holds it
+        second()
+        counts.append(limit.holding)
+        return counts
+
+    assert run(scenario()) == [8, 8, 0]
 
 
 def test_a_message_slow_to_be_written_stops_counting():
