@@ -18,6 +18,10 @@ but not its bytes), ``tls_context`` (a server SSLContext of the
 test's own instead of the self-signed certificate's), ``host``/``port`` (default
 127.0.0.1 and a free port). Or use the ``smtp_peer`` and ``make_smtp_peer`` fixtures
 (import them into the test module).
+
+Slow on demand: ``hold_data`` records a message and holds its 250 for some seconds;
+``stall_data`` stops reading once DATA is answered with 354. ``ChildPeer`` runs a peer
+in a process of its own, for tests that measure their own process's memory.
 """
 
 from __future__ import annotations

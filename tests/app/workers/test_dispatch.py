@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import tracemalloc
 
 import pytest
 
+from app.workers import dispatch as dispatch_module
 from app.workers.dispatch import HELD_BYTES, Outgoing, build_limit, dispatch
 from commands.domains.dns_records import make_resolver
 from mta.eventloop import new_event_loop
@@ -97,8 +99,6 @@ def test_a_destination_still_connecting_is_deferred_at_the_deadline(peers, confi
     dns_server.add("silent.example", "MX", "10 mx.silent.example")
     dns_server.add("mx.silent.example", "A", "127.0.0.3")
     # A listener that never accepts: the connection is made, the greeting never comes.
-    import socket
-
     with socket.create_server(("127.0.0.3", fast.port), backlog=8):
         outcomes = send(
             [item(1, "a@silent.example"), item(2, "b@fast.example")], config, seconds=1.5
@@ -155,9 +155,7 @@ def test_no_route_bounces_or_defers(peers, config, dns_server):
 def test_a_destination_slow_to_take_a_large_message_holds_no_one_back(peers, config, monkeypatch):
     """A message larger than HELD_BYTES to a destination that stops reading: the other
     destination's builds wait for it SLOW_WRITE at most, then go on."""
-    from app.workers import dispatch as module
-
-    monkeypatch.setattr(module, "SLOW_WRITE", 0.5)
+    monkeypatch.setattr(dispatch_module, "SLOW_WRITE", 0.5)
     stuck, fast = peers[1], peers[0]
     stuck.stall_data()
     large_built = asyncio.Event()
