@@ -9,6 +9,11 @@ to MAIL, RCPT or DATA "bounced" (but 530, AUTH needed, is about our session: def
 every envelope not yet finished. Bounces decided here without sending: a message over
 the server's SIZE, 8-bit data without 8BITMIME, non-ASCII addresses without SMTPUTF8.
 
+An envelope's message may be a build, awaited only when its transaction begins and let
+go once written (a build that raises is that envelope's "error"; the session goes on);
+a ``BuildLimit`` shared by the sessions of a batch bounds what is built at once. A
+``deadline`` ends the session wherever it is: what is unfinished is deferred (4.4.7).
+
 A compact client of its own on ``asyncio`` rather than aiosmtplib: aiosmtplib's protocol
 parses one reply per chunk received and ignores data that arrives while no command is
 pending, so replies that arrive together, as pipelined ones do, are stranded; PIPELINING
@@ -124,6 +129,7 @@ async def deliver(
     *,
     server_name: str | None = None,
     deadline: float | None = None,
+    limit: BuildLimit | None = None,
 ) -> list[Outcome]:
     """Send every envelope over one connection to the first of ``addresses`` that works.
 
@@ -131,8 +137,9 @@ async def deliver(
     is the host name for TLS (SNI, and what the certificate must match when
     ``verify_certificates``); the address itself by default. ``deadline`` (a
     ``time.monotonic()`` value) ends the session however far it got: every envelope not yet
-    finished is deferred (4.4.7). Returns one Outcome per envelope, in order; network
-    trouble is reported in the outcomes, never raised.
+    finished is deferred (4.4.7). ``limit``, shared by the sessions of a batch, bounds
+    the builds under way and the built messages not yet written. Returns one Outcome per
+    envelope, in order; network trouble is reported in the outcomes, never raised.
     """
     if settings.tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {settings.tls!r}")
@@ -154,6 +161,7 @@ async def deliver(
                 session = await _connect(addresses, settings, server_name)
             except _Failure as failure:
                 return [failure.outcome(env) for env in envelopes]
+            session.limit = limit
             try:
                 for env in envelopes:
                     outcomes.append(await session.transaction(env))
@@ -182,6 +190,83 @@ async def deliver(
             session.channel.abort()
         raise
     return outcomes
+
+
+@dataclass
+class _Held:
+    """A built message counted by a BuildLimit, and how many recipients hold it."""
+
+    data: bytes
+    holders: int = 0
+
+
+class BuildLimit:
+    """What the sessions of a batch may build at once: at most ``builds`` builds under way,
+    and none begun while the messages built and not yet written come to ``held`` bytes or
+    more. Memory then stays under about ``held`` plus ``builds`` messages however many
+    connections are open, while small messages are never kept waiting by it.
+
+    A message still being written ``slow`` seconds after it was built no longer counts: a
+    destination slow to take a large message holds back the others' builds for that long
+    at most (its memory is then bounded by its one connection)."""
+
+    def __init__(self, builds: int, held: int, slow: float = 10.0):
+        if builds < 1 or held < 1 or slow <= 0:
+            raise ValueError("builds, held and slow must be positive")
+        self.builds = builds
+        self.held = held
+        self.slow = slow
+        self.building = 0
+        self.holding = 0  # bytes built and not yet written (nor slow)
+        self._held: dict[int, _Held] = {}  # by the id of the message
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def build(self, build: Build) -> tuple[bytes, Callable[[], None]]:
+        """``build()``'s message, once there is room for it, and what to call once it is
+        written (or given up): until then, or until it is slow, it is counted."""
+        while self.building >= self.builds or self.holding >= self.held:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+        self.building += 1
+        try:
+            data = await build()
+        finally:
+            self.building -= 1
+            self._wake()
+        # One message shared by several recipients (the same object) is counted once; it is
+        # kept here while counted, so that its id stays its own.
+        key = id(data)
+        entry = self._held.get(key)
+        if entry is None:
+            entry = self._held[key] = _Held(data)
+            self.holding += len(data)
+        entry.holders += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            timer.cancel()
+            entry.holders -= 1
+            if entry.holders == 0:
+                self.holding -= len(entry.data)
+                del self._held[key]
+                entry.data = b""  # this function outlives the message: it must not keep it
+            self._wake()
+
+        timer = asyncio.get_running_loop().call_later(self.slow, release)
+        return data, release
+
+    def _wake(self) -> None:
+        for waiter in self._waiting:  # each looks again whether there is room for it
+            _wake(waiter)
 
 
 def deadline_outcome(ref: object, when: str, host: str | None = None) -> Outcome:
@@ -278,12 +363,15 @@ async def _open(
     session = _Session(channel, host, settings)
     session.tls = settings.tls == "implicit"
     try:
-        await session.setup(server_name, starttls)
-    except _Failure as exc:
-        exc.host = host
-        await session.finish()
+        try:
+            await session.setup(server_name, starttls)
+        except _Failure as exc:
+            exc.host = host
+            await session.finish()
+            raise
+    except _Failure:
         raise
-    except BaseException:
+    except BaseException:  # cancelled (the deadline, say), in the setup or in QUIT after it
         channel.abort()
         raise
     return session
@@ -301,6 +389,7 @@ class _Session:
         self.broken = False  # no QUIT: the connection timed out, was lost or got a 421
         self.dirty = False  # a transaction failed half-way: RSET before the next one
         self.doing = "starting"  # what the session is doing, as a deadline outcome tells it
+        self.limit: BuildLimit | None = None
 
     # -- replies and commands ------------------------------------------------------------
 
@@ -450,17 +539,36 @@ class _Session:
         """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome.
 
         A build that raises fails its envelope alone ("error"): nothing was sent for it, so
-        the session goes on with the next."""
+        the session goes on with the next. What a build returned is let go (and handed back
+        to the limit) once it is written, before the reply to it is awaited."""
+        release: Callable[[], None] | None = None
         if isinstance(env.data, bytes):
             data = env.data
         else:
             self.doing = "building the message"
             try:
-                data = await env.data()
+                if self.limit is None:
+                    data = await env.data()
+                else:
+                    data, release = await self.limit.build(env.data)
             except Exception as exc:  # noqa: BLE001 - that envelope's failure, not the session's
                 return Outcome(
                     env.ref, "error", None, "4.3.0", f"{type(exc).__name__}: {exc}", None
                 )
+        try:
+            early = await self._hand_over(env, data)
+        finally:
+            del data
+            if release is not None:
+                release()
+        if early is not None:
+            return early
+        reply = await self.reply("the end of DATA", self.settings.data_timeout)
+        self.dirty = False
+        return self._outcome(env, reply, final=True)
+
+    async def _hand_over(self, env: Envelope, data: bytes) -> Outcome | None:
+        """Everything up to the message written; an outcome if it ended earlier."""
         data = _crlf(data)  # no bare CR or LF on the wire
         refusal = self._refusal(env, data)
         if refusal is not None:
@@ -501,10 +609,7 @@ class _Session:
                 if reply.code // 100 != ok:
                     return self._outcome(env, reply)
         await self.send_pieces(_stuffed(data), "the message", self.settings.data_timeout)
-        del data  # what a build returned is let go before the (possibly long) wait
-        reply = await self.reply("the end of DATA", self.settings.data_timeout)
-        self.dirty = False
-        return self._outcome(env, reply, final=True)
+        return None
 
     def _refusal(self, env: Envelope, data: bytes) -> Outcome | None:
         """A bounce decided here, without sending anything: what the server cannot take."""

@@ -18,6 +18,10 @@ but not its bytes), ``tls_context`` (a server SSLContext of the
 test's own instead of the self-signed certificate's), ``host``/``port`` (default
 127.0.0.1 and a free port). Or use the ``smtp_peer`` and ``make_smtp_peer`` fixtures
 (import them into the test module).
+
+Slow on demand: ``hold_data`` records a message and holds its 250 for some seconds;
+``stall_data`` stops reading once DATA is answered with 354. ``ChildPeer`` runs a peer
+in a process of its own, for tests that measure their own process's memory.
 """
 
 from __future__ import annotations
@@ -232,6 +236,9 @@ class _PeerSMTP(SMTP):
         line = status.encode() if isinstance(status, str) else status
         if line.startswith(b"421") and self.transport is not None:
             self.transport.close()
+        stall = line.startswith(b"354") and self.peer._take("stall") is not None
+        if stall and self.transport is not None:
+            self.transport.pause_reading()  # the client's writes fill the buffers, then wait
 
 
 class _Controller(Controller):
@@ -319,6 +326,11 @@ class SMTPPeer:
         """Record the message, then hold the reply to the end of DATA for ``seconds`` (a
         server that has taken the message but is slow to say so)."""
         self._add("hold", _Rule(250, "", times, seconds=seconds))
+
+    def stall_data(self, times: int | None = None) -> None:
+        """Stop reading once DATA is answered with 354: the message is never taken in (a
+        destination that is slow to receive, at its slowest)."""
+        self._add("stall", _Rule(0, "", times))
 
     def drop_on_data(self, times: int | None = None) -> None:
         """Close the connection at the end of DATA instead of answering it."""

@@ -4,14 +4,16 @@
 smarthost), finds each group's MX addresses, and sends the group over a few reused
 connections. Destinations do not wait on each other: one that hangs defers its own items
 at the deadline while the others finish. A message is built when its connection is about
-to send it and let go once sent, so a batch holds about one built message per open
-connection whatever its size.
+to send it and let go once written: a batch holds at most one built message per open
+connection, and no more than a few large ones however many connections are open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import dns.resolver
 from core.settings import Config
 from mta import mx
 from mta.smtp_client import (
+    BuildLimit,
     ClientSettings,
     Envelope,
     Outcome,
@@ -29,7 +32,14 @@ from mta.smtp_client import (
     loop_time,
 )
 
+log = logging.getLogger("postern.worker")
+
 MESSAGES_PER_CONNECTION = 20  # a group opens one more connection (up to the cap) per this many
+# No build begins while the messages built and not yet written come to this much (so a batch
+# holds about this plus one message per build under way); small messages never reach it.
+HELD_BYTES = 16 * 2**20
+# A message still being written this long after it was built no longer holds others back.
+SLOW_WRITE = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,15 @@ class Outgoing:
     recipient_domain: str
     mail_from: str
     rcpt_to: str
-    build: Callable[
-        [], Awaitable[bytes]
-    ]  # the signed message; awaited once, just before it is sent
+    # The signed message; awaited once, just before it is sent (never if the item is not).
+    build: Callable[[], Awaitable[bytes]]
+
+
+def build_limit(config: Config) -> BuildLimit:
+    """What a batch may build at once: two builds per build process (one under way while
+    the one before is handed over), and HELD_BYTES built and not yet written (SLOW_WRITE)."""
+    processes = config.delivery.build_processes or os.cpu_count() or 1
+    return BuildLimit(builds=2 * processes, held=HELD_BYTES, slow=SLOW_WRITE)
 
 
 def client_settings(config: Config, port: int) -> ClientSettings:
@@ -82,7 +98,8 @@ async def dispatch(
 
     ``deadline`` is a ``time.monotonic()`` value: all SMTP work ends by then, and what is
     unfinished comes back deferred (4.4.7). An item whose build raises comes back as
-    "error" (4.3.0), alone.
+    "error" (4.3.0), alone. Let the deadline end it rather than cancelling it: cancelled,
+    it drops its connections and the outcomes of what was already sent are lost.
     """
     c = config.delivery
     groups: dict[str, list[int]] = defaultdict(list)
@@ -92,10 +109,13 @@ async def dispatch(
     slots: dict[tuple[str, ...], asyncio.Semaphore] = defaultdict(
         lambda: asyncio.Semaphore(c.concurrency_per_host)
     )
+    limit = build_limit(config)
     outcomes: list[Outcome | None] = [None] * len(items)
     sent = await asyncio.gather(
         *(
-            _destination(domain, [(i, items[i]) for i in group], config, resolver, slots, deadline)
+            _destination(
+                domain, [(i, items[i]) for i in group], config, resolver, slots, limit, deadline
+            )
             for domain, group in groups.items()
         )
     )
@@ -117,6 +137,7 @@ async def _destination(
     config: Config,
     resolver: dns.resolver.Resolver,
     slots: dict[tuple[str, ...], asyncio.Semaphore],
+    limit: BuildLimit,
     deadline: float,
 ) -> list[Outcome]:
     """Send one destination's items (their Outcomes' refs are their indexes in the batch)."""
@@ -133,6 +154,10 @@ async def _destination(
         if c.smarthost:
             when = f"while looking up the smarthost {c.smarthost}"
         return [deadline_outcome(i, when) for i, _ in group]
+    except Exception as exc:  # noqa: BLE001 - this destination's trouble only
+        log.exception("cannot route to %s", domain or c.smarthost)
+        text = f"Internal error while looking up the route: {type(exc).__name__}"
+        return [Outcome(i, "deferred", None, "4.3.0", text, None) for i, _ in group]
     settings = client_settings(config, c.mx_port)
     envelopes = [Envelope(item.mail_from, item.rcpt_to, item.build, i) for i, item in group]
     # Several connections share a large group; each reuses its connection for its share.
@@ -148,7 +173,11 @@ async def _destination(
         except TimeoutError:
             return [deadline_outcome(e.ref, "while waiting for a connection") for e in share]
         try:
-            return await deliver(addresses, share, settings, deadline=deadline)
+            return await deliver(addresses, share, settings, deadline=deadline, limit=limit)
+        except Exception as exc:  # noqa: BLE001 - deliver raises before it sends anything
+            log.exception("cannot send to %s", domain or c.smarthost)
+            text = f"Internal error while sending: {type(exc).__name__}"
+            return [Outcome(e.ref, "deferred", None, "4.3.0", text, None) for e in share]
         finally:
             slot.release()
 

@@ -14,6 +14,7 @@ from mta.eventloop import new_event_loop
 from mta.smtp_client import (
     _LINE_END,
     CHUNK,
+    BuildLimit,
     ClientSettings,
     Envelope,
     Reply,
@@ -723,3 +724,118 @@ def test_a_deadline_that_is_not_reached_changes_nothing(smtp_peer):
     outcomes = send(smtp_peer, [envelope(1), envelope(2)], deadline=time.monotonic() + 60)
     assert statuses(outcomes) == ["delivered", "delivered"]
     assert smtp_peer.connections[0].reads[-1] == b"QUIT\r\n"
+
+
+def test_the_build_limit_bounds_builds_and_bytes_held():
+    """Two builds at once; none begun while 10 bytes or more are built and not written."""
+
+    async def scenario() -> list[str]:
+        limit = BuildLimit(builds=2, held=10)
+        gates = {n: asyncio.Event() for n in range(5)}
+        started: list[int] = []
+        releases = []
+
+        def build(n: int):
+            async def make() -> bytes:
+                started.append(n)
+                await gates[n].wait()
+                return bytes([n]) * 6  # an object of its own
+
+            return make
+
+        async def built(n: int) -> None:
+            data, release = await limit.build(build(n))
+            releases.append(release)
+
+        async def settle() -> None:  # let every task run until it waits again
+            for _ in range(50):
+                await asyncio.sleep(0)
+
+        tasks = [asyncio.ensure_future(built(n)) for n in range(5)]
+        await settle()
+        steps = [f"started {started}"]
+        gates[0].set()
+        gates[1].set()
+        await settle()  # 12 bytes held: nothing more begins
+        steps.append(f"started {started}, held {limit.holding}")
+        releases[0]()
+        releases[0]()  # once only
+        await settle()  # 6 held: two more begin
+        steps.append(f"started {started}, held {limit.holding}")
+        for n in range(2, 5):
+            gates[n].set()
+        releases[1]()
+        await settle()
+        releases[2]()
+        releases[3]()
+        await asyncio.gather(*tasks)
+        steps.append(f"started {started}, held {limit.holding}, building {limit.building}")
+        return steps
+
+    assert run(scenario()) == [
+        "started [0, 1]",
+        "started [0, 1], held 12",
+        "started [0, 1, 2, 3], held 6",
+        "started [0, 1, 2, 3, 4], held 6, building 0",
+    ]
+
+
+def test_a_message_shared_by_recipients_is_counted_once():
+    async def scenario() -> list[int]:
+        limit = BuildLimit(builds=4, held=10)
+        shared = b"x" * 8
+
+        async def make() -> bytes:
+            return shared
+
+        _, first = await limit.build(make)
+        _, second = await limit.build(make)
+        counts = [limit.holding]
+        first()
+        counts.append(limit.holding)  # the other recipient still holds it
+        second()
+        counts.append(limit.holding)
+        return counts
+
+    assert run(scenario()) == [8, 8, 0]
+
+
+def test_a_message_slow_to_be_written_stops_counting():
+    async def scenario() -> tuple[int, int]:
+        limit = BuildLimit(builds=1, held=1, slow=0.05)
+
+        async def make() -> bytes:
+            return b"big"
+
+        await limit.build(make)  # never released: its destination is stuck
+        await limit.build(make)  # begins once the first has been held 0.05 s
+        return limit.holding, limit.building
+
+    assert run(scenario()) == (3, 0)
+
+
+def test_a_shared_build_limit_is_handed_back_on_every_path(make_smtp_peer):
+    """Delivered, bounced, refused without sending, and a raising build: nothing stays held."""
+    peer = make_smtp_peer(pipelining=True, size_limit=1000)
+    peer.fail_rcpt("user2@example.net", 550, "5.1.1 No such user")
+    limit = BuildLimit(builds=1, held=1)
+
+    def built(data: bytes):
+        async def make() -> bytes:
+            return data
+
+        return make
+
+    async def broken() -> bytes:
+        raise OSError("no key")
+
+    envelopes = [
+        Envelope("b@sl.example.com", f"user{n}@example.net", build, n)
+        for n, build in enumerate(
+            [built(MESSAGE), built(MESSAGE), built(MESSAGE * 100), broken, built(MESSAGE)],
+            start=1,
+        )
+    ]
+    outcomes = run(deliver(["127.0.0.1"], envelopes, settings(peer), limit=limit))
+    assert statuses(outcomes) == ["delivered", "bounced", "bounced", "error", "delivered"]
+    assert (limit.holding, limit.building) == (0, 0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import tracemalloc
 
 import pytest
 
-from app.workers.dispatch import Outgoing, dispatch
+from app.workers import dispatch as dispatch_module
+from app.workers.dispatch import HELD_BYTES, Outgoing, build_limit, dispatch
 from commands.domains.dns_records import make_resolver
 from mta.eventloop import new_event_loop
 from tests import smtppeer
@@ -97,8 +99,6 @@ def test_a_destination_still_connecting_is_deferred_at_the_deadline(peers, confi
     dns_server.add("silent.example", "MX", "10 mx.silent.example")
     dns_server.add("mx.silent.example", "A", "127.0.0.3")
     # A listener that never accepts: the connection is made, the greeting never comes.
-    import socket
-
     with socket.create_server(("127.0.0.3", fast.port), backlog=8):
         outcomes = send(
             [item(1, "a@silent.example"), item(2, "b@fast.example")], config, seconds=1.5
@@ -152,6 +152,37 @@ def test_no_route_bounces_or_defers(peers, config, dns_server):
     assert outcomes[1].status == "delivered"
 
 
+def test_a_destination_slow_to_take_a_large_message_holds_no_one_back(peers, config, monkeypatch):
+    """A message larger than HELD_BYTES to a destination that stops reading: the other
+    destination's builds wait for it SLOW_WRITE at most, then go on."""
+    monkeypatch.setattr(dispatch_module, "SLOW_WRITE", 0.5)
+    stuck, fast = peers[1], peers[0]
+    stuck.stall_data()
+    large_built = asyncio.Event()
+    line = b"x" * 998 + b"\r\n"
+
+    async def large() -> bytes:
+        data = MESSAGE + line * (HELD_BYTES // len(line) + 1)
+        large_built.set()
+        return data
+
+    def small(n: int):
+        async def build() -> bytes:
+            await large_built.wait()  # the large one is held before any of these is built
+            return MESSAGE
+
+        return build
+
+    items = [item(0, "a@slow.example", large)]
+    items += [item(n, f"user{n}@fast.example", small(n)) for n in range(1, 4)]
+    outcomes = send(items, config, seconds=4.0)
+    assert [o.status for o in outcomes[1:]] == ["delivered"] * 3
+    assert len(fast.messages) == 3
+    assert (outcomes[0].status, outcomes[0].enhanced) == ("deferred", "4.4.7")
+    assert outcomes[0].text == "delivery deadline reached while sending the message"
+    assert stuck.messages == []
+
+
 class Counted(bytes):
     """A built message that counts itself while it exists."""
 
@@ -189,21 +220,52 @@ def test_messages_are_built_one_per_connection_and_let_go_once_sent(peers, confi
     assert Counted.live == 0
 
 
-@pytest.mark.parametrize("connections", [1, 4])
-def test_memory_stays_near_a_message_per_connection(dns_server, base_config, connections):
+def test_many_destinations_hold_few_built_messages(dns_server, base_config, make_smtp_peer):
+    """40 destinations, a connection each: builds wait their turn once the messages built
+    and not yet written are large."""
+    peer = make_smtp_peer(pipelining=True, keep_data=False)
+    config = base_config.replace(
+        delivery__mx_port=peer.port, delivery__timeout=30.0, delivery__concurrency_per_host=40
+    )
+    line = b"x" * 998 + b"\r\n"
+    body = line * (HELD_BYTES // 6 // len(line))  # HELD_BYTES is about six of them
+    items = []
+    for n in range(40):
+        dns_server.add(f"d{n}.example", "MX", f"10 mx.d{n}.example")
+        dns_server.add(f"mx.d{n}.example", "A", "127.0.0.1")
+
+        async def build(n: int = n) -> bytes:
+            return Counted(b"X-N: %d\r\n\r\n" % n + body)
+
+        items.append(item(n, f"user@d{n}.example", build))
+    Counted.live = Counted.peak = 0
+    outcomes = send(items, config, seconds=300.0)
+    assert {o.status for o in outcomes} == {"delivered"}
+    assert len(peer.messages) == 40 and len(peer.connections) == 40
+    # At most HELD_BYTES when a build begins, plus the builds under way.
+    assert Counted.peak <= 6 + build_limit(config).builds
+    assert Counted.live == 0
+
+
+@pytest.mark.parametrize(
+    ("domains", "connections"), [(1, 1), (1, 4), (100, 100)], ids=["1x1", "1x4", "100x1"]
+)
+def test_memory_stays_near_a_message_per_connection(dns_server, base_config, domains, connections):
     """A 3 MB message to 100 recipients, built for each (as a tracked message is): the peak
-    of what this process allocates is a few messages, not a hundred. The peer runs in a
-    process of its own, so that what it allocates is not counted."""
+    of what this process allocates is a few messages, not a hundred, whether the recipients
+    share a domain (one message per connection) or each has its own (the build limit). The
+    peer runs in a process of its own, so that what it allocates is not counted."""
     line = b"x" * 998 + b"\r\n"
     body = line * (3_000_000 // len(line))
     size = len(body)
     peer = ChildPeer(pipelining=True).start()
     try:
-        dns_server.add("big.example", "MX", "10 mx.big.example")
-        dns_server.add("mx.big.example", "A", "127.0.0.1")
+        for n in range(domains):
+            dns_server.add(f"big{n}.example", "MX", f"10 mx.big{n}.example")
+            dns_server.add(f"mx.big{n}.example", "A", "127.0.0.1")
         config = base_config.replace(
             delivery__mx_port=peer.port,
-            delivery__timeout=30.0,
+            delivery__timeout=60.0,
             delivery__concurrency_per_host=connections,
         )
 
@@ -213,10 +275,10 @@ def test_memory_stays_near_a_message_per_connection(dns_server, base_config, con
 
             return build
 
-        items = [item(n, f"user{n}@big.example", tracked(n)) for n in range(100)]
+        items = [item(n, f"user{n}@big{n % domains}.example", tracked(n)) for n in range(100)]
         tracemalloc.start()
         try:
-            outcomes = send(items, config, seconds=300.0)
+            outcomes = send(items, config, seconds=600.0)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -224,5 +286,6 @@ def test_memory_stays_near_a_message_per_connection(dns_server, base_config, con
         received = peer.stop()
     assert {o.status for o in outcomes} == {"delivered"}
     assert len(received) == 100 and all(r[2] > size for r in received)
-    print(f"peak {peak / size:.2f} messages with {connections} connection(s)")
-    assert peak < (connections + 1.5) * size
+    at_once = min(connections, HELD_BYTES // size + 1 + build_limit(config).builds)
+    print(f"peak {peak / size:.2f} messages, {at_once} at once at most")
+    assert peak < (at_once + 1.5) * size
