@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import fields, validate
 from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -16,7 +16,7 @@ from commands.context import Context, format_date
 from commands.errors import CommandError
 from commands.registry import Auth, command
 from commands.schema import CommandSchema, RowID, param
-from models import Delivery, Domain, Suppression
+from models import Domain, Suppression
 from models.direct import Direct
 
 ALL_DOMAINS = 0
@@ -82,16 +82,17 @@ def suppress(
 
 def suppress_bounce(
     db: Session,
-    delivery: Delivery,
+    user_id: int,
+    recipient: str,
     code: int | None,
     enhanced: str | None,
     text: str | None,
     now: datetime,
 ) -> bool:
-    """Suppress a hard-bounced delivery's address for all the user's domains, with the
-    SMTP reply as the reason."""
+    """Suppress a hard-bounced address for all the user's domains, with the SMTP reply as
+    the reason (part of the hard-bounce rule, commands/delivery/outcomes.py)."""
     reason = f"{code or ''} {enhanced or ''} {text or ''}".strip()
-    return suppress(db, delivery.user_id, delivery.recipient, "bounce", reason, now)
+    return suppress(db, user_id, recipient, "bounce", reason, now)
 
 
 def entry_view(row: Suppression) -> dict[str, Any]:
@@ -200,7 +201,9 @@ class AddSchema(CommandSchema):
 
 
 @command("Suppression.Add", schema=AddSchema, auth=Auth.USER)
-def add(ctx: Context, EmailAddress: str, Reason: str, DomainID: int | None = None) -> dict:
+def add(
+    ctx: Context, EmailAddress: str, Reason: str, DomainID: int | None = None
+) -> dict[str, Any]:
     scope = _domain_scope(ctx, DomainID, 3)
     added = suppress(ctx.db, ctx.current_user.id, EmailAddress, "manual", Reason, ctx.now, scope)
     return {"Added": added}
@@ -222,7 +225,8 @@ def remove(ctx: Context, EmailAddress: str, DomainID: int | None = None) -> dict
     ]
     if DomainID is not None:
         where.append(Suppression.domain_id == _domain_scope(ctx, DomainID, 3))
-    deleted = ctx.db.execute(delete(Suppression).where(*where)).rowcount
+    result = ctx.db.execute(delete(Suppression).where(*where))
+    deleted = cast(CursorResult[Any], result).rowcount
     if not deleted:
         raise CommandError(2, "Email address is not in the suppression list")
     return {"Deleted": deleted}

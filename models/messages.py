@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import zlib
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
 from models.base import Base, BigID, LongText, UTCDateTime
+
+# The payload's JSON-level forms, where they were first kept (models.payload holds them).
+from models.payload import (
+    PACK_ABOVE,
+    pack_payload,
+    raw_entry,
+    raw_message,
+    submitted_whole,
+    unpack_payload,
+)
+
+__all__ = [
+    "PACK_ABOVE",
+    "pack_payload",
+    "raw_entry",
+    "raw_message",
+    "submitted_whole",
+    "unpack_payload",
+]
 
 # Delivery.status values. A delivery is pending while its due_at is set.
 QUEUED = "queued"
@@ -22,66 +38,13 @@ DELIVERED = "delivered"
 BOUNCED = "bounced"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
-
-
-def raw_entry(data: bytes) -> dict[str, str]:
-    """How a message submitted whole (over SMTP) is kept in its payload: compressed by zlib at
-    its quickest level, then base64. A typical message shrinks to a third or less, so its
-    row needs fewer (or no) overflow pages: fewer pages to write at the commit that accepts
-    it, to read when it is built, and cheaper to encode than the base64 of the whole."""
-    return {"rawz": _squeeze(data)}
-
-
-PACK_ABOVE = 1024  # bytes of JSON: a smaller payload is kept as it is
-
-
-def pack_payload(payload: dict[str, Any]) -> str:
-    """A message's payload as kept in ``messages.payload``: JSON, and when that is larger
-    than ``PACK_ABOVE`` (HTML parts, attachments), the JSON compressed by zlib at its
-    quickest level and base64-encoded, as ``{"jz": ...}``. HTML typically shrinks to a
-    quarter or less, so the row needs fewer (or no) overflow pages: fewer pages to write
-    at the commit that accepts it. A payload holding a message submitted whole, already
-    compressed (``raw_entry``), is kept as JSON."""
-    text = json.dumps(payload)
-    if len(text) <= PACK_ABOVE or submitted_whole(payload):
-        return text
-    return json.dumps({"jz": _squeeze(text.encode())})
-
-
-def unpack_payload(text: str) -> dict[str, Any]:
-    """The payload ``pack_payload`` kept (or plain JSON, as payloads were kept before)."""
-    payload = json.loads(text)
-    if "jz" in payload:
-        return json.loads(_unsqueeze(payload["jz"]))
-    return payload
-
-
-def _squeeze(data: bytes) -> str:
-    """``data`` compressed by zlib at its quickest level, as base64 text."""
-    return base64.b64encode(zlib.compress(data, 1)).decode("ascii")
-
-
-def _unsqueeze(text: str) -> bytes:
-    return zlib.decompress(base64.b64decode(text))
-
-
-def submitted_whole(payload: dict[str, Any]) -> bool:
-    """Whether a payload holds a message submitted whole (over SMTP), in either form."""
-    return "rawz" in payload or "raw" in payload
-
-
-def raw_message(payload: dict[str, Any]) -> bytes | None:
-    """The message a payload holds whole, if it does: compressed, or plain base64 ("raw",
-    as stored before compression)."""
-    if "rawz" in payload:
-        return _unsqueeze(payload["rawz"])
-    if "raw" in payload:
-        return base64.b64decode(payload["raw"])
-    return None
+# Parked after repeated unexpected failures (building or signing it failed): not due until
+# EmailGateway.ReleaseHeldMessages makes it due again.
+HELD = "held"
 
 
 class Message(Base):
-    """One accepted message; what to build and send is kept as JSON in ``payload``."""
+    """One accepted message; what to build and send is kept in ``payload`` (models.payload)."""
 
     __tablename__ = "messages"
 
@@ -127,6 +90,8 @@ class Delivery(Base):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Unexpected failures (an error building or signing it) since it was last released.
+    errors: Mapped[int] = mapped_column(Integer, server_default="0")
     last_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_enhanced: Mapped[str | None] = mapped_column(String(16), nullable=True)
     last_text: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -137,8 +102,9 @@ class Delivery(Base):
     message: Mapped[Message] = relationship(back_populates="deliveries")
 
 
-def _lower_recipient(context) -> str:
-    return context.get_current_parameters()["recipient"].lower()
+def _lower_recipient(context: DefaultExecutionContext) -> str:
+    recipient: str = context.get_current_parameters()["recipient"]  # type: ignore[no-untyped-call]
+    return recipient.lower()
 
 
 class Event(Base):

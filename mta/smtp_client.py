@@ -9,6 +9,11 @@ to MAIL, RCPT or DATA "bounced" (but 530, AUTH needed, is about our session: def
 every envelope not yet finished. Bounces decided here without sending: a message over
 the server's SIZE, 8-bit data without 8BITMIME, non-ASCII addresses without SMTPUTF8.
 
+An envelope's message may be a build, awaited only when its transaction begins and let
+go once written (a build that raises is that envelope's "error"; the session goes on);
+a ``BuildLimit`` shared by the sessions of a batch bounds what is built at once. A
+``deadline`` ends the session wherever it is: what is unfinished is deferred (4.4.7).
+
 A compact client of its own on ``asyncio`` rather than aiosmtplib: aiosmtplib's protocol
 parses one reply per chunk received and ignores data that arrives while no command is
 pending, so replies that arrive together, as pipelined ones do, are stranded; PIPELINING
@@ -28,12 +33,16 @@ import ipaddress
 import os
 import re
 import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 TLS_MODES = ("opportunistic", "required", "none", "implicit")
 MAX_LINE = 8192  # the longest reply line accepted (RFC 5321 allows 512)
 MAX_REPLY_LINES = 200
 CLOSE_TIMEOUT = 5.0  # for QUIT's reply and the connection to close
+CHUNK = 65536  # a large message is dot-stuffed and written in pieces of about this size
 
 _REPLY_LINE = re.compile(r"([2-5]\d\d)([ -]|$)(.*)", re.ASCII | re.DOTALL)
 _ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)", re.ASCII)
@@ -42,18 +51,23 @@ _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
 _WANTED = (2, 2, 3)  # the reply class that lets MAIL FROM, RCPT TO and DATA go on
 
 
+Build = Callable[[], Awaitable[bytes]]
+
+
 @dataclass
 class Envelope:
     mail_from: str
     rcpt_to: str
-    data: bytes  # the complete signed message, CRLF line endings
+    # The complete signed message, or what builds it: a build is awaited once, when the
+    # session is about to send the message, and what it returns is let go once sent.
+    data: bytes | Build
     ref: object  # the caller's handle (delivery id), returned in the Outcome
 
 
 @dataclass
 class Outcome:
     ref: object
-    status: str  # "delivered" | "deferred" | "bounced"
+    status: str  # "delivered" | "deferred" | "bounced" | "error" (its build raised)
     code: int | None  # the reply code that decided it (None: network error, timeout, local)
     enhanced: str | None  # enhanced status code such as "5.1.1" if there was one
     text: str  # the reply text, or a description of the problem
@@ -114,12 +128,17 @@ async def deliver(
     settings: ClientSettings,
     *,
     server_name: str | None = None,
+    deadline: float | None = None,
+    limit: BuildLimit | None = None,
 ) -> list[Outcome]:
     """Send every envelope over one connection to the first of ``addresses`` that works.
 
     ``addresses`` are IP literals, tried in order (port ``settings.port``). ``server_name``
     is the host name for TLS (SNI, and what the certificate must match when
-    ``verify_certificates``); the address itself by default. Returns one Outcome per
+    ``verify_certificates``); the address itself by default. ``deadline`` (a
+    ``time.monotonic()`` value) ends the session however far it got: every envelope not yet
+    finished is deferred (4.4.7). ``limit``, shared by the sessions of a batch, bounds
+    the builds under way and the built messages not yet written. Returns one Outcome per
     envelope, in order; network trouble is reported in the outcomes, never raised.
     """
     if settings.tls not in TLS_MODES:
@@ -131,22 +150,136 @@ async def deliver(
             raise ValueError(f"not an IP address: {address!r}") from None
     if not envelopes:
         return []
-    try:
-        session = await _connect(addresses, settings, server_name)
-    except _Failure as failure:
-        return [failure.outcome(env) for env in envelopes]
     outcomes: list[Outcome] = []
+    session: _Session | None = None
+    # One limit over everything the session awaits (connecting, TLS, each reply, each
+    # build), so that no operation's own timeout can carry it past the deadline.
+    scope = asyncio.timeout_at(loop_time(deadline))
     try:
-        for env in envelopes:
-            outcomes.append(await session.transaction(env))
-    except _Failure as exc:
-        exc.host = session.host
-        outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
+        async with scope:
+            try:
+                session = await _connect(addresses, settings, server_name)
+            except _Failure as failure:
+                return [failure.outcome(env) for env in envelopes]
+            session.limit = limit
+            try:
+                for env in envelopes:
+                    outcomes.append(await session.transaction(env))
+            except _Failure as exc:
+                exc.host = session.host
+                outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
+            await session.finish()
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        # An envelope whose message was sent and whose reply had not come is deferred too:
+        # the server may or may not have taken it, and the only outcome that cannot lose
+        # mail is to send it again later (RFC 5321 6.1: a duplicate is the lesser harm).
+        # Calling it delivered could lose it; bouncing it would tell the sender a lie.
+        if session is None:
+            when, host = "while connecting", None
+        else:
+            session.channel.abort()
+            when, host = f"while {session.doing}", session.host
+        for env in envelopes[len(outcomes) :]:
+            outcomes.append(deadline_outcome(env.ref, when, host))
+            if session is not None:
+                when = "before it was sent"  # the envelopes after the one under way
     except BaseException:  # cancelled: drop the connection at once
-        session.channel.abort()
+        if session is not None:
+            session.channel.abort()
         raise
-    await session.finish()
     return outcomes
+
+
+@dataclass
+class _Held:
+    """A built message counted by a BuildLimit, and how many recipients hold it."""
+
+    data: bytes
+    holders: int = 0
+
+
+class BuildLimit:
+    """What the sessions of a batch may build at once: at most ``builds`` builds under way,
+    and none begun while the messages built and not yet written come to ``held`` bytes or
+    more. Memory then stays under about ``held`` plus ``builds`` messages however many
+    connections are open, while small messages are never kept waiting by it.
+
+    A message still being written ``slow`` seconds after it was built no longer counts: a
+    destination slow to take a large message holds back the others' builds for that long
+    at most (its memory is then bounded by its one connection)."""
+
+    def __init__(self, builds: int, held: int, slow: float = 10.0):
+        if builds < 1 or held < 1 or slow <= 0:
+            raise ValueError("builds, held and slow must be positive")
+        self.builds = builds
+        self.held = held
+        self.slow = slow
+        self.building = 0
+        self.holding = 0  # bytes built and not yet written (nor slow)
+        self._held: dict[int, _Held] = {}  # by the id of the message
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def build(self, build: Build) -> tuple[bytes, Callable[[], None]]:
+        """``build()``'s message, once there is room for it, and what to call once it is
+        written (or given up): until then, or until it is slow, it is counted."""
+        while self.building >= self.builds or self.holding >= self.held:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+        self.building += 1
+        try:
+            data = await build()
+        finally:
+            self.building -= 1
+            self._wake()
+        # One message shared by several recipients (the same object) is counted once; it is
+        # kept here while counted, so that its id stays its own.
+        key = id(data)
+        entry = self._held.get(key)
+        if entry is None:
+            entry = self._held[key] = _Held(data)
+            self.holding += len(data)
+        entry.holders += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            timer.cancel()
+            entry.holders -= 1
+            if entry.holders == 0:
+                self.holding -= len(entry.data)
+                del self._held[key]
+                entry.data = b""  # this function outlives the message: it must not keep it
+            self._wake()
+
+        timer = asyncio.get_running_loop().call_later(self.slow, release)
+        return data, release
+
+    def _wake(self) -> None:
+        for waiter in self._waiting:  # each looks again whether there is room for it
+            _wake(waiter)
+
+
+def deadline_outcome(ref: object, when: str, host: str | None = None) -> Outcome:
+    """The outcome of an envelope left unfinished at the deadline (``when``: how far it got,
+    as "while connecting")."""
+    return Outcome(ref, "deferred", None, "4.4.7", f"delivery deadline reached {when}", host)
+
+
+def loop_time(deadline: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline on the running loop's clock (uvloop keeps its own)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 class _Failure(Exception):
@@ -207,34 +340,38 @@ async def _open(
     loop = asyncio.get_running_loop()
     host = f"[{address}]:{settings.port}" if ":" in address else f"{address}:{settings.port}"
     channel = _Channel()
-    options: dict = {}
-    if settings.tls == "implicit":
-        options = {
-            "ssl": _tls_context(settings),
-            "server_hostname": server_name or address,
-            "ssl_handshake_timeout": settings.connect_timeout,
-            "ssl_shutdown_timeout": CLOSE_TIMEOUT,
-        }
+    implicit = settings.tls == "implicit"
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            await loop.create_connection(lambda: channel, address, settings.port, **options)
+            await loop.create_connection(
+                lambda: channel,
+                address,
+                settings.port,
+                ssl=_tls_context(settings) if implicit else None,
+                server_hostname=(server_name or address) if implicit else None,
+                ssl_handshake_timeout=settings.connect_timeout if implicit else None,
+                ssl_shutdown_timeout=CLOSE_TIMEOUT if implicit else None,
+            )
     except TimeoutError:
         failure = _Failure(f"timed out after {settings.connect_timeout:g} s connecting")
         failure.host = host
         raise failure from None
     except OSError as exc:
-        failure = _Failure(f"cannot connect: {_describe(exc)}", tls="ssl" in options)
+        failure = _Failure(f"cannot connect: {_describe(exc)}", tls=implicit)
         failure.host = host
         raise failure from None
     session = _Session(channel, host, settings)
     session.tls = settings.tls == "implicit"
     try:
-        await session.setup(server_name, starttls)
-    except _Failure as exc:
-        exc.host = host
-        await session.finish()
+        try:
+            await session.setup(server_name, starttls)
+        except _Failure as exc:
+            exc.host = host
+            await session.finish()
+            raise
+    except _Failure:
         raise
-    except BaseException:
+    except BaseException:  # cancelled (the deadline, say), in the setup or in QUIT after it
         channel.abort()
         raise
     return session
@@ -251,12 +388,15 @@ class _Session:
         self.tls = False
         self.broken = False  # no QUIT: the connection timed out, was lost or got a 421
         self.dirty = False  # a transaction failed half-way: RSET before the next one
+        self.doing = "starting"  # what the session is doing, as a deadline outcome tells it
+        self.limit: BuildLimit | None = None
 
     # -- replies and commands ------------------------------------------------------------
 
     async def reply(self, what: str, timeout: float | None = None) -> Reply:
         """Read one reply (to ``what``); a 421 or any trouble raises _Failure."""
         timeout = self.settings.command_timeout if timeout is None else timeout
+        self.doing = f"waiting for the reply to {what}"
         try:
             async with asyncio.timeout(timeout):
                 reply = await self._read_reply(what)
@@ -274,7 +414,7 @@ class _Session:
         return reply
 
     async def _read_reply(self, what: str) -> Reply:
-        code, lines = 0, []
+        code, lines = 0, list[str]()
         while True:
             raw = await self.channel.readline()
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -287,11 +427,19 @@ class _Session:
                 return Reply(code, tuple(lines))
 
     async def send(self, data: bytes, what: str, timeout: float | None = None) -> None:
+        await self.send_pieces(iter((data,)), what, timeout)
+
+    async def send_pieces(
+        self, pieces: Iterator[bytes], what: str, timeout: float | None = None
+    ) -> None:
+        """Write each piece once the connection takes more (all within one timeout)."""
         timeout = self.settings.command_timeout if timeout is None else timeout
+        self.doing = f"sending {what}"
         try:
-            self.channel.write(data)
             async with asyncio.timeout(timeout):
-                await self.channel.drain()
+                for piece in pieces:
+                    self.channel.write(piece)
+                    await self.channel.drain()
         except TimeoutError:
             raise self._broken(f"timed out after {timeout:g} s sending {what}") from None
         except _Lost as exc:
@@ -388,8 +536,40 @@ class _Session:
     # -- transactions --------------------------------------------------------------------
 
     async def transaction(self, env: Envelope) -> Outcome:
-        """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome."""
-        data = _crlf(env.data)  # no bare CR or LF on the wire
+        """MAIL, RCPT, DATA for one envelope (pipelined when offered), and its outcome.
+
+        A build that raises fails its envelope alone ("error"): nothing was sent for it, so
+        the session goes on with the next. What a build returned is let go (and handed back
+        to the limit) once it is written, before the reply to it is awaited."""
+        release: Callable[[], None] | None = None
+        if isinstance(env.data, bytes):
+            data = env.data
+        else:
+            self.doing = "building the message"
+            try:
+                if self.limit is None:
+                    data = await env.data()
+                else:
+                    data, release = await self.limit.build(env.data)
+            except Exception as exc:  # noqa: BLE001 - that envelope's failure, not the session's
+                return Outcome(
+                    env.ref, "error", None, "4.3.0", f"{type(exc).__name__}: {exc}", None
+                )
+        try:
+            early = await self._hand_over(env, data)
+        finally:
+            del data
+            if release is not None:
+                release()
+        if early is not None:
+            return early
+        reply = await self.reply("the end of DATA", self.settings.data_timeout)
+        self.dirty = False
+        return self._outcome(env, reply, final=True)
+
+    async def _hand_over(self, env: Envelope, data: bytes) -> Outcome | None:
+        """Everything up to the message written; an outcome if it ended earlier."""
+        data = _crlf(data)  # no bare CR or LF on the wire
         refusal = self._refusal(env, data)
         if refusal is not None:
             return refusal
@@ -428,10 +608,8 @@ class _Session:
                 reply = await self.command(line, what)
                 if reply.code // 100 != ok:
                     return self._outcome(env, reply)
-        await self.send(_stuff(data), "the message", self.settings.data_timeout)
-        reply = await self.reply("the end of DATA", self.settings.data_timeout)
-        self.dirty = False
-        return self._outcome(env, reply, final=True)
+        await self.send_pieces(_stuffed(data), "the message", self.settings.data_timeout)
+        return None
 
     def _refusal(self, env: Envelope, data: bytes) -> Outcome | None:
         """A bounce decided here, without sending anything: what the server cannot take."""
@@ -482,12 +660,12 @@ class _Channel(asyncio.Protocol):
         self.ended = False  # EOF received or connection lost
         self.error: BaseException | None = None
         self.lost = self.loop.create_future()
-        self._readable: asyncio.Future | None = None
-        self._writable: asyncio.Future | None = None
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
         self._paused = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -549,6 +727,8 @@ class _Channel(asyncio.Protocol):
     ) -> None:
         self.buffer.clear()  # RFC 3207 4.2: plaintext received before the handshake is void
         raw = self.transport
+        if raw is None:
+            raise _Lost(self.error)
         try:
             self.transport = await self.loop.start_tls(
                 raw,
@@ -582,7 +762,7 @@ class _Channel(asyncio.Protocol):
             transport.abort()
 
 
-def _wake(future: asyncio.Future | None) -> None:
+def _wake(future: asyncio.Future[None] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
 
@@ -594,6 +774,24 @@ def _crlf(data: bytes) -> bytes:
     if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
         return data
     return _LINE_END.sub(b"\r\n", data)
+
+
+def _stuffed(data: bytes) -> Iterator[bytes]:
+    """The message as DATA sends it, in pieces cut after a line end: a large message is not
+    copied whole (a line that begins a piece is stuffed as the first line)."""
+    if len(data) <= CHUNK:
+        yield _stuff(data)
+        return
+    start = 0
+    while start < len(data):
+        cut = data.find(b"\n", start + CHUNK)
+        end = len(data) if cut < 0 else cut + 1
+        piece = data[start:end]
+        if piece.startswith(b"."):
+            piece = b"." + piece
+        yield piece.replace(b"\r\n.", b"\r\n..")
+        start = end
+    yield b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
 
 
 def _stuff(data: bytes) -> bytes:

@@ -13,10 +13,15 @@ Options: ``starttls`` (a self-signed certificate made with ``cryptography``),
 its buffer, so pipelined commands work without more), ``size_limit`` (the SIZE
 extension), ``auth`` (``{"user": "password"}``: AUTH PLAIN/LOGIN, required after
 STARTTLS with ``starttls``, offered only otherwise; ``auth_mechanisms`` to offer fewer),
-``ehlo=False`` (EHLO refused, HELO only), ``tls_context`` (a server SSLContext of the
+``ehlo=False`` (EHLO refused, HELO only), ``keep_data=False`` (record each message's size
+but not its bytes), ``tls_context`` (a server SSLContext of the
 test's own instead of the self-signed certificate's), ``host``/``port`` (default
 127.0.0.1 and a free port). Or use the ``smtp_peer`` and ``make_smtp_peer`` fixtures
 (import them into the test module).
+
+Slow on demand: ``hold_data`` records a message and holds its 250 for some seconds;
+``stall_data`` stops reading once DATA is answered with 354. ``ChildPeer`` runs a peer
+in a process of its own, for tests that measure their own process's memory.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import multiprocessing
 import socket
 import ssl
 import tempfile
@@ -72,6 +78,7 @@ class Message:
     tls_version: str | None
     login: str | None  # the AUTH user, when the client authenticated
     connection: Connection
+    size: int = 0  # of the data, kept or not
 
 
 @dataclass
@@ -80,6 +87,7 @@ class _Rule:
     text: str
     times: int | None  # None: until cleared
     address: str | None = None
+    seconds: float = 0.0  # how long a "hold" rule holds its reply
 
     def take(self) -> bool:
         """Whether the rule fires now (counting down a limited rule)."""
@@ -157,7 +165,8 @@ class _Handler:
         message = Message(
             mail_from=envelope.mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
-            data=bytes(envelope.original_content),
+            data=bytes(envelope.original_content) if self.peer.keep_data else b"",
+            size=len(envelope.original_content),
             mail_options=list(envelope.mail_options),
             peer=session.peer,
             helo=session.host_name,
@@ -169,6 +178,9 @@ class _Handler:
         with self.peer._lock:
             self.peer.messages.append(message)
             number = len(self.peer.messages)
+        hold = self.peer._take("hold")
+        if hold is not None:  # cancelled by connection_lost if the client gives up first
+            await asyncio.sleep(hold.seconds)
         return f"250 2.0.0 OK queued as {number}"
 
     async def handle_exception(self, error):
@@ -224,6 +236,9 @@ class _PeerSMTP(SMTP):
         line = status.encode() if isinstance(status, str) else status
         if line.startswith(b"421") and self.transport is not None:
             self.transport.close()
+        stall = line.startswith(b"354") and self.peer._take("stall") is not None
+        if stall and self.transport is not None:
+            self.transport.pause_reading()  # the client's writes fill the buffers, then wait
 
 
 class _Controller(Controller):
@@ -265,6 +280,7 @@ class SMTPPeer:
         auth: dict[str, str] | None = None,
         auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
         tls_context: ssl.SSLContext | None = None,
+        keep_data: bool = True,
     ):
         self.host = host
         self.port = port
@@ -278,6 +294,7 @@ class SMTPPeer:
         self.auth = auth
         self.auth_mechanisms = auth_mechanisms
         self.tls_context = tls_context  # instead of the self-signed certificate's
+        self.keep_data = keep_data
         #: Every accepted message, in order.
         self.messages: list[Message] = []
         #: Every client connection since start() or reset(), in order.
@@ -304,6 +321,16 @@ class SMTPPeer:
     def fail_data(self, code: int, text: str, times: int | None = None) -> None:
         """Answer the end of DATA with ``code text`` (the message is not recorded)."""
         self._add("data", _Rule(code, text, times))
+
+    def hold_data(self, seconds: float, times: int | None = None) -> None:
+        """Record the message, then hold the reply to the end of DATA for ``seconds`` (a
+        server that has taken the message but is slow to say so)."""
+        self._add("hold", _Rule(250, "", times, seconds=seconds))
+
+    def stall_data(self, times: int | None = None) -> None:
+        """Stop reading once DATA is answered with 354: the message is never taken in (a
+        destination that is slow to receive, at its slowest)."""
+        self._add("stall", _Rule(0, "", times))
 
     def drop_on_data(self, times: int | None = None) -> None:
         """Close the connection at the end of DATA instead of answering it."""
@@ -441,6 +468,68 @@ class SMTPPeer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _serve_in_child(options: dict, pipe) -> None:
+    """A child process's SMTPPeer: its port goes up the pipe; when the pipe says stop, a
+    summary of each message received ((mail_from, rcpt_tos, size)) and the errors."""
+    with SMTPPeer(**options) as peer:
+        pipe.send(peer.port)
+        pipe.recv()
+        with peer._lock:
+            summary = [(m.mail_from, m.rcpt_tos, m.size) for m in peer.messages]
+            pipe.send((summary, [repr(e) for e in peer.errors]))
+
+
+class ChildPeer:
+    """An SMTPPeer in a process of its own, for tests that measure the memory of their own
+    process: what the server allocates (aiosmtpd reads DATA into lists of lines) stays out.
+
+    ``stop()`` returns what it received: ``(mail_from, rcpt_tos, size)`` per message."""
+
+    def __init__(self, **options):
+        self.options = {"keep_data": False, **options}
+        self.host = self.options.get("host", HOST)
+        self.port = 0
+        self._pipe = None
+        self._process = None
+
+    def start(self) -> ChildPeer:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_serve_in_child, args=(self.options, theirs), daemon=True
+        )
+        self._process.start()
+        theirs.close()
+        if not self._pipe.poll(60):
+            self._end()
+            raise RuntimeError("the child SMTP peer did not start")
+        self.port = self._pipe.recv()
+        return self
+
+    def stop(self) -> list[tuple[str, list[str], int]]:
+        try:
+            self._pipe.send("stop")
+            if not self._pipe.poll(30):
+                raise RuntimeError("the child SMTP peer did not answer")
+            summary, errors = self._pipe.recv()
+        finally:
+            self._end()
+        assert not errors, errors
+        return summary
+
+    def _end(self) -> None:
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+            self._process.close()
+            self._process = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
 
 @pytest.fixture

@@ -1,1 +1,4 @@
-"""Delivery seen from the gateway: mail coming back to Postern (bounces, complaints)."""
+"""Delivery seen from the gateway: the queue, building claimed deliveries, recording their
+outcomes, holding and releasing, and mail coming back to Postern (bounces, complaints)."""
+
+from commands.delivery import handlers  # noqa: F401  (registers the commands)

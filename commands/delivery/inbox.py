@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from commands.delivery.outcomes import hard_bounce
 from commands.events import writer as events
-from commands.suppression import suppress, suppress_bounce
+from commands.suppression import suppress
 from models import Delivery, Domain, Message
 from models.messages import BOUNCED
+from mta.bounces import Report
 
 COMPLAINED = "complained"
 
@@ -42,7 +45,7 @@ def _by_token(db: Session, token: str | None) -> Delivery | None:
     return db.scalar(select(Delivery).where(Delivery.token == token))
 
 
-def _by_message_id(db: Session, message_id: str | None, recipient: str | None):
+def _by_message_id(db: Session, message_id: str | None, recipient: str | None) -> Delivery | None:
     """The delivery of the original message to ``recipient`` (the Message-ID fallback)."""
     if not message_id:
         return None
@@ -56,12 +59,14 @@ def _by_message_id(db: Session, message_id: str | None, recipient: str | None):
     return rows[0] if len(rows) == 1 else None
 
 
-def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -> Outcome:
+def apply_report(db: Session, report: Report, tokens: list[str | None], now: datetime) -> Outcome:
     """Record what a parsed report says about the deliveries it names.
 
-    ``tokens`` are the VERP tokens of the envelope recipients the report was sent to.
+    ``tokens`` are the VERP tokens of the envelope recipients the report was sent to. The
+    events are written together at the end, through the event writer.
     """
     out = Outcome()
+    written: list[dict[str, Any]] = []
     statuses = report.recipients or []
     for i, status in enumerate(statuses):
         token = tokens[i] if i < len(tokens) else (tokens[0] if len(tokens) == 1 else None)
@@ -78,23 +83,27 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
             out.unmatched += 1
             continue
         message = db.get(Message, delivery.message_id)
+        if message is None:  # pragma: no cover - a delivery goes with its message
+            out.unmatched += 1
+            continue
         code, enhanced = status.smtp_code, status.status
         text = status.diagnostic or None
-        details = {
+        details: dict[str, Any] = {
             "source": "dsn" if report.kind == "bounce" else "arf",
             "remote_mta": status.remote_mta,
         }
         if report.kind == "complaint":
             details["feedback_type"] = report.feedback_type
-            events.record(
-                db,
-                COMPLAINED,
-                message,
-                delivery,
-                delivery.recipient,
-                now,
-                text=text,
-                details=details,
+            written.append(
+                events.event_values(
+                    COMPLAINED,
+                    message,
+                    delivery.id,
+                    delivery.recipient,
+                    now,
+                    text=text,
+                    details=details,
+                )
             )
             suppress(
                 db,
@@ -110,11 +119,12 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
             delivery.due_at = None
             delivery.last_code, delivery.last_enhanced, delivery.last_text = code, enhanced, text
             delivery.updated_at = now
-            events.record(
+            hard_bounce(
                 db,
-                events.BOUNCED,
+                written,
                 message,
-                delivery,
+                delivery.id,
+                delivery.user_id,
                 delivery.recipient,
                 now,
                 code=code,
@@ -122,20 +132,21 @@ def apply_report(db: Session, report, tokens: list[str | None], now: datetime) -
                 text=text,
                 details=details,
             )
-            suppress_bounce(db, delivery, code, enhanced, text, now)
             out.bounced += 1
         elif status.soft:
-            events.record(
-                db,
-                events.DEFERRED,
-                message,
-                delivery,
-                delivery.recipient,
-                now,
-                code=code,
-                enhanced=enhanced,
-                text=text,
-                details={**details, "note": "delay reported by the receiving side"},
+            written.append(
+                events.event_values(
+                    events.DEFERRED,
+                    message,
+                    delivery.id,
+                    delivery.recipient,
+                    now,
+                    code=code,
+                    enhanced=enhanced,
+                    text=text,
+                    details={**details, "note": "delay reported by the receiving side"},
+                )
             )
             out.deferred += 1
+    events.write(db.connection(), written)
     return out

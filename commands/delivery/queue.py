@@ -1,32 +1,129 @@
-"""The delivery queue seen from the gateway: failing a domain's deliveries not yet sent."""
+"""The delivery queue: claiming due deliveries, failing a domain's, releasing held ones."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
-from models import Delivery, Message
-from models.messages import FAILED, SENDING
+from models import Database, Delivery, Message
+from models.direct import Direct
+from models.messages import FAILED, HELD, QUEUED, SENDING
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery a worker has claimed: what building and sending it start from."""
+
+    delivery_id: int
+    token: str
+    recipient: str
+    recipient_domain: str
+    message_id: str
+    domain_id: int
+    created_at: datetime
+
+
+# Claiming: the due deliveries' ids (a statement per backend and batch size: on PostgreSQL
+# and MariaDB it skips rows locked by another worker), then these two.
+_DUE: dict[tuple[str, int], Direct] = {}
+_CLAIM = Direct(
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=SENDING,
+        claimed_by=bindparam("worker"),
+        attempts=Delivery.attempts + 1,
+        due_at=bindparam("until"),
+        updated_at=bindparam("now"),
+    )
+)
+_CLAIMED = Direct(
+    select(
+        Delivery.id.label("delivery_id"),
+        Delivery.token,
+        Delivery.recipient,
+        Delivery.recipient_domain,
+        Delivery.message_id,
+        Delivery.domain_id,
+        Delivery.created_at,
+    ).where(Delivery.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+def _due(db: Database, limit: int) -> Direct:
+    key = (db.backend, limit)
+    due = _DUE.get(key)
+    if due is None:
+        query = select(Delivery.id).where(Delivery.due_at <= bindparam("now"))
+        due = _DUE[key] = Direct(db.skip_locked(query.order_by(Delivery.due_at).limit(limit)))
+    return due
+
+
+def claim_batch(
+    db: Database, worker_id: str, limit: int, now: datetime, claim_timeout: float
+) -> list[Claimed]:
+    """Take up to ``limit`` due deliveries for ``worker_id``; nobody else takes them until the
+    claim ends, ``claim_timeout`` seconds from ``now``.
+
+    PostgreSQL and MariaDB skip rows another worker has locked; SQLite's BEGIN IMMEDIATE
+    makes the claim exclusive. A claim moves due_at forward by the claim timeout, so the
+    deliveries of a worker that died are taken up again after it.
+    """
+    with db.unit_of_work() as work:
+        ids = [row[0] for row in _due(db, limit).all(work.conn, {"now": now})]
+        if not ids:
+            return []
+        until = now + timedelta(seconds=claim_timeout)
+        _CLAIM.execute(work.conn, [{"ids": ids, "worker": worker_id, "until": until, "now": now}])
+        rows = _CLAIMED.mappings(work.conn, {"ids": ids})
+    return [Claimed(**row) for row in rows]
 
 
 def fail_pending(db: Session, domain_id: int, reason: str, now: datetime) -> int:
-    """Fail every delivery of the domain not yet sent (one in the worker's hands goes on)."""
+    """Fail every delivery of the domain not yet sent, held ones too (one in the worker's
+    hands goes on)."""
     rows = db.execute(
         select(Delivery, Message)
         .join(Message, Message.id == Delivery.message_id)
         .where(
             Delivery.domain_id == domain_id,
-            Delivery.due_at.is_not(None),
-            Delivery.status != SENDING,
+            or_(
+                (Delivery.due_at.is_not(None)) & (Delivery.status != SENDING),
+                Delivery.status == HELD,
+            ),
         )
     ).all()
+    written = []
     for delivery, message in rows:
         delivery.status = FAILED
         delivery.due_at = None
         delivery.last_text = reason
         delivery.updated_at = now
-        events.record(db, events.FAILED, message, delivery, delivery.recipient, now, text=reason)
+        written.append(
+            events.event_values(
+                events.FAILED, message, delivery.id, delivery.recipient, now, text=reason
+            )
+        )
+    events.write(db.connection(), written)
     return len(rows)
+
+
+def release_held(db: Session, domain_id: int, message_id: str | None, now: datetime) -> int:
+    """Make the domain's held deliveries (of one message, when given) due now, their count of
+    unexpected failures started again; the number released."""
+    where = [Delivery.domain_id == domain_id, Delivery.status == HELD]
+    if message_id is not None:
+        where.append(Delivery.message_id == message_id)
+    result = db.execute(
+        update(Delivery)
+        .where(*where)
+        .values(status=QUEUED, due_at=now, errors=0, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    released: int = cast(CursorResult[Any], result).rowcount
+    return released

@@ -25,7 +25,15 @@ OCTETH_NAMES = {
     "unsubscribed": "unsubscribe",
     "complained": "complaint",
 }
-EVENT_TYPES = ("accepted", "rejected", "deferred", "failed", "suppressed", *OCTETH_NAMES)
+EVENT_TYPES = (
+    "accepted",
+    "rejected",
+    "deferred",
+    "failed",
+    "held",
+    "suppressed",
+    *OCTETH_NAMES,
+)
 # Any accepted spelling (either vocabulary, any letter case) -> the stored type.
 _TYPE_OF = {name: name for name in EVENT_TYPES} | {o: t for t, o in OCTETH_NAMES.items()}
 

@@ -1,11 +1,11 @@
-"""Writing event rows: every stage of a delivery leaves one."""
+"""Writing event rows, with their daily counts: every stage of a delivery leaves one."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
@@ -24,15 +24,31 @@ DELIVERED = "delivered"
 BOUNCED = "bounced"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
-# ...and by tracking (commands.tracking); commands.inbox writes "complained".
+HELD = "held"  # parked after repeated unexpected failures (commands/delivery/outcomes.py)
+# ...and by tracking (commands.tracking); commands.delivery.inbox writes "complained".
 OPENED = "opened"
 CLICKED = "clicked"
 UNSUBSCRIBED = "unsubscribed"
 
 
+class MessageColumns(Protocol):
+    """What an event takes from its message (a Message row, or a row read with its columns)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def domain_id(self) -> int: ...
+    @property
+    def domain_name(self) -> str: ...
+    @property
+    def tags(self) -> str: ...
+
+
 def event_values(
     kind: str,
-    message: Any,
+    message: MessageColumns,
     delivery_id: int | None,
     recipient: str,
     now: datetime,
@@ -42,7 +58,7 @@ def event_values(
     text: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An event's column values; ``message`` is anything with the Message attributes."""
+    """An event's column values, to be written by ``write``."""
     return {
         "uid": new_uuid(),
         "type": kind,
@@ -62,6 +78,42 @@ def event_values(
     }
 
 
+_INSERT_EVENT = Direct(insert(Event))
+
+
+def write(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Write events given as ``event_values`` and add them to the daily counts, in the
+    connection's transaction: the one way Postern writes events.
+
+    One statement for the rows and one sorted upsert for their counts (models/event_counts.py),
+    so write a transaction's events together: concurrent writers then take the counters'
+    row locks in one order.
+    """
+    if rows:
+        _INSERT_EVENT.execute(conn, rows)
+        add_counts(conn, count_rows(SimpleNamespace(**row) for row in rows))
+
+
+insert_values = write  # the name the send path knows it by
+
+
+def record(
+    db: Session,
+    kind: str,
+    message: MessageColumns,
+    delivery: Delivery | None,
+    recipient: str,
+    now: datetime,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Write one event in the session's transaction (through ``write``); its values."""
+    values = event_values(
+        kind, message, delivery.id if delivery is not None else None, recipient, now, **kw
+    )
+    write(db.connection(), [values])
+    return values
+
+
 def event_row(
     kind: str,
     message: Message,
@@ -70,6 +122,8 @@ def event_row(
     now: datetime,
     **kw: Any,
 ) -> Event:
+    """An event as an ORM row, for a session to add (counted at commit by the session hook
+    of models/event_counts.py); ``record`` and ``write`` are what Postern itself uses."""
     row = Event(
         **event_values(
             kind, message, delivery.id if delivery is not None else None, recipient, now, **kw
@@ -78,31 +132,3 @@ def event_row(
     if delivery is not None and delivery.id is None:
         row.delivery = delivery  # not written yet: the flush fills delivery_id in
     return row
-
-
-def record(
-    db: Session,
-    kind: str,
-    message: Message,
-    delivery: Delivery | None,
-    recipient: str,
-    now: datetime,
-    **kw: Any,
-) -> Event:
-    row = event_row(kind, message, delivery, recipient, now, **kw)
-    db.add(row)
-    return row
-
-
-_INSERT_EVENT = Direct(insert(Event))
-
-
-def insert_values(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert events given as ``event_values`` with one Core statement, and count them.
-
-    For hot paths (a Direct statement): the unit of work costs more than the insert. Such
-    rows bypass the session hook of models/event_counts.py, so they are counted here.
-    """
-    if rows:
-        _INSERT_EVENT.execute(conn, rows)
-        add_counts(conn, count_rows(SimpleNamespace(**row) for row in rows))

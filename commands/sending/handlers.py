@@ -45,7 +45,8 @@ from models import Delivery, Domain, Message, User
 from models.base import new_uuid
 from models.direct import Direct
 from models.domains import ENABLED
-from models.messages import QUEUED, SUPPRESSED, pack_payload, raw_entry
+from models.messages import QUEUED, SUPPRESSED
+from models.payload import Composed, File, Payload, Person, Submitted, encode_payload
 from mta.addresses import belongs, normalise_address
 from mta.message import header_problem
 
@@ -401,19 +402,19 @@ def accept(
 ) -> dict[str, Any]:
     """Check a send, then store the message, a delivery and an event per recipient."""
     send = check_send(params, domain, ctx.config, ctx.now)
-    payload = {
-        "from": send.sender,
-        "to": [_person(r) for r in send.recipients if r.kind == "to"],
-        "cc": [_person(r) for r in send.recipients if r.kind == "cc"],
-        "reply_to": send.reply_to,
-        "subject": send.subject,
-        "html": send.html,
-        "text": send.text,
-        "headers": send.headers,
-        "attachments": send.attachments,
-        "track_links": send.track_links,
-        "track_opens": send.track_opens,
-    }
+    payload = Composed(
+        sender=Person(send.sender["email"], send.sender.get("name", "")),
+        to=tuple(Person(r.email, r.name) for r in send.recipients if r.kind == "to"),
+        cc=tuple(Person(r.email, r.name) for r in send.recipients if r.kind == "cc"),
+        reply_to=tuple(Person(p["email"], p.get("name", "")) for p in send.reply_to),
+        subject=send.subject,
+        html=send.html,
+        text=send.text,
+        headers=send.headers,
+        attachments=tuple(File(**a) for a in send.attachments),
+        track_links=send.track_links,
+        track_opens=send.track_opens,
+    )
     return store(
         ctx,
         domain,
@@ -458,11 +459,7 @@ def accept_raw(
             people.append(Recipient(address, "", "to"))
     subject = _decoded(headers["Subject"])[:1000]
     tags = [t.strip() for t in _decoded(headers["X-Postern-Tags"]).split(",") if t.strip()]
-    payload = {
-        **raw_entry(data),
-        "track_links": None,
-        "track_opens": None,
-    }
+    payload = Submitted(data)
     return store(
         ctx,
         domain,
@@ -496,7 +493,7 @@ def store(
     ctx: Context,
     domain: Domain,
     recipients: list[Recipient],
-    payload: dict[str, Any],
+    payload: Payload,
     *,
     source: str,
     from_email: str,
@@ -540,7 +537,7 @@ def store(
         "size": size,
         "send_at": send_at,
         "created_at": ctx.now,
-        "payload": pack_payload(payload),
+        "payload": encode_payload(payload),
     }
     # An indexed look-up: read in the write transaction, so a suppression added meanwhile
     # is seen (the write transaction begins here).
@@ -618,10 +615,6 @@ def write_message(
         for delivery_id, d in zip(ids, deliveries, strict=True)
     ]
     events.insert_values(conn, rows)
-
-
-def _person(r: Recipient) -> dict[str, str]:
-    return {"email": r.email, "name": r.name}
 
 
 class SendSchema(CommandSchema):

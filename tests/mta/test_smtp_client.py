@@ -6,11 +6,23 @@ import asyncio
 import random
 import socket
 import ssl
+import time
 
 import pytest
 
 from mta.eventloop import new_event_loop
-from mta.smtp_client import _LINE_END, ClientSettings, Envelope, Reply, _crlf, deliver
+from mta.smtp_client import (
+    _LINE_END,
+    CHUNK,
+    BuildLimit,
+    ClientSettings,
+    Envelope,
+    Reply,
+    _crlf,
+    _stuff,
+    _stuffed,
+    deliver,
+)
 from tests import smtppeer
 from tests.smtppeer import server_tls_context
 
@@ -45,8 +57,8 @@ def run(coroutine):
         return runner.run(coroutine)
 
 
-def send(peer, envelopes, addresses=("127.0.0.1",), **options):
-    return run(deliver(list(addresses), envelopes, settings(peer, **options)))
+def send(peer, envelopes, addresses=("127.0.0.1",), deadline=None, **options):
+    return run(deliver(list(addresses), envelopes, settings(peer, **options), deadline=deadline))
 
 
 def statuses(outcomes) -> list[str]:
@@ -120,6 +132,31 @@ def test_bare_line_feeds_are_sent_as_crlf(smtp_peer):
 )
 def test_line_ends_made_crlf_as_the_substitution_makes_them(data):
     assert _crlf(data) == _LINE_END.sub(b"\r\n", data)
+
+
+def test_a_large_message_is_stuffed_in_pieces_as_it_is_whole():
+    rng = random.Random(5)
+    for _ in range(30):
+        starts = [b"", b".", b"..", b". ", b"x"]
+        lines = [
+            rng.choice(starts) + b"y" * rng.randrange(3000) for _ in range(rng.randrange(40, 300))
+        ]
+        data = b"\r\n".join(lines) + rng.choice([b"", b"\r\n", b"\r\n.", b"\r\n.\r\n"])
+        pieces = list(_stuffed(data))
+        assert b"".join(pieces) == _stuff(data)
+        assert len(data) <= CHUNK or max(map(len, pieces)) < CHUNK + 6100
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_large_message_arrives_byte_exact(make_smtp_peer, pipelining):
+    """Every line begins with a dot, so every piece does."""
+    peer = make_smtp_peer(pipelining=pipelining)
+    line = b"." + b"x" * 900 + b"\r\n"
+    data = b"Subject: big\r\n\r\n" + line * (5 * CHUNK // len(line)) + b".\r\n..last"
+    outcomes = send(peer, [envelope(1, data=data), envelope(2)])
+    assert statuses(outcomes) == ["delivered", "delivered"]
+    assert peer.messages[0].data == data + b"\r\n"
+    assert peer.messages[1].data == MESSAGE
 
 
 def test_line_ends_made_crlf_on_random_mixes():
@@ -581,3 +618,224 @@ def test_reply_text():
     assert reply.text == "5.1.1 first second 5.1.2 third"
     assert str(reply) == "550 5.1.1 first second 5.1.2 third"
     assert str(Reply(250, ("",))) == "250"
+
+
+# -- builds and the deadline --------------------------------------------------------------
+
+
+def build_of(data: bytes, log: list, peer):
+    async def build() -> bytes:
+        log.append(len(peer.messages))  # how many were delivered when it was built
+        return data
+
+    return build
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_each_message_is_built_when_its_turn_comes(make_smtp_peer, pipelining):
+    peer = make_smtp_peer(pipelining=pipelining)
+    log: list[int] = []
+    envelopes = [
+        Envelope(f"b-{n}@sl.example.com", f"user{n}@example.net", build_of(MESSAGE, log, peer), n)
+        for n in range(3)
+    ]
+    outcomes = send(peer, envelopes)
+    assert statuses(outcomes) == ["delivered"] * 3
+    assert log == [0, 1, 2]  # one at a time, none before the one ahead was delivered
+    assert [m.data for m in peer.messages] == [MESSAGE] * 3
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_build_that_raises_fails_its_envelope_alone(make_smtp_peer, pipelining):
+    peer = make_smtp_peer(pipelining=pipelining)
+
+    async def broken() -> bytes:
+        raise KeyError("key1")
+
+    envelopes = [envelope(1), Envelope("b-2@sl.example.com", "user2@example.net", broken, 2)]
+    outcomes = send(peer, [*envelopes, envelope(3)])
+    assert statuses(outcomes) == ["delivered", "error", "delivered"]
+    assert (outcomes[1].ref, outcomes[1].code, outcomes[1].enhanced) == (2, None, "4.3.0")
+    assert outcomes[1].text == "KeyError: 'key1'"
+    assert [m.rcpt_tos for m in peer.messages] == [["user1@example.net"], ["user3@example.net"]]
+    assert len(peer.connections) == 1
+    assert b"user2" not in peer.connections[0].received  # nothing was sent for it
+
+
+def test_a_build_still_running_at_the_deadline_is_deferred(smtp_peer):
+    async def slow() -> bytes:
+        await asyncio.sleep(30)
+        return MESSAGE
+
+    late = Envelope("b-2@sl.example.com", "user2@example.net", slow, 2)
+    outcomes = send(smtp_peer, [envelope(1), late, envelope(3)], deadline=time.monotonic() + 1)
+    assert statuses(outcomes) == ["delivered", "deferred", "deferred"]
+    assert outcomes[1].text == "delivery deadline reached while building the message"
+    assert outcomes[2].text == "delivery deadline reached before it was sent"
+    assert outcomes[2].enhanced == "4.4.7"
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_the_deadline_ends_a_reply_that_does_not_come(make_smtp_peer, pipelining):
+    """The peer has the first message and holds its reply: deferred, for a message may come
+    twice but must never be lost; the data timeout (600 s) does not matter."""
+    peer = make_smtp_peer(pipelining=pipelining)
+    peer.hold_data(60, times=1)
+    deadline = time.monotonic() + 1
+    outcomes = send(peer, [envelope(1), envelope(2)], deadline=deadline, data_timeout=600)
+    assert statuses(outcomes) == ["deferred", "deferred"]
+    assert (outcomes[0].code, outcomes[0].enhanced) == (None, "4.4.7")
+    assert outcomes[0].text == (
+        "delivery deadline reached while waiting for the reply to the end of DATA"
+    )
+    assert outcomes[0].host == f"127.0.0.1:{peer.port}"
+    assert outcomes[1].text == "delivery deadline reached before it was sent"
+    assert len(peer.messages) == 1
+    assert b"QUIT" not in peer.connections[0].received  # the connection was dropped
+
+
+def test_the_deadline_ends_a_greeting_that_does_not_come():
+    listener = socket.socket()  # accepts at the TCP level (backlog) and never says a word
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        port = listener.getsockname()[1]
+        options = ClientSettings(helo_name="out.postern.test", port=port, command_timeout=60)
+        outcomes = run(
+            deliver(
+                ["127.0.0.1"], [envelope(1), envelope(2)], options, deadline=time.monotonic() + 0.5
+            )
+        )
+    finally:
+        listener.close()
+    assert statuses(outcomes) == ["deferred", "deferred"]
+    assert {o.text for o in outcomes} == {"delivery deadline reached while connecting"}
+    assert {o.enhanced for o in outcomes} == {"4.4.7"}
+
+
+def test_a_deadline_already_past_sends_nothing(smtp_peer):
+    outcomes = send(smtp_peer, [envelope(1)], deadline=time.monotonic() - 1)
+    assert statuses(outcomes) == ["deferred"]
+    assert outcomes[0].enhanced == "4.4.7"
+    assert smtp_peer.messages == []
+
+
+def test_a_deadline_that_is_not_reached_changes_nothing(smtp_peer):
+    outcomes = send(smtp_peer, [envelope(1), envelope(2)], deadline=time.monotonic() + 60)
+    assert statuses(outcomes) == ["delivered", "delivered"]
+    assert smtp_peer.connections[0].reads[-1] == b"QUIT\r\n"
+
+
+def test_the_build_limit_bounds_builds_and_bytes_held():
+    """Two builds at once; none begun while 10 bytes or more are built and not written."""
+
+    async def scenario() -> list[str]:
+        limit = BuildLimit(builds=2, held=10)
+        gates = {n: asyncio.Event() for n in range(5)}
+        started: list[int] = []
+        releases = []
+
+        def build(n: int):
+            async def make() -> bytes:
+                started.append(n)
+                await gates[n].wait()
+                return bytes([n]) * 6  # an object of its own
+
+            return make
+
+        async def built(n: int) -> None:
+            data, release = await limit.build(build(n))
+            releases.append(release)
+
+        async def settle() -> None:  # let every task run until it waits again
+            for _ in range(50):
+                await asyncio.sleep(0)
+
+        tasks = [asyncio.ensure_future(built(n)) for n in range(5)]
+        await settle()
+        steps = [f"started {started}"]
+        gates[0].set()
+        gates[1].set()
+        await settle()  # 12 bytes held: nothing more begins
+        steps.append(f"started {started}, held {limit.holding}")
+        releases[0]()
+        releases[0]()  # once only
+        await settle()  # 6 held: two more begin
+        steps.append(f"started {started}, held {limit.holding}")
+        for n in range(2, 5):
+            gates[n].set()
+        releases[1]()
+        await settle()
+        releases[2]()
+        releases[3]()
+        await asyncio.gather(*tasks)
+        steps.append(f"started {started}, held {limit.holding}, building {limit.building}")
+        return steps
+
+    assert run(scenario()) == [
+        "started [0, 1]",
+        "started [0, 1], held 12",
+        "started [0, 1, 2, 3], held 6",
+        "started [0, 1, 2, 3, 4], held 6, building 0",
+    ]
+
+
+def test_a_message_shared_by_recipients_is_counted_once():
+    async def scenario() -> list[int]:
+        limit = BuildLimit(builds=4, held=10)
+        shared = b"x" * 8
+
+        async def make() -> bytes:
+            return shared
+
+        _, first = await limit.build(make)
+        _, second = await limit.build(make)
+        counts = [limit.holding]
+        first()
+        counts.append(limit.holding)  # the other recipient still holds it
+        second()
+        counts.append(limit.holding)
+        return counts
+
+    assert run(scenario()) == [8, 8, 0]
+
+
+def test_a_message_slow_to_be_written_stops_counting():
+    async def scenario() -> tuple[int, int]:
+        limit = BuildLimit(builds=1, held=1, slow=0.05)
+
+        async def make() -> bytes:
+            return b"big"
+
+        await limit.build(make)  # never released: its destination is stuck
+        await limit.build(make)  # begins once the first has been held 0.05 s
+        return limit.holding, limit.building
+
+    assert run(scenario()) == (3, 0)
+
+
+def test_a_shared_build_limit_is_handed_back_on_every_path(make_smtp_peer):
+    """Delivered, bounced, refused without sending, and a raising build: nothing stays held."""
+    peer = make_smtp_peer(pipelining=True, size_limit=1000)
+    peer.fail_rcpt("user2@example.net", 550, "5.1.1 No such user")
+    limit = BuildLimit(builds=1, held=1)
+
+    def built(data: bytes):
+        async def make() -> bytes:
+            return data
+
+        return make
+
+    async def broken() -> bytes:
+        raise OSError("no key")
+
+    envelopes = [
+        Envelope("b@sl.example.com", f"user{n}@example.net", build, n)
+        for n, build in enumerate(
+            [built(MESSAGE), built(MESSAGE), built(MESSAGE * 100), broken, built(MESSAGE)],
+            start=1,
+        )
+    ]
+    outcomes = run(deliver(["127.0.0.1"], envelopes, settings(peer), limit=limit))
+    assert statuses(outcomes) == ["delivered", "bounced", "bounced", "error", "delivered"]
+    assert (limit.holding, limit.building) == (0, 0)

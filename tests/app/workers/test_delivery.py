@@ -272,9 +272,7 @@ def test_send_at_is_not_sent_early(send, mx, worker_for, database, clock):
 
 
 def test_a_dead_workers_claim_is_taken_up_after_the_timeout(send, mx, worker_for, database, clock):
-    import asyncio
-
-    from mta.smtp_client import Outcome
+    from commands.delivery.outcomes import Result
 
     ids = [send(to=f"r{i}@dest.example") for i in range(5)]
     dead = worker_for(mx)
@@ -286,17 +284,14 @@ def test_a_dead_workers_claim_is_taken_up_after_the_timeout(send, mx, worker_for
     taken = alive.claim()
     assert len(taken) == 5
     # The dead worker's late answer arrives while the claim is the other worker's: ignored.
-    dead.record(
-        stale, [Outcome(j.delivery_id, "bounced", 550, "5.1.1", "late", None) for j in stale], {}
-    )
+    dead.commit([Result(j.delivery_id, "bounced", 550, "5.1.1", "late") for j in stale])
     for message_id in ids:
         d = deliveries(database, message_id)[0]
         assert (d.status, d.claimed_by) == ("sending", alive.worker_id)
     with database.transaction(readonly=True) as s:
         assert s.scalars(select(Event).where(Event.type == "bounced")).all() == []
         assert s.scalars(select(Suppression)).all() == []
-    envelopes, failures = alive.prepare(taken)
-    alive.record(taken, asyncio.run(alive.send(taken, envelopes)), failures)
+    alive.commit(alive.handle(taken))
     assert sorted(m.rcpt_tos[0] for m in mx.messages) == [f"r{i}@dest.example" for i in range(5)]
     for message_id in ids:
         assert deliveries(database, message_id)[0].status == "delivered"
@@ -400,26 +395,32 @@ def test_messages_built_on_several_processes(send, mx, worker_for, database, dns
     assert subjects == {f"n{i}" for i in range(12)}
 
 
-def test_a_drained_queue_is_sent_at_once_and_then_looked_at_after_the_poll_interval(
-    send, mx, worker_for, database
-):
-    """A claim that takes less than a full batch is seen through at once, and the next look
-    at the queue waits poll_interval (mail arriving meanwhile is then claimed together),
-    instead of claiming again while the batch is out."""
-    worker = worker_for(mx, delivery__poll_interval=0.3, delivery__batch_size=10)
+def recorded_steps(worker):
+    """Record the worker's claims and commits, with their sizes and times."""
     steps = []
-    claim, finish = worker.claim, worker._finish
+    claim, commit = worker.claim, worker.commit
 
     def recorded_claim(limit=None):
         jobs = claim(limit)
         steps.append(("claim", len(jobs), time.monotonic()))
         return jobs
 
-    def recorded_finish(jobs, prepared):
-        finish(jobs, prepared)
-        steps.append(("finish", len(jobs), time.monotonic()))
+    def recorded_commit(results):
+        commit(results)
+        steps.append(("commit", len(results), time.monotonic()))
 
-    worker.claim, worker._finish = recorded_claim, recorded_finish
+    worker.claim, worker.commit = recorded_claim, recorded_commit
+    worker.runner.batches = worker  # the runner calls the recorded steps
+    return steps
+
+
+def test_a_drained_queue_is_sent_at_once_and_then_looked_at_after_the_poll_interval(
+    send, mx, worker_for, database
+):
+    """A claim that takes less than a full batch is seen through at once, and the next look
+    at the queue waits poll_interval (mail arriving meanwhile is then claimed together)."""
+    worker = worker_for(mx, delivery__poll_interval=0.3, delivery__batch_size=10)
+    steps = recorded_steps(worker)
     ids = [send(to=f"r{i}@dest.example") for i in range(3)]
     thread = threading.Thread(target=worker.run)
     thread.start()
@@ -430,8 +431,31 @@ def test_a_drained_queue_is_sent_at_once_and_then_looked_at_after_the_poll_inter
         worker.stop()
         thread.join(10)
     (first, n1, _), (second, n2, finished), (third, n3, looked) = steps[:3]
-    assert (first, n1, second, n2, third, n3) == ("claim", 3, "finish", 3, "claim", 0)
+    assert (first, n1, second, n2, third, n3) == ("claim", 3, "commit", 3, "claim", 0)
     assert looked - finished >= 0.25
+
+
+def test_a_worker_claims_the_next_batch_only_once_the_last_is_recorded(
+    send, mx, worker_for, database
+):
+    """No claim ahead: the worker never holds claimed deliveries it is not working on. Full
+    batches are followed by the next claim at once, without waiting."""
+    worker = worker_for(mx, delivery__poll_interval=5, delivery__batch_size=2)
+    steps = recorded_steps(worker)
+    ids = [send(to=f"r{i}@dest.example") for i in range(5)]
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: all(deliveries(database, m)[0].status == "delivered" for m in ids), 10)
+        wait_for(lambda: len(steps) >= 6, 2)
+    finally:
+        worker.stop()
+        thread.join(10)
+    kinds = [(kind, n) for kind, n, _ in steps[:6]]
+    assert kinds == [("claim", 2), ("commit", 2), ("claim", 2), ("commit", 2), ("claim", 1)] + [
+        ("commit", 1)
+    ]
+    assert len(mx.messages) == 5
 
 
 def wait_for(condition, seconds):
