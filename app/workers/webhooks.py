@@ -1,9 +1,10 @@
 """The webhook sender: claims due webhook deliveries, posts them signed, records each attempt.
 
-It runs in every ``postern worker`` (and so in ``postern serve``), on a thread of its own
-with its own asyncio loop: it fans new events out into deliveries, claims as many due
-deliveries as it has free slots (``webhooks.concurrency``), posts them with httpx, and
-records each attempt in a transaction of its own.
+It runs in every ``postern worker`` (and so in ``postern serve``), on a thread of its own, in
+the workers' shared loop (app/workers/runner.py): each round fans new events out into
+deliveries, claims up to ``webhooks.concurrency`` due deliveries, posts them all at once with
+httpx on the thread's own asyncio loop, and records each attempt in a transaction of its
+own. The database work is the gateway's (commands/webhooks/queue.py).
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 
-from app.workers.delivery import new_worker_id
+from app.workers.runner import Runner, new_worker_id
 from app.workers.webhook_client import Refused, response_snippet, webhook_client
 from commands.webhooks.fanout import fan_out
 from commands.webhooks.payload import signature_headers
@@ -59,8 +58,17 @@ class WebhookSender:
         self.box = box
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._aio: tuple[asyncio.Runner, httpx.AsyncClient] | None = None  # while it runs
+        self._next_prune = time.monotonic() + PRUNE_EVERY / 10
+        c = config.webhooks
+        self.runner: Runner[Post | Attempt, Attempt] = Runner(
+            self,
+            batch_size=c.concurrency,
+            poll_interval=c.poll_interval,
+            log=log,
+            worker_id=self.worker_id,
+        )
 
     # -- the queue (commands/webhooks/) ---------------------------------------------------
 
@@ -74,13 +82,8 @@ class WebhookSender:
             self.db, now=self.clock(), keep_days=self.config.webhooks.keep_days, chunk=chunk
         )
 
-    def claim(self, limit: int) -> list[Post | Attempt]:
-        """Take up to ``limit`` due deliveries; nobody else posts them until the claim ends.
-
-        The claim lasts as long as the POSTs may take (``limit`` of them,
-        ``webhooks.concurrency`` at a time) and a margin. A delivery that cannot be posted
-        comes back as its failed Attempt, and the others are posted.
-        """
+    def claim_due(self, limit: int) -> list[Post | Attempt]:
+        """Take up to ``limit`` due deliveries (see ``claim``)."""
         c = self.config.webhooks
         rounds = max(1, math.ceil(limit / c.concurrency))
         return claim_deliveries(
@@ -147,31 +150,67 @@ class WebhookSender:
         duration = int((time.monotonic() - started) * 1000)
         return Attempt(job.delivery_id, at, code, duration, error, final)
 
-    async def post_all(self, jobs: list[Post | Attempt]) -> list[Attempt]:
-        """Post every claimed delivery, at most ``webhooks.concurrency`` at once."""
+    async def post_all(
+        self, jobs: Sequence[Post | Attempt], client: httpx.AsyncClient | None = None
+    ) -> list[Attempt]:
+        """Post every claimed delivery, at most ``webhooks.concurrency`` at once, with
+        ``client`` (or a client of this call's own)."""
+        if client is None:
+            async with webhook_client(self.config) as own:
+                return await self.post_all(jobs, own)
         slots = asyncio.Semaphore(self.config.webhooks.concurrency)
 
-        async def one(client: httpx.AsyncClient, job: Post | Attempt) -> Attempt:
+        async def one(job: Post | Attempt) -> Attempt:
             if isinstance(job, Attempt):
                 return job
             async with slots:
                 return await self.post(client, job)
 
-        async with webhook_client(self.config) as client:
-            return list(await asyncio.gather(*(one(client, j) for j in jobs)))
+        return list(await asyncio.gather(*(one(j) for j in jobs)))
 
-    # -- running ------------------------------------------------------------------------
+    # -- running (the runner's Batches) ----------------------------------------------------
+
+    def claim(self, limit: int) -> list[Post | Attempt]:
+        """Fan new events out, delete old deliveries when it is time, and take up to ``limit``
+        due deliveries; nobody else posts them until the claim ends.
+
+        The claim lasts as long as the POSTs may take (``limit`` of them,
+        ``webhooks.concurrency`` at a time) and a margin. A delivery that cannot be posted
+        comes back as its failed Attempt, and the others are posted.
+        """
+        try:
+            while self.fan_out() >= self.config.webhooks.batch_size:
+                pass
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_EVERY
+                self.prune()
+        except Exception:  # noqa: BLE001 - deliveries already made are still posted
+            log.exception("webhook fan-out failed", extra={"worker": self.worker_id})
+        return self.claim_due(limit)
+
+    def handle(self, items: Sequence[Post | Attempt]) -> list[Attempt]:
+        """Post the claimed deliveries, at most ``webhooks.concurrency`` at once; an attempt
+        for each (a delivery that could not be prepared keeps its own)."""
+        if self._aio is None:  # outside the running thread: a loop and a client for this call
+            return asyncio.run(self.post_all(items))
+        aio, client = self._aio
+        return aio.run(self.post_all(items, client))
+
+    def failed(self, item: Post | Attempt, error: BaseException) -> Attempt:
+        """The attempt of a delivery whose batch could not be posted."""
+        if isinstance(item, Attempt):
+            return item
+        return internal_error(item.delivery_id, self.clock(), "posting", error)
+
+    def commit(self, outcomes: Sequence[Attempt]) -> None:
+        """Record each attempt in a transaction of its own: one that cannot be recorded is
+        posted again when its claim runs out, and the others are recorded."""
+        for attempt in outcomes:
+            self.record_safely(attempt)
 
     def run_once(self) -> int:
-        """Fan out, then claim, post and record one round; the number of POSTs made."""
-        while self.fan_out() >= self.config.webhooks.batch_size:
-            pass
-        jobs = self.claim(self.config.webhooks.concurrency)
-        if not jobs:
-            return 0
-        for attempt in asyncio.run(self.post_all(jobs)):
-            self.record_safely(attempt)
-        return len(jobs)
+        """Fan out, then claim, post and record one round; the number of deliveries handled."""
+        return self.runner.run_once()
 
     def start(self) -> None:
         """Run in a thread of its own until stop()."""
@@ -179,68 +218,23 @@ class WebhookSender:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop after the round in hand (its POSTs are finished and recorded)."""
+        self.runner.stop()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        """The runner's loop, with an asyncio loop and an HTTP client kept for its whole life
+        (connections to receivers are kept alive from one round to the next)."""
         log.info("webhook sender started", extra={"worker": self.worker_id})
-        try:
-            asyncio.run(self._serve())
-        except Exception:  # pragma: no cover - _serve handles its own errors
-            log.exception("webhook sender stopped on an error", extra={"worker": self.worker_id})
+        with asyncio.Runner() as aio:
+            client = webhook_client(self.config)
+            self._aio = (aio, client)
+            try:
+                self.runner.run()
+            finally:
+                self._aio = None
+                aio.run(client.aclose())
         log.info("webhook sender stopped", extra={"worker": self.worker_id})
-
-    async def _serve(self) -> None:
-        """Keep ``webhooks.concurrency`` POSTs in flight while there is work; on stop, finish
-        the POSTs in hand and record them. Database work runs on one thread of its own, so
-        the loop goes on with the POSTs meanwhile."""
-        c = self.config.webhooks
-        loop = asyncio.get_running_loop()
-        database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-webhooks-db")
-
-        def in_db(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-            return loop.run_in_executor(database, fn, *args)
-
-        async def deliver(client: httpx.AsyncClient, job: Post | Attempt) -> None:
-            attempt = job if isinstance(job, Attempt) else await self.post(client, job)
-            await in_db(self.record_safely, attempt)
-
-        in_flight: set[asyncio.Task[None]] = set()
-        next_fan_out = 0.0
-        next_prune = time.monotonic() + PRUNE_EVERY / 10
-        try:
-            async with webhook_client(self.config) as client:
-                while not self._stop.is_set():
-                    busy = False
-                    try:
-                        if time.monotonic() >= next_fan_out:
-                            read = await in_db(self.fan_out)
-                            busy = read >= c.batch_size
-                            next_fan_out = time.monotonic() + (0 if busy else c.poll_interval)
-                        if time.monotonic() >= next_prune:
-                            next_prune = time.monotonic() + PRUNE_EVERY
-                            await in_db(self.prune)
-                        free = c.concurrency - len(in_flight)
-                        jobs = await in_db(self.claim, free) if free > 0 else []
-                    except Exception:  # noqa: BLE001 - a database hiccup must not end the sender
-                        log.exception("webhook sender loop error", extra={"worker": self.worker_id})
-                        jobs = []
-                    for job in jobs:
-                        task = asyncio.create_task(deliver(client, job))
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
-                    if busy or (jobs and len(jobs) == free):
-                        continue
-                    if in_flight:
-                        await asyncio.wait(
-                            in_flight, timeout=c.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    else:
-                        await asyncio.sleep(c.poll_interval)
-                if in_flight:
-                    await asyncio.wait(in_flight)
-        finally:
-            database.shutdown()
