@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,7 +67,9 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
             socket_options=socket_options,
         )
 
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("webhooks are not posted to Unix sockets")
 
     async def sleep(self, seconds: float) -> None:
@@ -74,7 +77,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
 
 
 @contextmanager
-def _httpx_errors():
+def _httpx_errors() -> Iterator[None]:
     """httpcore's exceptions as the httpx ones of the same name (httpx.TransportError else)."""
     try:
         yield
@@ -88,7 +91,7 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __init__(self, inner: Any):
         self._inner = inner
 
-    async def __aiter__(self):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         with _httpx_errors():
             async for part in self._inner:
                 yield part

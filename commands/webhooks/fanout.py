@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,8 @@ CURSOR_ID = 1
 MAX_GAPS = 10_000
 _CHUNK = 500  # ids per IN (...) list
 
+# An event as the fan-out reads it: _COLUMNS.
+EventRow = Row[int, str, str, datetime, int, int]
 _COLUMNS = (
     Event.id,
     Event.uid,
@@ -128,16 +130,16 @@ def _locked_cursor(s: Session, backend: str) -> WebhookCursor | None:
     return cursor
 
 
-def _events_by_id(s: Session, ids: Iterable[int]) -> list:
+def _events_by_id(s: Session, ids: Iterable[int]) -> list[EventRow]:
     wanted = sorted(ids)
-    found: list = []
+    found: list[EventRow] = []
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
         found += s.execute(select(*_COLUMNS).where(Event.id.in_(chunk)).order_by(Event.id))
     return found
 
 
-def _create_deliveries(s: Session, events: list, now: datetime) -> int:
+def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int:
     """A pending delivery per event and matching webhook; the number created."""
     relevant = [e for e in events if e.type in WEBHOOK_EVENTS]
     if not relevant:

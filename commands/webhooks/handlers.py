@@ -123,7 +123,7 @@ class AddWebhookSchema(CommandSchema):
 
 
 @command("EmailGateway.AddWebhook", schema=AddWebhookSchema, auth=Auth.USER, error_list=True)
-def add_webhook_command(ctx: Context, DomainID: int, Event: Any, WebhookURL: str) -> dict:
+def add_webhook_command(ctx: Context, DomainID: int, Event: Any, WebhookURL: str) -> dict[str, Any]:
     events = parse_events(Event)
     if events is None:
         raise CommandError(3, "Invalid event type specified")

@@ -58,7 +58,9 @@ def standard_webhooks_secret(signing_key: str) -> str:
     return "whsec_" + base64.b64encode(_key_bytes(signing_key)).decode()
 
 
-def signature_headers(signing_key: str, message_id: str, timestamp: int, body: bytes) -> dict:
+def signature_headers(
+    signing_key: str, message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
     """The signing headers of one POST.
 
     ``X-Postern-Signature: t=<timestamp>,v1=<hex>``: HMAC-SHA256 of ``"<t>.<body>"`` keyed

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from app.workers.webhooks import WebhookSender
 from commands.events import writer as events
 from commands.webhooks.fanout import fan_out
-from models import Delivery, Message, WebhookAttempt, WebhookDelivery
+from models import Delivery, Domain, Event, Message, WebhookAttempt, WebhookDelivery
 from tests import httpreceiver, smtppeer
 from tests.app.workers.test_worker_processes import start_worker, worker_env
 from tests.httpreceiver import assert_signed
@@ -504,3 +504,90 @@ def test_a_real_worker_posts_the_delivered_event_signed(
     assert (payload["event"], payload["message_id"]) == ("delivered", msg)
     assert payload["details"]["smtp_code"] == 250
     assert '"webhook sender started"' in (tmp_path / "worker.log").read_text()
+
+
+# -- one failing delivery is isolated -------------------------------------------------------
+
+
+def _break_signing_key(database, box, domain_id, event_id, text="not a Fernet token"):
+    with database.transaction() as s:
+        s.get(Domain, domain_id).signing_key_encrypted = text
+
+
+def _break_key_text(database, box, domain_id, event_id):
+    # It decrypts, but is no key: signing the POST fails.
+    _break_signing_key(database, box, domain_id, event_id, box.encrypt("not hex"))
+
+
+def _break_event(database, box, domain_id, event_id):
+    with database.transaction() as s:
+        s.get(Event, event_id).details = "{not json"
+
+
+BREAKAGES = {
+    "undecryptable signing key": (_break_signing_key, "decrypting the signing key: ValueError"),
+    "signing key not hex": (_break_key_text, "signing the POST: ValueError"),
+    "unreadable event": (_break_event, "building the body: JSONDecodeError"),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_one_failing_delivery_is_retried_then_failed_alone(
+    breakage, api, user, make_user, domain, active_domain, hook, message, emit, sender_for,
+    http_receiver, database, box, clock,
+):  # fmt: skip
+    break_it, reason = BREAKAGES[breakage]
+    mallory = make_user("mallory")
+    theirs = active_domain("other.example", key=mallory.api_key)
+    hook(domain, "delivered", http_receiver.url("/mine"))
+    hook(theirs, "delivered", http_receiver.url("/theirs"), key=mallory.api_key)
+    good = [emit(message(), "delivered")[1] for _ in range(2)]
+    bad_id, bad_uid = emit(message(theirs), "delivered")
+    good += [emit(message(), "delivered")[1] for _ in range(2)]
+    break_it(database, box, theirs.id, bad_id)
+    sender = sender_for()  # one batch holds all five
+    posts = 0
+    for _ in range(10):  # the failing one's retries, on the schedule
+        posts += sender.run_once()
+        clock.advance(days=1)
+    assert posts == 4 + 3  # each good one once; the failing one three times, then no more
+
+    got = Counter(r.json()["id"] for r in http_receiver.requests)
+    assert got == dict.fromkeys(good, 1)
+    by_uid = {d.event_uid: d for d in deliveries(database)}
+    assert {(by_uid[u].status, by_uid[u].attempts) for u in good} == {("succeeded", 1)}
+
+    listed = api("EmailGateway.GetWebhookDeliveries", APIKey=mallory.api_key, DomainID=theirs.id)
+    (d,) = listed["Deliveries"]
+    assert (d["EventID"], d["Status"], d["AttemptCount"]) == (bad_uid, "failed", 3)
+    assert d["NextAttemptDate"] is None and d["LastStatusCode"] is None
+    errors = [a["Error"] for a in d["Attempts"]]
+    assert errors == [f"Internal error {reason}"] * 3
+    assert d["LastError"] == f"Internal error {reason} (given up after 3 internal errors)"
+
+
+def test_the_running_sender_posts_the_batch_mates_of_a_failing_delivery(
+    domain, active_domain, make_user, hook, message, emit, sender_for, http_receiver, database,
+    box,
+):  # fmt: skip
+    mallory = make_user("mallory")
+    theirs = active_domain("other.example", key=mallory.api_key)
+    hook(domain, "delivered", http_receiver.url("/mine"))
+    hook(theirs, "delivered", http_receiver.url("/theirs"), key=mallory.api_key)
+    bad_id, _ = emit(message(theirs), "delivered")
+    good = {emit(message(), "delivered")[1] for _ in range(3)}
+    _break_signing_key(database, box, theirs.id, bad_id)
+    sender = sender_for(webhooks__poll_interval=0.05)
+    sender.start()
+    try:
+        http_receiver.wait_for(3, timeout=60)
+        wait_until(lambda: sorted(d.attempts for d in deliveries(database)) == [1, 1, 1, 1])
+    finally:
+        sender.stop()
+        sender.join(60)
+    assert {r.json()["id"] for r in http_receiver.requests} == good
+    (bad,) = [d for d in deliveries(database) if d.domain_id == theirs.id]
+    assert (bad.status, bad.last_error) == (
+        "pending",
+        "Internal error decrypting the signing key: ValueError",
+    )

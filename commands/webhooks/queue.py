@@ -1,0 +1,310 @@
+"""The webhook delivery queue: claim due deliveries, prepare their POSTs, record each attempt.
+
+The webhook sender (app/workers/webhooks.py) holds the loop and the HTTP posting; the
+database work is here. Each delivery is prepared and recorded on its own: a delivery that
+cannot be prepared (its signing key does not decrypt, its event cannot be read) comes back
+as a failed ``Attempt`` of its own while the others of its claim are posted, and is retried
+on ``webhooks.retry_schedule`` until ``GIVE_UP_AFTER`` such internal errors fail it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+
+from commands.webhooks.payload import event_body
+from core.crypto import SecretBox
+from models import Database, Domain, Event, WebhookAttempt, WebhookDelivery
+from models.webhooks import FAILED, PENDING, SUCCEEDED
+
+log = logging.getLogger("postern.webhooks")
+
+MAX_ERROR = 1000  # characters of an error kept with an attempt
+INTERNAL_ERROR = "Internal error"  # how the attempt log starts an error of Postern's own
+GIVE_UP_AFTER = 3  # internal errors of one delivery after which it is failed
+
+
+@dataclass(frozen=True)
+class Post:
+    """A claimed delivery, ready to post."""
+
+    delivery_id: int
+    url: str
+    message_id: str  # the event's uid: webhook-id, the same on every retry
+    body: bytes
+    signing_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one POST went (or why a claimed delivery could not be posted)."""
+
+    delivery_id: int
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    final: bool = False  # not worth retrying (a refused address, a vanished event)
+    internal: bool = False  # an unexpected error of Postern's, not the receiver's answer
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def internal_error(
+    delivery_id: int, at: datetime, doing: str, exc: BaseException, duration_ms: int = 0
+) -> Attempt:
+    """The attempt of a delivery that failed on an unexpected exception while ``doing``.
+
+    Its text names the step and the exception's type only: an exception's message may
+    hold a secret or an address.
+    """
+    error = f"{INTERNAL_ERROR} {doing}: {type(exc).__name__}"
+    return Attempt(delivery_id, at, None, duration_ms, error, internal=True)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A delivery after an attempt was recorded: what follows for it."""
+
+    delivery_id: int
+    status: str  # PENDING (retried at due_at), SUCCEEDED or FAILED
+    attempts: int
+    due_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery taken by one sender: what its POST is made from."""
+
+    delivery_id: int
+    url: str
+    event_id: int
+    event_name: str
+    domain_id: int
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The events and encrypted signing keys a claim's POSTs are made from."""
+
+    events: dict[int, Event]
+    keys: dict[int, str]  # domain id: signing key, encrypted
+
+
+def claim_deliveries(
+    db: Database,
+    box: SecretBox,
+    *,
+    worker_id: str,
+    now: datetime,
+    limit: int,
+    hold: timedelta,
+) -> list[Post | Attempt]:
+    """Take up to ``limit`` due deliveries for ``hold``; each as its Post, or as its failed
+    Attempt when it cannot be posted (to be recorded like any other)."""
+    claimed = claim(db, worker_id=worker_id, now=now, limit=limit, hold=hold)
+    if not claimed:
+        return []
+    try:
+        sources: Sources | None = read_sources(db, claimed)
+    except Exception:  # noqa: BLE001 - read each delivery's on its own, below
+        log.exception("webhook deliveries not read together", extra={"count": len(claimed)})
+        sources = None
+    return [prepare(item, sources, db, box, now) for item in claimed]
+
+
+def claim(
+    db: Database, *, worker_id: str, now: datetime, limit: int, hold: timedelta
+) -> list[Claimed]:
+    """Mark up to ``limit`` due deliveries as ``worker_id``'s until ``now + hold``.
+
+    As the delivery worker's claim: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB,
+    the write lock on SQLite, and due_at moved past the time the POSTs may take, so the
+    deliveries of a process that died are taken up again after it.
+    """
+    with db.transaction() as s:
+        query = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.due_at <= now, WebhookDelivery.status == PENDING)
+            .order_by(WebhookDelivery.due_at)
+            .limit(limit)
+        )
+        ids = list(s.scalars(db.skip_locked(query)))
+        if not ids:
+            return []
+        s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(ids))
+            .values(claimed_by=worker_id, due_at=now + hold)
+        )
+        rows = s.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.url,
+                WebhookDelivery.event_id,
+                WebhookDelivery.event_name,
+                WebhookDelivery.domain_id,
+            )
+            .where(WebhookDelivery.id.in_(ids))
+            .order_by(WebhookDelivery.id)
+        )
+        return [Claimed(*row) for row in rows]
+
+
+def read_sources(db: Database, items: Iterable[Claimed]) -> Sources:
+    """The events and signing keys of ``items``, in one read."""
+    items = list(items)
+    with db.transaction(readonly=True) as s:
+        events = {
+            e.id: e
+            for e in s.scalars(select(Event).where(Event.id.in_({i.event_id for i in items})))
+        }
+        keys = {
+            domain_id: encrypted
+            for domain_id, encrypted in s.execute(
+                select(Domain.id, Domain.signing_key_encrypted).where(
+                    Domain.id.in_({i.domain_id for i in items})
+                )
+            )
+        }
+    return Sources(events, keys)
+
+
+def prepare(
+    item: Claimed, sources: Sources | None, db: Database, box: SecretBox, now: datetime
+) -> Post | Attempt:
+    """``item``'s Post; its failed Attempt when it cannot be made. Never raises.
+
+    ``sources`` None means they could not be read for the whole claim: ``item``'s own are
+    read alone.
+    """
+    doing = "reading its event and signing key"
+    try:
+        if sources is None:
+            sources = read_sources(db, [item])
+        event = sources.events.get(item.event_id)
+        encrypted = sources.keys.get(item.domain_id)
+        if event is None or encrypted is None:
+            return Attempt(item.delivery_id, now, None, 0, "The event or its domain is gone", True)
+        doing = "decrypting the signing key"
+        key = box.decrypt(encrypted)
+        doing = "building the body"
+        body = event_body(event, item.event_name)
+    except Exception as exc:  # noqa: BLE001 - recorded with the delivery, retried, never dropped
+        log.exception("webhook delivery not prepared", extra={"delivery": item.delivery_id})
+        return internal_error(item.delivery_id, now, doing, exc)
+    return Post(item.delivery_id, item.url, event.uid, body, key)
+
+
+def record_attempt(
+    db: Database,
+    attempt: Attempt,
+    *,
+    worker_id: str,
+    now: datetime,
+    retry_schedule: Sequence[float],
+) -> Recorded | None:
+    """Log the attempt and decide what follows, in one transaction: succeeded; failed (a
+    final error, the schedule run out, or ``GIVE_UP_AFTER`` internal errors); else retried
+    after the schedule's next delay. None when the delivery is no longer ``worker_id``'s
+    (deleted with its webhook, or its claim ran out): it is left alone."""
+    with db.transaction() as s:
+        query = select(WebhookDelivery).where(
+            WebhookDelivery.id == attempt.delivery_id,
+            WebhookDelivery.claimed_by == worker_id,
+            WebhookDelivery.status == PENDING,
+        )
+        if db.backend != "sqlite":
+            query = query.with_for_update()
+        delivery = s.scalar(query)
+        if delivery is None:
+            return None
+        internal_errors = 0
+        if attempt.internal:
+            internal_errors = 1 + (
+                s.scalar(
+                    select(func.count())
+                    .select_from(WebhookAttempt)
+                    .where(
+                        WebhookAttempt.delivery_id == delivery.id,
+                        WebhookAttempt.error.startswith(INTERNAL_ERROR),
+                    )
+                )
+                or 0
+            )
+        error = attempt.error[:MAX_ERROR] if attempt.error else None
+        s.add(
+            WebhookAttempt(
+                delivery_id=delivery.id,
+                attempted_at=attempt.at,
+                status_code=attempt.status_code,
+                duration_ms=attempt.duration_ms,
+                error=error,
+            )
+        )
+        delivery.attempts += 1
+        delivery.last_status_code = attempt.status_code
+        delivery.last_error = error
+        delivery.claimed_by = None
+        delivery.updated_at = now
+        if attempt.ok:
+            delivery.status, delivery.due_at = SUCCEEDED, None
+        elif attempt.final or delivery.attempts > len(retry_schedule):
+            delivery.status, delivery.due_at = FAILED, None
+        elif internal_errors >= GIVE_UP_AFTER:
+            delivery.status, delivery.due_at = FAILED, None
+            delivery.last_error = f"{error} (given up after {internal_errors} internal errors)"
+        else:
+            delay = retry_schedule[delivery.attempts - 1] * random.uniform(0.9, 1.1)  # noqa: S311
+            delivery.due_at = now + timedelta(seconds=delay)
+        if delivery.status == FAILED:
+            log.warning(
+                "webhook delivery failed",
+                extra={
+                    "delivery": delivery.id,
+                    "attempts": delivery.attempts,
+                    "error": delivery.last_error,
+                },
+            )
+        return Recorded(
+            delivery.id, delivery.status, delivery.attempts, delivery.due_at, delivery.last_error
+        )
+
+
+def prune_deliveries(db: Database, *, now: datetime, keep_days: int, chunk: int = 1000) -> int:
+    """Delete finished deliveries (and their attempts) last changed more than ``keep_days``
+    ago, ``chunk`` at a time, each chunk in a transaction of its own; the number deleted.
+    ``keep_days`` 0 keeps them all."""
+    if not keep_days:
+        return 0
+    cutoff = now - timedelta(days=keep_days)
+    deleted = 0
+    while True:
+        with db.transaction() as s:
+            ids = list(
+                s.scalars(
+                    select(WebhookDelivery.id)
+                    .where(
+                        WebhookDelivery.status.in_((SUCCEEDED, FAILED)),
+                        WebhookDelivery.updated_at < cutoff,
+                    )
+                    .limit(chunk)
+                )
+            )
+            if ids:
+                s.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+                s.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+        deleted += len(ids)
+        if len(ids) < chunk:
+            break
+    if deleted:
+        log.info("old webhook deliveries deleted", extra={"count": deleted})
+    return deleted
