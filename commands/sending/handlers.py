@@ -40,6 +40,13 @@ from mta.addresses import belongs, normalise_address
 from mta.message import header_block_problem
 
 
+def _inserted_id(conn: Connection, delivery: dict[str, Any]) -> int:
+    """Insert one delivery; its id (RETURNING, or the driver's last row id)."""
+    row = _INSERT_DELIVERY.first(conn, delivery)
+    assert row is not None, "an INSERT ... RETURNING returns its row"
+    return int(row[0])
+
+
 def _fail(code: int, text: str) -> CommandError:
     return CommandError(code, text)
 
@@ -177,14 +184,17 @@ def store(
         period = ctx.config.sending.quota_period
         start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
         with ctx.read() as s:
-            used = s.scalar(
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    Delivery.user_id == user.id,
-                    Delivery.created_at >= start,
-                    Delivery.status != SUPPRESSED,
+            used = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(
+                        Delivery.user_id == user.id,
+                        Delivery.created_at >= start,
+                        Delivery.status != SUPPRESSED,
+                    )
                 )
+                or 0
             )
     # Everything that needs no database is done before the write transaction begins (on
     # SQLite, whichever process holds it holds up every other writer).
@@ -265,7 +275,7 @@ def write_message(
                 "updated_at": now,
             }
         )
-    ids = [_INSERT_DELIVERY.first(conn, d)[0] for d in deliveries]
+    ids = [_inserted_id(conn, d) for d in deliveries]
     columns = SimpleNamespace(**message)
     accepted = {"send_at": columns.send_at.isoformat()} if columns.send_at else None
     rows = [

@@ -342,7 +342,7 @@ class V1DeleteSchema(CommandSchema):
 def v1_delete(ctx: Context, WebhookID: Any) -> dict[str, Any]:
     webhook_id = parse_row_id(WebhookID)
     row = ctx.db.get(Webhook, webhook_id) if webhook_id else None
-    if row is None or row.domain_id != ctx.sender.domain_id:
+    if row is None or row.domain_id != ctx.current_sender.domain_id:
         raise CommandError(4, "Invalid WebhookID", http_status=404)
     ctx.db.delete(row)
     return {"Message": "Webhook successfully deleted."}
