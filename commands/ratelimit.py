@@ -36,12 +36,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sqlalchemy import Delete, Executable, bindparam, delete, select
+from sqlalchemy import Delete, bindparam, delete, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql import ClauseElement
 
 from core.clock import Clock, utcnow
 from core.settings import Config, sqlite_in_memory
@@ -299,7 +300,7 @@ _READ_HITS = Direct(
 )
 
 
-def _upsert_for(backend: str) -> tuple[Executable, bool]:
+def _upsert_for(backend: str) -> tuple[ClauseElement, bool]:
     """The dialect's atomic "insert hits=1, or add 1 to the existing row" statement, and
     whether it returns the new count (SQLite and PostgreSQL; MariaDB's is read back)."""
     table = RateCounter.__table__
