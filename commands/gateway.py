@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import Schema
+from sqlalchemy.engine import Connection
 
 from commands import registry
 from commands.auth import Caller, SenderCaller, authenticate
@@ -21,7 +22,7 @@ from commands.keys.sender_keys import (
     unauthorised,
 )
 from commands.keys.smtp_credentials import SMTPCaller
-from commands.ratelimit import Decision, RateLimited, make_limiter
+from commands.ratelimit import Decision, RateLimited, make_limiter, smtp_bucket
 from commands.schema import load_params
 from commands.sending.handlers import accept_raw
 from core.clock import utcnow
@@ -48,7 +49,7 @@ class Gateway:
         )
         self.box = SecretBox(resolve_secret_key(config))
         self.clock = clock
-        self.limiter = make_limiter(config, self.db)
+        self.limiter = make_limiter(config, self.db, clock)
 
     def run(
         self,
@@ -57,11 +58,14 @@ class Gateway:
         *,
         remote_addr: str | None = None,
         sender: SenderCaller | None = None,
+        count: Callable[[Connection], None] | None = None,
     ) -> dict[str, Any]:
         """The command's response fields, or CommandError.
 
         SENDER commands are given the ``sender`` that authenticate_sender returned (the
         /api/v1 transport authenticates first, to count the request against the key).
+        ``count`` is called with the command's connection after its handler, before the
+        commit (``run_limited``'s rate-limit hit: what it raises undoes the transaction).
         """
         now = self.clock()
         caller: Caller | None = None
@@ -105,13 +109,65 @@ class Gateway:
                 sender=sender,
                 database=self.db,
             )
+            refused = None
             try:
-                return cmd.handler(ctx, **values)
+                fields = cmd.handler(ctx, **values)
             except CommandError as exc:
                 if not exc.commit:
                     raise
                 refused = exc  # leaving the block normally commits what was written
-        raise refused
+            if count is not None:
+                count(work.conn)
+        if refused is not None:
+            raise refused
+        return fields
+
+    def run_limited(
+        self,
+        cmd: registry.Command,
+        params: Mapping[str, Any],
+        bucket: str,
+        *,
+        remote_addr: str | None = None,
+        sender: SenderCaller | None = None,
+    ) -> tuple[dict[str, Any], Decision]:
+        """``run``, with the request counted against ``bucket``'s rate limit: the command's
+        fields and the limit's decision, CommandError, or RateLimited (then nothing of the
+        command is kept).
+
+        A command that writes is counted in its own transaction, after its handler, where
+        the limiter keeps its counts in the database: one upsert in the commit that accepts
+        (a send rolled back is not counted, a send past the limit is not accepted). A
+        request the limiter already knows to be past the limit is refused before it runs.
+        Read-only commands (and every command, with Redis) are counted before they run, and
+        a request refused by its checks is counted on its own: every request counts.
+        """
+        limiter = self.limiter
+        known = limiter.refusal(bucket)
+        if known is not None:
+            raise RateLimited(known)
+        if cmd.readonly or not limiter.counts_in_transactions:
+            decision = limiter.hit(bucket)
+            if not decision.allowed:
+                raise RateLimited(decision)
+            return self.run(cmd, params, remote_addr=remote_addr, sender=sender), decision
+        counted: list[Decision] = []
+
+        def count(conn: Connection) -> None:
+            decision = limiter.hit_in(conn, bucket)
+            if not decision.allowed:
+                raise RateLimited(decision)
+            counted.append(decision)
+
+        try:
+            fields = self.run(cmd, params, remote_addr=remote_addr, sender=sender, count=count)
+        except CommandError:
+            if not counted:  # refused before its commit: counted on its own
+                decision = limiter.hit(bucket)
+                if not decision.allowed:
+                    raise RateLimited(decision) from None
+            raise
+        return fields, counted[0]
 
     def submit_many(self, items: list[Submission]) -> list[str | Exception]:
         """Several SMTP submissions by authenticated credentials, (caller, recipients, data)
@@ -167,12 +223,11 @@ class Gateway:
         cost a transaction. Counted credential by credential in id order, so that two
         relays' transactions lock the same counters in the same order (PostgreSQL, MariaDB);
         each credential's submissions in the order they came."""
-        decisions: list[Decision | None] = [None] * len(items)
+        decisions: dict[int, Decision] = {}
         order = sorted(range(len(items)), key=lambda i: items[i][0].credential_id)
         for i in order:
-            bucket = f"smtp:{items[i][0].credential_id}"
-            decisions[i] = self.limiter.hit_in(work.conn, bucket)
-        return [d for d in decisions if d is not None]  # each was set above
+            decisions[i] = self.limiter.hit_in(work.conn, smtp_bucket(items[i][0].credential_id))
+        return [decisions[i] for i in range(len(items))]
 
     def _context(
         self, work: UnitOfWork, user: User, accepted: dict[int, int] | None = None

@@ -1,9 +1,29 @@
-"""Rate limits for the /api/v1 routes: so many requests per period per bucket (a sender API key).
+"""Rate limits: so many requests per period per bucket, for /api/v1 and for the SMTP relay.
 
-The counts live where every API process can see them: in the application database (fixed
-windows aligned to multiples of the period, one ``rate_counters`` row per bucket and window),
-or in Redis through the ``limits`` library. Both answer a ``Decision``; the HTTP layer turns a
-refusal into a 429 with ``too_many_requests_text``.
+A bucket is what a limit counts against: ``v1:<key digest>`` for a sender API key
+(``api_bucket``), ``smtp:<credential id>`` for an SMTP credential (``smtp_bucket``). Each
+allows ``ratelimit.requests`` requests per ``ratelimit.period`` seconds; the HTTP layer
+answers a refusal with 429 (``too_many_requests_text``), the relay with 451.
+
+Where the counts are kept, by ``ratelimit.storage``, for HTTP and SMTP alike:
+
+- ``"database"``: the application database's ``rate_counters`` table, created by the
+  migrations; one row per bucket and window, and nowhere else. A send (``POST
+  /api/v1/email``, or a message over SMTP) is counted by one upsert in the transaction that
+  accepts it: kept by its commit, taken back by its rollback, at the cost of one statement
+  in a commit that happens anyway. Other requests, and requests their checks refuse, are
+  counted by an upsert of their own, on PostgreSQL and SQLite through connections whose
+  commits do not wait for the disk (a power cut may forget a few counts, never mail).
+  Windows that ended more than a period ago are deleted as they go out of use.
+- a ``redis://`` (or ``rediss://``) URL: Redis, one key per bucket and window
+  (``postern:rl:<bucket>:<window start>``), counted by SET NX and INCR in one MULTI when the
+  request is counted (before the command runs: Redis cannot take part in the database's
+  transaction), and expiring by itself two periods after it was made.
+
+Windows are fixed and aligned to multiples of the period in Unix seconds of the gateway's
+clock (``Gateway.clock``), not the machine's nor Redis's: with the default 60 s, a window
+starts at every whole minute of that clock, and moving the clock moves the windows (tests
+move it rather than wait). A request past the limit is told to wait until its window ends.
 """
 
 from __future__ import annotations
@@ -12,24 +32,30 @@ import itertools
 import logging
 import math
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Delete, bindparam, delete, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.sql import ClauseElement
 
-from core.settings import Config
+from core.clock import Clock, utcnow
+from core.settings import Config, sqlite_in_memory
 from models import Database, RateCounter
 from models.direct import Direct
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("postern.ratelimit")
 
 MAX_BUCKET_LENGTH = 100  # rate_counters.bucket is String(100)
+REMEMBERED_REFUSALS = 10_000  # past this many, refusals whose window ended are forgotten
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,7 @@ class Decision:
 
 
 class RateLimited(Exception):
-    """A hit refused by a rate limit, with its decision (the relay answers it with 451)."""
+    """A request refused by a rate limit, with its decision (429 over HTTP, 451 over SMTP)."""
 
     def __init__(self, decision: Decision):
         super().__init__(f"past {decision.limit} a window; wait {decision.retry_after} s")
@@ -61,34 +87,95 @@ def too_many_requests_text(decision: Decision) -> str:
     )
 
 
-class RateLimiter(ABC):
-    """Counts requests per bucket: at most ``requests`` per ``period`` seconds."""
+def api_bucket(key_digest: str) -> str:
+    """The bucket of a sender API key (by its digest)."""
+    return f"v1:{key_digest}"
 
-    requests: int
-    period: int
+
+def smtp_bucket(credential_id: int) -> str:
+    """The bucket of an SMTP credential."""
+    return f"smtp:{credential_id}"
+
+
+class RateLimiter(ABC):
+    """Counts requests per bucket: at most ``requests`` per ``period`` seconds, in fixed
+    windows aligned to multiples of the period on ``clock``."""
+
+    # Whether ``hit_in`` counts in the caller's transaction (a send is then counted at the
+    # end of the transaction that accepts it), or at once, as ``hit`` does.
+    counts_in_transactions: ClassVar[bool] = False
+
+    def __init__(self, requests: int, period: int, clock: Clock = utcnow):
+        if requests < 1 or period < 1:
+            raise ValueError("requests and period must be positive")
+        self.requests = requests
+        self.period = period
+        self.clock = clock
+        # Buckets whose last hit in this process was refused: the end of that window.
+        self._refused: dict[str, int] = {}
 
     @abstractmethod
-    def hit(self, bucket: str, now: float | None = None) -> Decision:
+    def hit(self, bucket: str) -> Decision:
         """Count one request against ``bucket`` (at most 100 characters) and decide on it."""
 
-    def hit_in(self, conn: Connection, bucket: str, now: float | None = None) -> Decision:
+    def hit_in(self, conn: Connection, bucket: str) -> Decision:
         """Count one request as ``hit`` does, in the transaction of ``conn`` (a connection to
-        the application database) where this limiter keeps its counts in a database: the
+        the application database) where the counts are kept in that database: the
         transaction's commit keeps the count, its rollback takes it back, and it costs one
         statement rather than a transaction of its own. A limiter that counts elsewhere
-        (Redis) counts there, as ``hit``."""
-        return self.hit(bucket, now)
+        (Redis) counts there, at once."""
+        return self.hit(bucket)
 
-    def clear(self, bucket: str) -> None:  # noqa: B027 - optional for subclasses
+    def refusal(self, bucket: str) -> Decision | None:
+        """The refusal a request on ``bucket`` meets now, uncounted: when this process's last
+        hit on it was refused in the current window and the stored count is still at the
+        limit (a ``clear`` anywhere is seen). None otherwise: the request is to be counted.
+
+        Free for a bucket that was not refused of late, one read for one that was: a client
+        past its limit is refused before the work its request asks for.
+        """
+        ends = self._refused.get(bucket)
+        if ends is None:
+            return None
+        now = self.now()
+        start = self.window(now)
+        if now >= ends or self._stored_hits(bucket, start) < self.requests:
+            self._refused.pop(bucket, None)
+            return None
+        return self._refuse(bucket, start, now)
+
+    def clear(self, bucket: str) -> None:
         """Forget every count kept for ``bucket``."""
+        self._refused.pop(bucket, None)
 
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release connections the limiter holds of its own."""
 
+    def now(self) -> float:
+        """The gateway's clock, in Unix seconds."""
+        return self.clock().timestamp()
 
-def _check(requests: int, period: int) -> None:
-    if requests < 1 or period < 1:
-        raise ValueError("requests and period must be positive")
+    def window(self, now: float) -> int:
+        """The start of the window ``now`` falls in: a multiple of the period, in Unix seconds."""
+        return math.floor(now / self.period) * self.period
+
+    @abstractmethod
+    def _stored_hits(self, bucket: str, start: int) -> int:
+        """The hits counted against ``bucket`` in the window starting at ``start``."""
+
+    def _decide(self, bucket: str, hits: int, start: int, now: float) -> Decision:
+        """The decision on a hit that made ``hits`` in the window starting at ``start``."""
+        if hits <= self.requests:
+            self._refused.pop(bucket, None)
+            return Decision(True, self.requests, self.requests - hits, 0)
+        return self._refuse(bucket, start, now)
+
+    def _refuse(self, bucket: str, start: int, now: float) -> Decision:
+        ends = start + self.period
+        if len(self._refused) >= REMEMBERED_REFUSALS:
+            self._refused = {b: e for b, e in self._refused.items() if e > now}
+        self._refused[bucket] = ends
+        return Decision(False, self.requests, 0, max(1, math.ceil(ends - now)))
 
 
 def _check_bucket(bucket: str) -> None:
@@ -97,36 +184,47 @@ def _check_bucket(bucket: str) -> None:
 
 
 class DatabaseLimiter(RateLimiter):
-    """Fixed windows counted in ``rate_counters``, one short write per hit.
+    """Fixed windows counted in the application database's ``rate_counters``.
 
     The count is incremented by a single upsert (atomic on every backend: the row is locked
     by the statement itself) that returns the new count (SQLite, PostgreSQL) or is read back
     in the same transaction (MariaDB), so concurrent processes never lose or double-count
-    a hit. When a hit opens a new window for its bucket, that
-    bucket's old windows are deleted; every ``sweep_every`` hits of this process, old
-    windows of every bucket are deleted too (buckets that went quiet).
+    a hit. When a hit opens a new window for its bucket, that bucket's old windows are
+    deleted; every ``sweep_every`` hits of this process, old windows of every bucket are
+    deleted too (buckets that went quiet).
+
+    ``hit`` counts on a connection of ``counters`` (a ``Database`` on the same database
+    whose commits need not wait for the disk; ``db`` itself by default); ``hit_in`` in the
+    caller's transaction on ``db``.
     """
 
+    counts_in_transactions = True
     RETRIES = 5  # deadlocks and lock timeouts are retried this many times
 
-    def __init__(self, db: Database, requests: int, period: int, *, sweep_every: int = 100):
-        _check(requests, period)
+    def __init__(
+        self,
+        db: Database,
+        requests: int,
+        period: int,
+        clock: Clock = utcnow,
+        *,
+        counters: Database | None = None,
+        sweep_every: int = 100,
+    ):
+        super().__init__(requests, period, clock)
         self.db = db
-        self.requests = requests
-        self.period = period
+        self.counters = counters or db
         self.sweep_every = max(1, sweep_every)
         self._hits = itertools.count(1)
         upsert, self._returning = _upsert_for(db.backend)
         self._upsert = Direct(upsert)
 
-    def hit(self, bucket: str, now: float | None = None) -> Decision:
+    def hit(self, bucket: str) -> Decision:
         _check_bucket(bucket)
-        now = time.time() if now is None else now
+        now = self.now()
         for attempt in range(self.RETRIES + 1):
             try:
-                # Direct statements on a connection of their own: this runs on every
-                # /api/v1 request.
-                with self.db.counter_connection() as conn:
+                with self.counters.counter_connection() as conn:
                     decision = self._count(conn, bucket, now)
                 break
             except DBAPIError as exc:
@@ -134,16 +232,15 @@ class DatabaseLimiter(RateLimiter):
                     raise
                 log.debug("rate limit: retrying after %s", exc.orig)
         if self._sweep_due():
-            self.sweep(now)
+            self.sweep()
         return decision
 
-    def hit_in(self, conn: Connection, bucket: str, now: float | None = None) -> Decision:
-        """One hit counted in the application database's ``rate_counters``, in the
-        transaction of ``conn``: no retry of its own (what fails undoes the caller's
-        transaction) and every ``sweep_every`` hits, old windows of every bucket there are
-        deleted in it too."""
+    def hit_in(self, conn: Connection, bucket: str) -> Decision:
+        """One hit counted in ``rate_counters`` in the transaction of ``conn``: no retry of
+        its own (what fails undoes the caller's transaction) and every ``sweep_every`` hits,
+        old windows of every bucket are deleted in it too."""
         _check_bucket(bucket)
-        now = time.time() if now is None else now
+        now = self.now()
         decision = self._count(conn, bucket, now)
         if self._sweep_due():
             conn.execute(self._old_windows(now))
@@ -151,48 +248,48 @@ class DatabaseLimiter(RateLimiter):
 
     def _count(self, conn: Connection, bucket: str, now: float) -> Decision:
         """Add one hit to the bucket's current window on ``conn``, and decide on it."""
-        window_start = int(now // self.period) * self.period
-        params = {"bucket": bucket, "window_start": window_start}
+        start = self.window(now)
+        params = {"bucket": bucket, "window_start": start}
         if self._returning:
-            (hits,) = self._upsert.first(conn, params)
+            row = self._upsert.first(conn, params)
         else:
             self._upsert.execute(conn, [params])
-            (hits,) = _READ_HITS.first(conn, params)
+            row = _READ_HITS.first(conn, params)
+        hits = int(row[0]) if row else 0
         if hits == 1:  # this hit opened the window: drop the bucket's old ones
             conn.execute(self._old_windows(now).where(RateCounter.bucket == bucket))
-        if hits <= self.requests:
-            return Decision(True, self.requests, self.requests - hits, 0)
-        retry_after = max(1, math.ceil(window_start + self.period - now))
-        return Decision(False, self.requests, 0, retry_after)
+        return self._decide(bucket, hits, start, now)
+
+    def _stored_hits(self, bucket: str, start: int) -> int:
+        with self.db.read_connection() as conn:
+            row = _READ_HITS.first(conn, {"bucket": bucket, "window_start": start})
+        return int(row[0]) if row else 0
 
     def _sweep_due(self) -> bool:
         """Whether this hit is the ``sweep_every``-th of this process since the last sweep."""
         return next(self._hits) % self.sweep_every == 0
 
-    def _old_windows(self, now: float):
+    def _old_windows(self, now: float) -> Delete:
         """The DELETE of every window that ended more than one period before ``now``."""
-        return delete(RateCounter).where(RateCounter.window_start < self._cutoff(now))
+        cutoff = math.floor(now) - 2 * self.period
+        return delete(RateCounter).where(RateCounter.window_start < cutoff)
 
-    def _cutoff(self, now: float) -> int:
-        """Windows starting before this ended more than one period before ``now``."""
-        return math.floor(now) - 2 * self.period
-
-    def sweep(self, now: float | None = None) -> int:
+    def sweep(self) -> int:
         """Delete the windows of every bucket that ended more than one period ago.
 
         Housekeeping only: a failure is logged and left for the next sweep.
         """
-        now = time.time() if now is None else now
         try:
-            with self.db.transaction() as session:
-                return session.execute(self._old_windows(now)).rowcount or 0
+            with self.db.unit_of_work() as work:
+                return work.conn.execute(self._old_windows(self.now())).rowcount
         except SQLAlchemyError as exc:
             log.warning("rate limit: sweeping old windows failed: %s", exc)
             return 0
 
     def clear(self, bucket: str) -> None:
-        with self.db.transaction() as session:
-            session.execute(delete(RateCounter).where(RateCounter.bucket == bucket))
+        with self.db.unit_of_work() as work:
+            work.conn.execute(delete(RateCounter).where(RateCounter.bucket == bucket))
+        super().clear(bucket)
 
 
 _READ_HITS = Direct(
@@ -203,22 +300,28 @@ _READ_HITS = Direct(
 )
 
 
-def _upsert_for(backend: str):
+def _upsert_for(backend: str) -> tuple[ClauseElement, bool]:
     """The dialect's atomic "insert hits=1, or add 1 to the existing row" statement, and
     whether it returns the new count (SQLite and PostgreSQL; MariaDB's is read back)."""
     table = RateCounter.__table__
     values = {"bucket": bindparam("bucket"), "window_start": bindparam("window_start"), "hits": 1}
-    if backend in ("sqlite", "postgresql"):
-        insert = sqlite_insert if backend == "sqlite" else postgresql_insert
-        stmt = insert(table).values(**values)
-        stmt = stmt.on_conflict_do_update(
+    if backend == "sqlite":
+        lite = sqlite_insert(RateCounter).values(**values)
+        lite = lite.on_conflict_do_update(
             index_elements=[table.c.bucket, table.c.window_start],
             set_={"hits": table.c.hits + 1},
         )
-        return stmt.returning(table.c.hits), True
+        return lite.returning(table.c.hits), True
+    if backend == "postgresql":
+        pg = postgresql_insert(RateCounter).values(**values)
+        pg = pg.on_conflict_do_update(
+            index_elements=[table.c.bucket, table.c.window_start],
+            set_={"hits": table.c.hits + 1},
+        )
+        return pg.returning(table.c.hits), True
     if backend in ("mysql", "mariadb"):
-        stmt = mysql_insert(table).values(**values)
-        return stmt.on_duplicate_key_update(hits=table.c.hits + 1), False
+        my = mysql_insert(RateCounter).values(**values)
+        return my.on_duplicate_key_update(hits=table.c.hits + 1), False
     raise ValueError(f"rate limiting does not support the {backend} database")
 
 
@@ -231,91 +334,97 @@ def _is_transient(exc: DBAPIError) -> bool:
     orig = exc.orig
     if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
         return True
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] in _TRANSIENT_MYSQL
 
 
 class RedisLimiter(RateLimiter):
-    """Fixed windows in Redis through ``limits`` (FixedWindowRateLimiter on RedisStorage).
+    """Fixed windows counted in Redis, one key per bucket and window (see the module).
 
-    The window starts at a bucket's first hit and Redis expires it, so nothing piles up.
-    Redis keeps the time: ``now`` is accepted for the interface's sake and ignored.
+    Postern derives the window from its clock and counts with plain commands: SET NX with
+    an expiry (the key is made once per window, and Redis drops it two periods later) and
+    INCR, in one MULTI, one round trip a hit.
     """
 
-    KEY_PREFIX = "postern"
+    KEY_PREFIX = "postern:rl:"
 
-    def __init__(self, url: str, requests: int, period: int, **redis_options):
-        _check(requests, period)
-        # Imported here: a database-backed deployment never touches the redis modules.
-        from limits import RateLimitItemPerSecond
-        from limits.storage import RedisStorage
-        from limits.strategies import FixedWindowRateLimiter
+    def __init__(self, url: str, requests: int, period: int, clock: Clock = utcnow, **options: Any):
+        super().__init__(requests, period, clock)
+        # Imported here: a database-backed deployment never loads the redis modules.
+        import redis
 
         self.url = url
-        self.requests = requests
-        self.period = period
-        options = {"socket_connect_timeout": 5, "socket_timeout": 5, **redis_options}
-        self._storage = RedisStorage(url, key_prefix=self.KEY_PREFIX, **options)
-        self._limiter = FixedWindowRateLimiter(self._storage)
-        self._item = RateLimitItemPerSecond(requests, period)
+        options = {"socket_connect_timeout": 5, "socket_timeout": 5, **options}
+        self._redis: redis.Redis = redis.Redis.from_url(url, **options)
 
-    def hit(self, bucket: str, now: float | None = None) -> Decision:
+    def _key(self, bucket: str, start: int) -> str:
+        return f"{self.KEY_PREFIX}{bucket}:{start}"
+
+    def hit(self, bucket: str) -> Decision:
         _check_bucket(bucket)
-        allowed = self._limiter.hit(self._item, bucket)
-        stats = self._limiter.get_window_stats(self._item, bucket)
-        if allowed:
-            return Decision(True, self.requests, stats.remaining, 0)
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(False, self.requests, 0, retry_after)
+        now = self.now()
+        start = self.window(now)
+        key = self._key(bucket, start)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=2 * self.period, nx=True)
+            pipe.incr(key)
+            _, hits = pipe.execute()
+        return self._decide(bucket, int(hits), start, now)
+
+    def _stored_hits(self, bucket: str, start: int) -> int:
+        # redis-py types its answers for its async client too: this one is bytes or None.
+        value = cast("bytes | None", self._redis.get(self._key(bucket, start)))
+        return int(value) if value is not None else 0
 
     def clear(self, bucket: str) -> None:
-        self._limiter.clear(self._item, bucket)
+        prefix = f"{self.KEY_PREFIX}{bucket}:"
+        pattern = _glob_escape(prefix) + "*"
+        keys = [
+            key
+            for key in self._redis.scan_iter(match=pattern, count=1000)
+            if key.decode()[len(prefix) :].lstrip("-").isdigit()  # not a longer bucket's
+        ]
+        if keys:
+            self._redis.delete(*keys)
+        super().clear(bucket)
 
     def close(self) -> None:
-        client = self._storage.storage
-        client.close()
-        client.connection_pool.disconnect()
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 _COUNTERS: dict[str, Database] = {}
 _COUNTERS_LOCK = threading.Lock()
 
 
-def counters_database(db: Database) -> Database:
-    """Where the counters of ``db``'s limiter live: one per database URL and process.
+def counters_database(db: Database, pool_size: int = 5) -> Database:
+    """The database through which ``db``'s limiter makes hits of their own: ``db``'s own
+    database and ``rate_counters`` table, through connections whose commits do not wait for
+    the disk (counts need no durability: a power cut forgets a few, and loses no mail).
 
-    Counters need no durability (a power cut forgets a few counts and loses no mail), so
-    their commits do not wait for the disk. On PostgreSQL that is an engine of its own with
-    ``synchronous_commit`` off. On SQLite, which has one writer at a time per file, it is a
-    file of its own beside the database, so counters never wait for (or hold up) the
-    transactions that accept mail.
+    On PostgreSQL, an engine with ``synchronous_commit`` off; on an SQLite file, one whose
+    connections have ``synchronous=NORMAL`` (the same file, the same write lock); on
+    MariaDB and in-memory SQLite, ``db`` itself. One per database URL and process.
     """
+    if db.backend not in ("postgresql", "sqlite") or sqlite_in_memory(db.url):
+        return db
     with _COUNTERS_LOCK:
         counters = _COUNTERS.get(db.url)
         if counters is None:
-            counters = _COUNTERS[db.url] = _counters_database(db)
+            counters = _COUNTERS[db.url] = Database(db.url, pool_size=pool_size, durable=False)
         return counters
 
 
-def _counters_database(db: Database) -> Database:
-    url = make_url(db.url)
-    if db.backend == "postgresql":
-        return Database(db.url, pool_size=db.engine.pool.size(), durable=False)
-    if not url.database or url.database == ":memory:":
-        return Database(db.url, durable=False)
-    sidecar = Database(
-        url.set(database=f"{url.database}-ratelimit.db").render_as_string(hide_password=False),
-        durable=False,
-    )
-    RateCounter.__table__.create(sidecar.engine, checkfirst=True)
-    return sidecar
-
-
-def make_limiter(config: Config, db: Database) -> RateLimiter:
-    """The limiter ``config.ratelimit`` asks for: the database's, or Redis's."""
+def make_limiter(config: Config, db: Database, clock: Clock = utcnow) -> RateLimiter:
+    """The limiter ``config.ratelimit`` asks for, on the gateway's ``clock``: the database's
+    (``db``'s ``rate_counters``) or Redis's."""
     rl = config.ratelimit
     if rl.storage == "database":
-        if db.backend in ("sqlite", "postgresql"):
-            db = counters_database(db)
-        return DatabaseLimiter(db, rl.requests, rl.period)
-    return RedisLimiter(rl.storage, rl.requests, rl.period)
+        counters = counters_database(db, config.database.pool_size)
+        return DatabaseLimiter(db, rl.requests, rl.period, clock, counters=counters)
+    return RedisLimiter(rl.storage, rl.requests, rl.period, clock)

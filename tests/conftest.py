@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -80,28 +79,25 @@ def base_config(database_url, dns_session):
 
 
 class Clock:
-    """The gateway's clock: real time plus an offset tests move forward."""
+    """The gateway's clock: real time plus an offset tests move forward, or, once frozen,
+    a fixed instant that only ``advance`` moves (rate-limit windows are aligned to it)."""
 
     def __init__(self):
         self.offset = timedelta()
+        self.frozen: datetime | None = None
 
     def __call__(self):
-        return utcnow() + self.offset
+        return (self.frozen or utcnow()) + self.offset
 
     def advance(self, **kw):
         self.offset += timedelta(**kw)
 
+    def freeze(self, at: datetime | None = None):
+        """Stop the clock at ``at`` (aware, UTC), or where it is now."""
+        self.frozen, self.offset = at or self(), timedelta()
 
-@pytest.fixture
-def one_window():
-    """Wait, if need be, until at least 10 s are left in the current rate-limit window, so a
-    test's requests all fall in one (the database limiter's fixed windows start at multiples
-    of the period in Unix time; a test crossing into the next one would see its count reset).
-    """
-    period = 60
-    left = period - time.time() % period
-    if left < 10:
-        time.sleep(left + 0.05)
+    def reset(self):
+        self.offset, self.frozen = timedelta(), None
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +126,7 @@ def flask_app(base_config, gateway):
 @pytest.fixture(autouse=True)
 def _clean(request, clock):
     """Every test starts with empty tables and an unmoved clock."""
-    clock.offset = timedelta()
+    clock.reset()
     yield
     if "database" in request.fixturenames:
         db = request.getfixturevalue("database")

@@ -10,6 +10,7 @@ from app.http.context import current_gateway
 from app.http.params import read_params
 from commands import find
 from commands.errors import CommandError
+from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
@@ -36,7 +37,8 @@ def run_v1(
     account_error: tuple[int, str] | None = None,
     limited_text: str | None = None,
 ) -> Response:
-    """Authenticate the sender key, count the request against it, run the command.
+    """Authenticate the sender key, run the command counting the request against the key's
+    rate limit (a send in the transaction that accepts it: ``Gateway.run_limited``).
 
     ``account_error`` replaces the answer for a disabled account where a route's contract
     gives it another code (the email route: 12); ``limited_text`` the 429 text where a
@@ -49,17 +51,21 @@ def run_v1(
     try:
         params = read_params(request)
         sender = gateway.authenticate_sender(sender_key(params))
-        decision = gateway.limiter.hit("v1:" + sender.key_digest)
-        if not decision.allowed:
-            from commands.ratelimit import too_many_requests_text
-
-            text = too_many_requests_text(decision)
-            if limited_text:
-                text = limited_text.format(seconds=decision.retry_after)
-            resp = errors(429, text, 429)
-            resp.headers["Retry-After"] = str(decision.retry_after)
-            return resp
-        fields = gateway.run(cmd, params, remote_addr=request.remote_addr, sender=sender)
+        fields, decision = gateway.run_limited(
+            cmd,
+            params,
+            api_bucket(sender.key_digest),
+            remote_addr=request.remote_addr,
+            sender=sender,
+        )
+    except RateLimited as exc:
+        refused = exc.decision
+        text = too_many_requests_text(refused)
+        if limited_text:
+            text = limited_text.format(seconds=refused.retry_after)
+        resp = errors(429, text, 429)
+        resp.headers["Retry-After"] = str(refused.retry_after)
+        return resp
     except CommandError as exc:
         if account_error and exc.http_status == 403:
             return errors(*account_error, 403)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import queue
 import re
 import ssl
@@ -20,7 +19,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 from commands.errors import CommandError
 from commands.gateway import Gateway
 from commands.keys.smtp_credentials import SMTPCaller, authenticate_smtp
-from commands.ratelimit import RateLimited
+from commands.ratelimit import RateLimited, smtp_bucket
 from core.settings import Config, ConfigError, sqlite_path
 from mta.addresses import belongs, normalise_address
 from mta.eventloop import new_event_loop
@@ -196,23 +195,16 @@ class Submitter:
         self.most = most
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        # Credentials whose last submission was past their rate limit: (the limit, the
-        # monotonic time its window ends), so MAIL FROM is refused until then.
-        self._limited: dict[int, tuple[int, float]] = {}
 
     def rate_limited(self, credential_id: int) -> str | None:
         """The 451 for MAIL FROM by a credential that its last submission found past its
-        rate limit, until that window ends; None otherwise (the count itself is made in the
-        transaction that accepts, and a refusal there answers the message's DATA)."""
-        refused = self._limited.get(credential_id)
+        rate limit, while that window lasts on the gateway's clock and the count says so;
+        None otherwise (the count itself is made in the transaction that accepts, and a
+        refusal there answers the message's DATA)."""
+        refused = self.gateway.limiter.refusal(smtp_bucket(credential_id))
         if refused is None:
             return None
-        limit, until = refused
-        wait = math.ceil(until - time.monotonic())
-        if wait > 0:
-            return _too_many(limit, wait)
-        self._limited.pop(credential_id, None)
-        return None
+        return _too_many(refused.limit, refused.retry_after)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="postern-submit", daemon=True)
@@ -251,10 +243,7 @@ class Submitter:
                 results = self.gateway.submit_many([entry[:3] for entry in batch])
             except Exception as exc:  # noqa: BLE001 - every waiting client gets its 451
                 results = [exc] * len(batch)
-            for (caller, _, _, loop, future), result in zip(batch, results, strict=True):
-                if isinstance(result, RateLimited):
-                    ends = time.monotonic() + result.decision.retry_after
-                    self._limited[caller.credential_id] = (result.decision.limit, ends)
+            for (_, _, _, loop, future), result in zip(batch, results, strict=True):
                 with contextlib.suppress(RuntimeError):  # its listener stopped: nobody waits
                     loop.call_soon_threadsafe(_settle, future, result)
 

@@ -649,7 +649,7 @@ def test_v1_events(v1, data):
     assert body["TotalRecords"] == 4
 
 
-def test_v1_events_errors(v1, make_app, api, data, one_window):
+def test_v1_events_errors(v1, make_app, api, data, clock):
     def error(params=None, headers=None, status=400):
         errors = v1(params, headers=headers, status=status)["Errors"]
         assert len(errors) == 1
@@ -667,6 +667,7 @@ def test_v1_events_errors(v1, make_app, api, data, one_window):
     key = api("EmailGateway.AddAPI", APIKey=data.alice.api_key, DomainID=data.d1, Description="y")
     client = make_app(ratelimit__requests=1).client
     headers = {"Authorization": f"Bearer {key['APIKey']['Key']}"}
+    clock.freeze()  # the requests fall in one rate-limit window
     assert client.get("/api/v1/events", headers=headers).status_code == 200
     resp = client.get("/api/v1/events", headers=headers)
     assert resp.status_code == 429

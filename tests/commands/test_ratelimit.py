@@ -1,28 +1,48 @@
-"""The /api/v1 rate limiter: database storage on the suite's database, and Redis when present."""
+"""The rate limiter: the database storage on the suite's database, the Redis storage on a real
+Redis, windows on the gateway's clock, and one store for the HTTP and the SMTP limits."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from commands import Gateway
+from commands.keys.smtp_credentials import authenticate_smtp
 from commands.ratelimit import (
     DatabaseLimiter,
     Decision,
+    RateLimited,
     RateLimiter,
     RedisLimiter,
+    api_bucket,
     make_limiter,
+    smtp_bucket,
     too_many_requests_text,
 )
 from models import RateCounter
 
 PERIOD = 60
-T0 = 1_700_000_040.0  # a multiple of PERIOD: the start of a window
+START = 1_700_000_040  # a multiple of PERIOD: the start of a window, in Unix seconds
 REDIS_URL = os.environ.get("POSTERN_TEST_REDIS_URL", "").strip()
+
+
+@pytest.fixture
+def at(clock):
+    """Freezes the gateway's clock ``seconds`` after START (the limiter reads no other)."""
+
+    def move(seconds: float):
+        clock.freeze(datetime.fromtimestamp(START, UTC) + timedelta(seconds=seconds))
+
+    move(0)
+    return move
 
 
 def bucket() -> str:
@@ -40,7 +60,12 @@ def windows(database, name: str) -> list[int]:
         )
 
 
-def hammer(limiter: RateLimiter, name: str, now: float | None, threads=4, each=30):
+def stored(database, name: str) -> int:
+    with database.transaction(readonly=True) as s:
+        return s.scalar(select(func.sum(RateCounter.hits)).where(RateCounter.bucket == name)) or 0
+
+
+def hammer(limiter: RateLimiter, name: str, threads=4, each=30):
     """``threads`` threads hitting ``name`` ``each`` times at once; every Decision."""
     start = threading.Barrier(threads)
     results: list[list[Decision]] = [[] for _ in range(threads)]
@@ -50,7 +75,7 @@ def hammer(limiter: RateLimiter, name: str, now: float | None, threads=4, each=3
         try:
             start.wait()
             for _ in range(each):
-                out.append(limiter.hit(name, now=now))
+                out.append(limiter.hit(name))
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
@@ -66,105 +91,129 @@ def hammer(limiter: RateLimiter, name: str, now: float | None, threads=4, each=3
 # -- the database limiter
 
 
-def test_allows_exactly_the_limit_then_refuses(database):
-    limiter = DatabaseLimiter(database, requests=5, period=PERIOD)
+def test_allows_exactly_the_limit_then_refuses(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=5, period=PERIOD, clock=clock)
     name = bucket()
-    decisions = [limiter.hit(name, now=T0 + 10 + i) for i in range(5)]
+    decisions = []
+    for i in range(5):
+        at(10 + i)
+        decisions.append(limiter.hit(name))
     assert [d.allowed for d in decisions] == [True] * 5
     assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0]
     assert all(d.limit == 5 and d.retry_after == 0 for d in decisions)
 
-    refused = limiter.hit(name, now=T0 + 20.5)
-    assert refused == Decision(allowed=False, limit=5, remaining=0, retry_after=40)
+    at(20.5)
+    assert limiter.hit(name) == Decision(allowed=False, limit=5, remaining=0, retry_after=40)
     # Still refused, and the wait shrinks with the window; never below one second.
-    assert limiter.hit(name, now=T0 + 59).retry_after == 1
-    assert limiter.hit(name, now=T0 + 59.9).retry_after == 1
+    at(59)
+    assert limiter.hit(name).retry_after == 1
+    at(59.9)
+    assert limiter.hit(name).retry_after == 1
 
 
-def test_buckets_are_independent(database):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+def test_buckets_are_independent(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD, clock=clock)
     a, b = bucket(), bucket()
-    assert [limiter.hit(a, now=T0).allowed for _ in range(3)] == [True, True, False]
-    assert [limiter.hit(b, now=T0).allowed for _ in range(3)] == [True, True, False]
+    assert [limiter.hit(a).allowed for _ in range(3)] == [True, True, False]
+    assert [limiter.hit(b).allowed for _ in range(3)] == [True, True, False]
 
 
-def test_a_new_window_allows_again(database):
-    limiter = DatabaseLimiter(database, requests=3, period=PERIOD)
+def test_windows_are_aligned_to_the_period_on_the_gateways_clock(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=3, period=PERIOD, clock=clock)
     name = bucket()
-    assert [limiter.hit(name, now=T0 + 30).allowed for _ in range(4)] == [True] * 3 + [False]
-    # Windows are aligned to multiples of the period, not to the first hit.
-    fresh = limiter.hit(name, now=T0 + PERIOD)
-    assert fresh == Decision(allowed=True, limit=3, remaining=2, retry_after=0)
-    assert windows(database, name) == [int(T0), int(T0) + PERIOD]
+    at(30)
+    assert [limiter.hit(name).allowed for _ in range(3)] == [True] * 3
+    at(PERIOD - 0.001)  # the last moment of the window
+    assert not limiter.hit(name).allowed
+    # Moving the clock to the next multiple of the period opens the next window.
+    at(PERIOD)
+    assert limiter.hit(name) == Decision(allowed=True, limit=3, remaining=2, retry_after=0)
+    assert windows(database, name) == [START, START + PERIOD]
 
 
-def test_concurrent_hits_are_counted_exactly(database):
-    limiter = DatabaseLimiter(database, requests=100, period=PERIOD)
+def test_the_gateways_limiter_reads_the_gateways_clock(base_config, database, clock):
+    gateway = Gateway(base_config, database, clock=clock)
+    assert gateway.limiter.clock is clock
+    clock.advance(days=400)  # wherever the clock is, the windows follow it
+    gateway.limiter.hit("v1:moved")
+    start = int(clock().timestamp()) // 60 * 60
+    assert windows(database, "v1:moved") == [start]
+
+
+def test_concurrent_hits_are_counted_exactly(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=100, period=PERIOD, clock=clock)
     name = bucket()
-    decisions = hammer(limiter, name, now=T0 + 1)
+    decisions = hammer(limiter, name)
     assert len(decisions) == 120
     assert sum(d.allowed for d in decisions) == 100
     assert sorted(d.remaining for d in decisions if d.allowed) == list(range(100))
-    with database.transaction(readonly=True) as s:
-        hits = s.scalar(select(RateCounter.hits).where(RateCounter.bucket == name))
-    assert hits == 120
+    assert stored(database, name) == 120
 
 
-def test_a_new_window_deletes_the_buckets_old_ones(database):
-    limiter = DatabaseLimiter(database, requests=10, period=PERIOD)
+def test_a_new_window_deletes_the_buckets_old_ones(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, clock=clock)
     name, other = bucket(), bucket()
-    limiter.hit(name, now=T0)
-    limiter.hit(other, now=T0)
-    limiter.hit(name, now=T0 + PERIOD)
+    limiter.hit(name)
+    limiter.hit(other)
+    at(PERIOD)
+    limiter.hit(name)
     # The previous window ended less than a period ago: kept.
-    assert windows(database, name) == [int(T0), int(T0) + PERIOD]
-    limiter.hit(name, now=T0 + 2 * PERIOD + 1)
-    assert windows(database, name) == [int(T0) + PERIOD, int(T0) + 2 * PERIOD]
-    limiter.hit(name, now=T0 + 5 * PERIOD)
-    assert windows(database, name) == [int(T0) + 5 * PERIOD]
+    assert windows(database, name) == [START, START + PERIOD]
+    at(2 * PERIOD + 1)
+    limiter.hit(name)
+    assert windows(database, name) == [START + PERIOD, START + 2 * PERIOD]
+    at(5 * PERIOD)
+    limiter.hit(name)
+    assert windows(database, name) == [START + 5 * PERIOD]
     # Only the bucket that was hit is tidied on a new window.
-    assert windows(database, other) == [int(T0)]
+    assert windows(database, other) == [START]
 
 
-def test_sweeps_delete_every_buckets_old_windows(database):
-    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, sweep_every=3)
+def test_sweeps_delete_every_buckets_old_windows(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, clock=clock, sweep_every=3)
     quiet, busy = bucket(), bucket()
-    limiter.hit(quiet, now=T0)  # hit 1
-    limiter.hit(busy, now=T0 + 3 * PERIOD)  # hit 2
-    assert windows(database, quiet) == [int(T0)]
-    limiter.hit(busy, now=T0 + 3 * PERIOD)  # hit 3: a sweep
+    limiter.hit(quiet)  # hit 1
+    at(3 * PERIOD)
+    limiter.hit(busy)  # hit 2
+    assert windows(database, quiet) == [START]
+    limiter.hit(busy)  # hit 3: a sweep
     assert windows(database, quiet) == []
-    assert windows(database, busy) == [int(T0) + 3 * PERIOD]
-    assert limiter.sweep(now=T0 + 3 * PERIOD) == 0
+    assert windows(database, busy) == [START + 3 * PERIOD]
+    assert limiter.sweep() == 0
 
 
-def test_hits_in_a_transaction_are_kept_by_its_commit_and_undone_by_its_rollback(database):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+def test_hits_in_a_transaction_are_kept_by_its_commit_and_undone_by_its_rollback(
+    database, clock, at
+):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD, clock=clock)
     name = bucket()
     with database.unit_of_work() as work:
-        assert limiter.hit_in(work.conn, name, now=T0) == Decision(True, 2, 1, 0)
+        assert limiter.hit_in(work.conn, name) == Decision(True, 2, 1, 0)
+    at(1)
     with pytest.raises(RuntimeError), database.unit_of_work() as work:
-        assert limiter.hit_in(work.conn, name, now=T0 + 1) == Decision(True, 2, 0, 0)
+        assert limiter.hit_in(work.conn, name) == Decision(True, 2, 0, 0)
         raise RuntimeError("the accepting transaction fails")
+    at(3)
     with database.unit_of_work() as work:
-        assert limiter.hit_in(work.conn, name, now=T0 + 2) == Decision(True, 2, 0, 0)
-        assert limiter.hit_in(work.conn, name, now=T0 + 3) == Decision(False, 2, 0, 57)
+        assert limiter.hit_in(work.conn, name) == Decision(True, 2, 0, 0)
+        assert limiter.hit_in(work.conn, name) == Decision(False, 2, 0, 57)
     # The same rows as hits made on their own.
-    assert limiter.hit(name, now=T0 + 4) == Decision(False, 2, 0, 56)
-    with database.transaction(readonly=True) as s:
-        assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == name)) == 4
+    at(4)
+    assert limiter.hit(name) == Decision(False, 2, 0, 56)
+    assert stored(database, name) == 4
 
 
-def test_hits_in_a_transaction_open_windows_and_sweep_as_hits_do(database):
-    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, sweep_every=3)
+def test_hits_in_a_transaction_open_windows_and_sweep_as_hits_do(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=10, period=PERIOD, clock=clock, sweep_every=3)
     quiet, busy = bucket(), bucket()
     with database.unit_of_work() as work:
-        limiter.hit_in(work.conn, quiet, now=T0)  # hit 1
-        limiter.hit_in(work.conn, busy, now=T0)  # hit 2
+        limiter.hit_in(work.conn, quiet)  # hit 1
+        limiter.hit_in(work.conn, busy)  # hit 2
+    at(3 * PERIOD)
     with database.unit_of_work() as work:
         # Hit 3 opens a window of ``busy`` far later: its old one goes, and it sweeps.
-        limiter.hit_in(work.conn, busy, now=T0 + 3 * PERIOD)
-    assert windows(database, busy) == [int(T0) + 3 * PERIOD]
+        limiter.hit_in(work.conn, busy)
+    assert windows(database, busy) == [START + 3 * PERIOD]
     assert windows(database, quiet) == []
 
 
@@ -173,8 +222,8 @@ class _Deadlock(Exception):
 
 
 @pytest.mark.parametrize("orig", [_Deadlock("deadlock"), Exception(1213, "Deadlock found")])
-def test_deadlocks_are_retried(database, monkeypatch, orig):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+def test_deadlocks_are_retried(database, clock, at, monkeypatch, orig):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD, clock=clock)
     real, failures = limiter._count, [orig]
 
     def flaky(*args):
@@ -183,11 +232,11 @@ def test_deadlocks_are_retried(database, monkeypatch, orig):
         return real(*args)
 
     monkeypatch.setattr(limiter, "_count", flaky)
-    assert limiter.hit(bucket(), now=T0) == Decision(True, 2, 1, 0)
+    assert limiter.hit(bucket()) == Decision(True, 2, 1, 0)
 
 
-def test_other_database_errors_are_not_retried(database, monkeypatch):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+def test_other_database_errors_are_not_retried(database, clock, monkeypatch):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD, clock=clock)
     calls = []
 
     def broken(*args):
@@ -196,61 +245,88 @@ def test_other_database_errors_are_not_retried(database, monkeypatch):
 
     monkeypatch.setattr(limiter, "_count", broken)
     with pytest.raises(OperationalError):
-        limiter.hit(bucket(), now=T0)
+        limiter.hit(bucket())
     assert len(calls) == 1
 
 
-def test_clear_forgets_a_bucket(database):
-    limiter = DatabaseLimiter(database, requests=1, period=PERIOD)
+def test_clear_forgets_a_bucket(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=1, period=PERIOD, clock=clock)
     name = bucket()
-    assert limiter.hit(name, now=T0).allowed
-    assert not limiter.hit(name, now=T0).allowed
+    assert limiter.hit(name).allowed
+    assert not limiter.hit(name).allowed
     limiter.clear(name)
-    assert limiter.hit(name, now=T0).allowed
+    assert windows(database, name) == []
+    assert limiter.hit(name).allowed
 
 
-def test_uses_the_clock_when_no_time_is_given(database, one_window):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
+def test_a_refusal_is_known_without_counting_until_its_window_ends(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=1, period=PERIOD, clock=clock)
     name = bucket()
-    assert limiter.hit(name) == Decision(allowed=True, limit=2, remaining=1, retry_after=0)
-    with database.transaction(readonly=True) as s:
-        assert s.scalar(select(func.count()).select_from(RateCounter)) == 1
+    assert limiter.refusal(name) is None  # never refused: nothing read
+    assert limiter.hit(name).allowed
+    assert limiter.refusal(name) is None
+    at(15)
+    assert not limiter.hit(name).allowed
+    at(20)
+    assert limiter.refusal(name) == Decision(False, 1, 0, 40)
+    assert stored(database, name) == 2  # not counted
+    at(PERIOD)
+    assert limiter.refusal(name) is None
 
 
-def test_bucket_length_is_checked(database):
-    limiter = DatabaseLimiter(database, requests=2, period=PERIOD)
-    limiter.hit("b" * 100, now=T0)
+def test_a_refusal_is_forgotten_when_another_process_clears_the_bucket(database, clock, at):
+    here = DatabaseLimiter(database, requests=1, period=PERIOD, clock=clock)
+    elsewhere = DatabaseLimiter(database, requests=1, period=PERIOD, clock=clock)
+    name = bucket()
+    assert [here.hit(name).allowed for _ in range(2)] == [True, False]
+    assert here.refusal(name) is not None
+    elsewhere.clear(name)
+    assert here.refusal(name) is None
+    assert here.hit(name).allowed
+
+
+def test_bucket_length_is_checked(database, clock, at):
+    limiter = DatabaseLimiter(database, requests=2, period=PERIOD, clock=clock)
+    limiter.hit("b" * 100)
     with pytest.raises(ValueError):
-        limiter.hit("b" * 101, now=T0)
+        limiter.hit("b" * 101)
     with pytest.raises(ValueError):
-        limiter.hit("", now=T0)
+        limiter.hit("")
 
 
-def test_make_limiter_defaults_to_the_database(base_config, database):
-    limiter = make_limiter(base_config, database)
+def test_buckets_of_keys_and_credentials():
+    assert api_bucket("ab12") == "v1:ab12"
+    assert smtp_bucket(7) == "smtp:7"
+
+
+def test_make_limiter_defaults_to_the_database(base_config, database, clock):
+    limiter = make_limiter(base_config, database, clock)
     assert isinstance(limiter, DatabaseLimiter)
-    assert (limiter.requests, limiter.period) == (100, 60)
+    assert (limiter.requests, limiter.period, limiter.clock) == (100, 60, clock)
     config = base_config.replace(ratelimit__requests=7, ratelimit__period=30)
-    limiter = make_limiter(config, database)
+    limiter = make_limiter(config, database, clock)
     assert (limiter.requests, limiter.period) == (7, 30)
 
 
-def test_counters_live_apart_without_waiting_for_the_disk(base_config, database):
-    """One counters database per database and process; its commits skip the disk flush."""
-    first = make_limiter(base_config, database)
-    second = make_limiter(base_config, database)
-    assert first.db is second.db
-    first.hit("v1:apart", now=T0)
-    with first.db.engine.connect() as conn:
+def test_counts_of_their_own_go_to_the_same_table_without_waiting_for_the_disk(
+    base_config, database, clock, at
+):
+    """The one place is the application database's rate_counters; hits made on their own
+    reach it through connections whose commits skip the disk flush."""
+    first = make_limiter(base_config, database, clock)
+    second = make_limiter(base_config, database, clock)
+    assert first.counters is second.counters
+    assert first.counters.url == database.url
+    first.hit("v1:apart")
+    assert stored(database, "v1:apart") == 1
+    with first.counters.counter_connection() as conn:
         if database.backend == "postgresql":
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
         elif database.backend == "sqlite":
-            assert first.db.url.endswith("-ratelimit.db")
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
-    if database.backend != "sqlite":
-        with database.transaction(readonly=True) as s:
-            assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == "v1:apart"))
-    first.clear("v1:apart")
+    if database.backend == "sqlite":  # no file of their own beside the database
+        path = Path(make_url(database.url).database)
+        assert [p.name for p in path.parent.iterdir() if "ratelimit" in p.name] == []
 
 
 def test_too_many_requests_text():
@@ -282,12 +358,13 @@ def redis_url():
 
 
 @pytest.fixture
-def redis_limiter(redis_url):
-    """Makes RedisLimiters; clears the buckets they used and closes them afterwards."""
+def redis_limiter(redis_url, clock):
+    """Makes RedisLimiters on the gateway's clock; clears the buckets they used and closes
+    them afterwards."""
     made: list[tuple[RedisLimiter, list[str]]] = []
 
     def make(requests: int, period: int = PERIOD):
-        limiter = RedisLimiter(redis_url, requests, period)
+        limiter = RedisLimiter(redis_url, requests, period, clock)
         used: list[str] = []
         made.append((limiter, used))
         return limiter, used
@@ -300,25 +377,43 @@ def redis_limiter(redis_url):
             for name in used:
                 limiter.clear(name)
         except redis.RedisError:
-            pass  # the test has failed already; the keys expire after one period anyway
+            pass  # the test has failed already; the keys expire after two periods anyway
         finally:
             limiter.close()
 
 
-def test_redis_allows_exactly_the_limit_then_refuses(redis_limiter):
+def test_redis_allows_exactly_the_limit_then_refuses(redis_limiter, at):
     limiter, used = redis_limiter(3)
     name = bucket()
     used.append(name)
+    at(10)
     decisions = [limiter.hit(name) for _ in range(3)]
     assert [d.allowed for d in decisions] == [True] * 3
     assert [d.remaining for d in decisions] == [2, 1, 0]
-    refused = limiter.hit(name)
-    assert not refused.allowed
-    assert (refused.limit, refused.remaining) == (3, 0)
-    assert 1 <= refused.retry_after <= PERIOD
+    at(20.5)
+    assert limiter.hit(name) == Decision(allowed=False, limit=3, remaining=0, retry_after=40)
 
 
-def test_redis_buckets_are_independent(redis_limiter):
+def test_redis_windows_are_aligned_to_the_period_on_the_gateways_clock(redis_limiter, at):
+    import redis
+
+    limiter, used = redis_limiter(1)
+    name = bucket()
+    used.append(name)
+    at(30)
+    assert [limiter.hit(name).allowed for _ in range(2)] == [True, False]
+    at(PERIOD)
+    assert limiter.hit(name) == Decision(allowed=True, limit=1, remaining=0, retry_after=0)
+    client = redis.Redis.from_url(limiter.url)
+    try:
+        keys = sorted(k.decode() for k in client.scan_iter(match=f"postern:rl:{name}:*"))
+        assert keys == [f"postern:rl:{name}:{START}", f"postern:rl:{name}:{START + PERIOD}"]
+        assert all(0 < client.ttl(k) <= 2 * PERIOD for k in keys)  # Redis drops them
+    finally:
+        client.close()
+
+
+def test_redis_buckets_are_independent(redis_limiter, at):
     limiter, used = redis_limiter(1)
     a, b = bucket(), bucket()
     used += [a, b]
@@ -326,39 +421,127 @@ def test_redis_buckets_are_independent(redis_limiter):
     assert [limiter.hit(b).allowed for _ in range(2)] == [True, False]
 
 
-def test_redis_clear_starts_a_new_window(redis_limiter):
+def test_redis_clear_forgets_a_bucket_and_no_other(redis_limiter, at):
     limiter, used = redis_limiter(1)
     name = bucket()
-    used.append(name)
-    assert limiter.hit(name).allowed
-    assert not limiter.hit(name).allowed
+    longer = f"{name}:1"  # its keys start with the shorter bucket's
+    used += [name, longer]
+    assert [limiter.hit(name).allowed for _ in range(2)] == [True, False]
+    assert limiter.hit(longer).allowed
     limiter.clear(name)
     assert limiter.hit(name).allowed
+    assert not limiter.hit(longer).allowed
 
 
-def test_redis_concurrent_hits_are_counted_exactly(redis_limiter):
+def test_redis_refusals_are_known_and_cleared_elsewhere(redis_limiter, at):
+    here, used = redis_limiter(1)
+    elsewhere, _ = redis_limiter(1)
+    name = bucket()
+    used.append(name)
+    assert [here.hit(name).allowed for _ in range(2)] == [True, False]
+    at(20)
+    assert here.refusal(name) == Decision(False, 1, 0, 40)
+    elsewhere.clear(name)
+    assert here.refusal(name) is None
+
+
+def test_redis_concurrent_hits_are_counted_exactly(redis_limiter, at):
     limiter, used = redis_limiter(100)
     name = bucket()
     used.append(name)
-    decisions = hammer(limiter, name, now=None)
+    decisions = hammer(limiter, name)
     assert sum(d.allowed for d in decisions) == 100
 
 
-def test_a_redis_limiter_counts_hits_in_a_transaction_in_redis(redis_limiter, database):
+def test_a_redis_limiter_counts_hits_in_a_transaction_in_redis(redis_limiter, database, at):
     limiter, used = redis_limiter(2)
     name = bucket()
     used.append(name)
+    assert not limiter.counts_in_transactions
     with database.unit_of_work() as work:
         assert limiter.hit_in(work.conn, name).allowed
     assert [limiter.hit(name).allowed for _ in range(2)] == [True, False]
-    with database.transaction(readonly=True) as s:
-        assert s.scalar(select(RateCounter.hits).where(RateCounter.bucket == name)) is None
+    assert stored(database, name) == 0
 
 
-def test_make_limiter_chooses_redis(base_config, database, redis_url):
-    limiter = make_limiter(base_config.replace(ratelimit__storage=redis_url), database)
+def test_make_limiter_chooses_redis(base_config, database, clock, redis_url):
+    limiter = make_limiter(base_config.replace(ratelimit__storage=redis_url), database, clock)
     try:
         assert isinstance(limiter, RedisLimiter)
-        assert (limiter.requests, limiter.period) == (100, 60)
+        assert (limiter.requests, limiter.period, limiter.clock) == (100, 60, clock)
     finally:
         limiter.close()
+
+
+# -- one store for the HTTP and the SMTP limits
+
+
+@pytest.fixture(params=["database", "redis"])
+def storage(request):
+    if request.param == "database":
+        return "database"
+    return request.getfixturevalue("redis_url")
+
+
+def test_http_and_smtp_limits_are_counted_in_one_store(
+    storage, base_config, database, clock, make_app, api, user, active_domain
+):
+    """The API and the relay (two processes: two gateways) count in the same store: each
+    sees a bucket cleared by the other, and both see windows move with the clock."""
+    clock.freeze()
+    domain = active_domain()
+    smtp = api("EmailGateway.AddSMTP", APIKey=user.api_key, DomainID=domain.id)["SMTP"]
+    caller, _ = authenticate_smtp(database, smtp["Username"], smtp["Password"])
+    http = make_app(ratelimit__storage=storage, ratelimit__requests=2).client
+    api_gateway = http.application.extensions["postern.gateway"]
+    relay = Gateway(
+        base_config.replace(ratelimit__storage=storage, ratelimit__requests=2),
+        database,
+        clock=clock,
+    )
+    key_bucket = api_bucket(api_gateway.authenticate_sender(domain.key).key_digest)
+    credential_bucket = smtp_bucket(caller.credential_id)
+    for name in (key_bucket, credential_bucket):  # Redis keeps counts of earlier runs
+        relay.limiter.clear(name)
+
+    def send():
+        return http.post(
+            "/api/v1/email",
+            json={
+                "Subject": "Hi",
+                "ContentType": "html",
+                "HtmlContent": "<p>Hello</p>",
+                "From": {"email": "news@example.com"},
+                "To": [{"email": "rcpt@dest.example"}],
+            },
+            headers={"Authorization": f"Bearer {domain.key}"},
+        ).status_code
+
+    def submit():
+        data = b"From: news@example.com\r\nTo: rcpt@dest.example\r\nSubject: Hi\r\n\r\nHello\r\n"
+        [result] = relay.submit_many([(caller, ["rcpt@dest.example"], data)])
+        return "refused" if isinstance(result, RateLimited) else "accepted"
+
+    try:
+        assert [send() for _ in range(3)] == [200, 200, 429]
+        assert [submit() for _ in range(3)] == ["accepted", "accepted", "refused"]
+        if storage == "database":
+            assert (stored(database, key_bucket), stored(database, credential_bucket)) == (2, 3)
+        else:
+            assert stored(database, key_bucket) == stored(database, credential_bucket) == 0
+        # Each side clears the other's bucket; the next hit of each sees it.
+        relay.limiter.clear(key_bucket)
+        api_gateway.limiter.clear(credential_bucket)
+        assert send() == 200
+        assert relay.limiter.refusal(credential_bucket) is None
+        assert submit() == "accepted"
+        assert [send(), submit()] == [200, "accepted"]
+        assert [send(), submit()] == [429, "refused"]
+        # The next window, on the clock both gateways read.
+        clock.advance(seconds=60)
+        assert [send(), submit()] == [200, "accepted"]
+    finally:
+        for name in (key_bucket, credential_bucket):
+            relay.limiter.clear(name)
+        relay.limiter.close()
+        api_gateway.limiter.close()

@@ -22,7 +22,7 @@ from app.workers.delivery import Worker
 from commands import Gateway
 from commands.errors import CommandError
 from commands.keys.smtp_credentials import authenticate_smtp
-from commands.ratelimit import RateLimited
+from commands.ratelimit import RateLimited, smtp_bucket
 from core.crypto import SecretBox
 from models import Delivery, Event, Message, RateCounter
 from models.messages import raw_entry, raw_message
@@ -251,11 +251,12 @@ def _login(relay, credential):
 
 
 def test_the_rate_limit_refuses_the_message_then_mail_from_with_451(
-    relay_for, credential, database, one_window
+    relay_for, credential, database, clock
 ):
     relay = relay_for(ratelimit__requests=2)
     caller, _ = authenticate_smtp(database, *credential)
-    bucket = f"smtp:{caller.credential_id}"
+    bucket = smtp_bucket(caller.credential_id)
+    clock.freeze()  # the messages fall in one rate-limit window
     with _login(relay, credential) as c:
         for _ in range(2):
             assert c.send_message(message()) == {}
@@ -268,10 +269,14 @@ def test_the_rate_limit_refuses_the_message_then_mail_from_with_451(
         # From then until the window ends, MAIL FROM is refused before any data is sent.
         code, text = c.mail("news@example.com")
         assert code == 451 and b"Too many messages: wait" in text and b"for another 2" in text
-    assert len(queued(database)) == 2
+        c.rset()
+        # The window ends on the gateway's clock: MAIL FROM and the message are taken again.
+        clock.advance(seconds=60)
+        assert c.send_message(message()) == {}
+    assert len(queued(database)) == 3
     with database.transaction(readonly=True) as s:
         counted = s.scalars(select(RateCounter.hits).where(RateCounter.bucket == bucket)).all()
-    assert sum(counted) == 3  # in the application database, with the mail it counts
+    assert sum(counted) == 4  # in the application database, with the mail it counts
 
 
 def test_the_quota_refuses_the_message_with_451(relay_for, credential, database):
@@ -373,13 +378,14 @@ def test_submissions_together_count_toward_the_quota(base_config, database, cloc
 
 def smtp_hits(database, caller) -> int:
     with database.transaction(readonly=True) as s:
-        bucket = f"smtp:{caller.credential_id}"
+        bucket = smtp_bucket(caller.credential_id)
         return sum(s.scalars(select(RateCounter.hits).where(RateCounter.bucket == bucket)))
 
 
 def test_submissions_together_count_each_credentials_rate_limit_in_order(
-    base_config, database, clock, smtp_caller, api, user, one_window
+    base_config, database, clock, smtp_caller, api, user
 ):
+    clock.freeze()  # the submissions fall in one rate-limit window
     domain_id = database_domain_id(database)
     smtp = api("EmailGateway.AddSMTP", APIKey=user.api_key, DomainID=domain_id)["SMTP"]
     other, _ = authenticate_smtp(database, smtp["Username"], smtp["Password"])
