@@ -12,9 +12,10 @@ import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from commands.errors import CommandError
 from commands.gateway import Gateway
@@ -87,7 +88,8 @@ class RelaySMTP(SMTP):
         read. Leading dots are undone as RFC 5321 4.5.2 says.
         """
         if self._decode_data:  # pragma: no cover - the relay keeps messages as bytes
-            return await super().smtp_DATA(arg)
+            await super().smtp_DATA(arg)
+            return
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -108,14 +110,14 @@ class RelaySMTP(SMTP):
             return
         if problem is not None:
             await self.push(problem)
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own, unannotated
             return
         if data.startswith(b"."):
             data = data[1:]
         content = data.replace(b"\r\n.", b"\r\n")
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own, unannotated
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self) -> tuple[bytes | None, str | None]:
@@ -181,6 +183,10 @@ class RelayController(Controller):
         return RelaySMTP(self.handler, **self.SMTP_kwargs)
 
 
+# One submission waiting for the submitter thread: who, to whom, what, and where to answer.
+Queued = tuple[SMTPCaller, list[str], bytes, asyncio.AbstractEventLoop, "asyncio.Future[str]"]
+
+
 class Submitter:
     """SMTP submissions of every listener, accepted in shared transactions (group commit).
 
@@ -193,7 +199,7 @@ class Submitter:
     def __init__(self, gateway: Gateway, most: int = 64):
         self.gateway = gateway
         self.most = most
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Queued | None] = queue.SimpleQueue()  # None: stop
         self._thread: threading.Thread | None = None
 
     def rate_limited(self, credential_id: int) -> str | None:
@@ -219,7 +225,7 @@ class Submitter:
     async def submit(self, caller: SMTPCaller, recipients: list[str], data: bytes) -> str:
         """The message id once committed; or what refused the submission, raised."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[str] = loop.create_future()
         self._queue.put((caller, recipients, data, loop, future))
         return await future
 
@@ -248,7 +254,7 @@ class Submitter:
                     loop.call_soon_threadsafe(_settle, future, result)
 
 
-def _settle(future: asyncio.Future, result: str | Exception) -> None:
+def _settle(future: asyncio.Future[str], result: str | Exception) -> None:
     if future.done():  # the client went away meanwhile
         return
     if isinstance(result, Exception):
@@ -302,7 +308,9 @@ class RelayHandler:
 
     # -- authentication -----------------------------------------------------------------
 
-    async def handle_AUTH(self, server, session, envelope, args):
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | object:
         """Before each AUTH: slow down a client after failures, refuse it past the limit."""
         peer = session.peer[0] if session.peer else "?"
         failures = self.throttle.failures(f"ip:{peer}")
@@ -312,7 +320,9 @@ class RelayHandler:
             await asyncio.sleep(min(0.5 * 2 ** (failures - 1), 4.0))
         return MISSING
 
-    def authenticator(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+    def authenticator(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object
+    ) -> AuthResult:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         peer = session.peer[0] if session.peer else "?"
@@ -338,11 +348,18 @@ class RelayHandler:
 
     # -- the envelope -------------------------------------------------------------------
 
-    def _caller(self, session) -> SMTPCaller | None:
+    def _caller(self, session: Session) -> SMTPCaller | None:
         data = session.auth_data if session.authenticated else None
         return data if isinstance(data, SMTPCaller) else None
 
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         caller = self._caller(session)
         if caller is None:
             if self.role != "inbound":
@@ -357,7 +374,14 @@ class RelayHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         if self._caller(session) is None:
             # Without credentials, only mail for Postern's own return paths (bounces and
             # complaints) is taken, and only on the inbound port: never an open relay.
@@ -377,9 +401,10 @@ class RelayHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         caller = self._caller(session)
         data = envelope.original_content or envelope.content
+        assert isinstance(data, bytes), "the relay keeps messages as bytes (decode_data off)"
         if caller is None:  # mail for a return path (RCPT took nothing else)
             try:
                 result = await asyncio.to_thread(
@@ -449,7 +474,7 @@ class Relay:
         self.submitter.start()
         for role, port in zip(ROLES, config.smtp.ports, strict=False):
             handler = RelayHandler(self.gateway, role, throttle, self.submitter)
-            options = dict(
+            options: dict[str, Any] = dict(
                 loop=new_event_loop(),  # one per listener, run and closed by its thread
                 hostname=config.smtp.listen_host,
                 port=port,
