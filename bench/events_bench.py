@@ -1,7 +1,7 @@
 """Event log benchmark: GetEvents, DomainStats, AggrEvents and DailySeries latencies through
 Gateway.run on a PostgreSQL database holding a million events.
 
-    .venv/bin/python bench/events_bench.py [--events 1000000] [--runs 50] [--explain]
+    .venv/bin/python bench/events_bench.py [--events 1000000] [--runs 50] [--server URL] [--keep]
 
 Creates a database of its own on the server (dropped at the end unless --keep), migrates it,
 loads users, domains, messages, events and their daily counts with COPY (8 domains of 4

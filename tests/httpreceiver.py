@@ -135,7 +135,7 @@ def assert_signed(request, key):
     expected = hmac.new(key.encode(), fields["t"].encode() + b"." + request.body, hashlib.sha256)
     assert hmac.compare_digest(fields["v1"], expected.hexdigest())
     assert StandardWebhook(standard_webhooks_secret(key)).verify(request.body, request.headers)
-    secret = "whsec_" + base64.b64encode(bytes.fromhex(key)).decode()  # as the README says
+    secret = "whsec_" + base64.b64encode(bytes.fromhex(key)).decode()  # as docs/api.md says
     assert StandardWebhook(secret).verify(request.body, request.headers) == request.json()
 
 
