@@ -41,6 +41,7 @@ from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database
+from models.payload import Submitted
 from mta.eventloop import new_event_loop
 from mta.smtp_client import Outcome
 from mta.verp import verp_address
@@ -53,6 +54,11 @@ log = logging.getLogger("postern.worker")
 # deadline is deferred, long before the claim runs out and another worker could take it.
 DEADLINE_SHARE = 0.5
 _BROKEN_POOL = f"{BrokenProcessPool.__name__}:"  # how dispatch describes a build pool's death
+# A batch whose messages come to less than this, built, is built whole before its sending
+# begins (the build processes take it in chunks, as one hand-over each); a larger one is
+# built message by message as it is sent, so that memory stays bounded. Handing builds to
+# the processes one at a time cost about 1.2 ms of CPU more per delivery (bench/send_bench).
+EAGER_BYTES = 8 * 1024 * 1024
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -65,6 +71,35 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _built_size(job: BuildJob) -> int:
+    """About how large ``job``'s message is once built (its HTML, the plain part derived
+    from it, attachments, headers and signature)."""
+    p = job.payload
+    if isinstance(p, Submitted):
+        return len(p.data) + 1024
+    content = len(p.html or "") + len(p.text or "") + sum(len(a.content) for a in p.attachments)
+    return 2 * content + 4096
+
+
+def _built_or_error(job: BuildJob) -> bytes | Exception:
+    """``job``'s message, or what stopped it being built (that message's error alone)."""
+    try:
+        return build_and_sign(job)
+    except Exception as exc:  # noqa: BLE001 - handed back as that delivery's outcome
+        return exc
+
+
+def _ready(built: bytes | Exception) -> Callable[[], Awaitable[bytes]]:
+    """A build whose result is already known."""
+
+    async def build() -> bytes:
+        if isinstance(built, Exception):
+            raise built
+        return built
+
+    return build
 
 
 class _SharedBuild:
@@ -130,7 +165,7 @@ class Worker:
         )
         ready, results = prepare_batch(self.db, self.box, claimed, urls)
         if ready:
-            sends = self.lazy_builds(ready)
+            sends = self.builds(ready)
             outcomes = self._run_async(
                 dispatch(sends, self.config, self.resolver, deadline=deadline)
             )
@@ -208,6 +243,29 @@ class Worker:
         return self._loop.run(coroutine)
 
     # -- building -------------------------------------------------------------------------
+
+    def builds(self, ready: Sequence[Prepared]) -> list[Outgoing]:
+        """Each delivery with its build: made beforehand for a batch of small messages,
+        else lazily (``lazy_builds``)."""
+        jobs = list({id(o.job): o.job for o in ready}.values())
+        if sum(_built_size(j) for j in jobs) >= EAGER_BYTES:
+            return self.lazy_builds(ready)
+        if self._backlog and self._processes() > 1 and len(jobs) >= 8:
+            chunk = max(1, len(jobs) // (self._processes() * 4))
+            try:
+                built = list(self._start_pool().map(_built_or_error, jobs, chunksize=chunk))
+            except BrokenProcessPool:  # a build process died: build as the sending goes
+                self._pool = None
+                return self.lazy_builds(ready)
+        else:
+            built = [_built_or_error(j) for j in jobs]
+        by_job = {id(j): b for j, b in zip(jobs, built, strict=True)}
+        return [
+            Outgoing(
+                o.delivery_id, o.recipient_domain, o.mail_from, o.rcpt_to, _ready(by_job[id(o.job)])
+            )
+            for o in ready
+        ]
 
     def lazy_builds(self, ready: Sequence[Prepared]) -> list[Outgoing]:
         """Each delivery with its build, made when first awaited: a message's untracked
