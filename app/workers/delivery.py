@@ -182,9 +182,7 @@ class Worker:
                 else r
                 for r in results
             ]
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            self._drop_pool()
         for r in results:
             if r.status == "error":
                 log.error(
@@ -255,7 +253,7 @@ class Worker:
             try:
                 built = list(self._start_pool().map(_built_or_error, jobs, chunksize=chunk))
             except BrokenProcessPool:  # a build process died: build as the sending goes
-                self._pool = None
+                self._drop_pool()
                 return self.lazy_builds(ready)
         else:
             built = [_built_or_error(j) for j in jobs]
@@ -316,6 +314,12 @@ class Worker:
         if self._builder is None:
             self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postern-build")
         return self._builder
+
+    def _drop_pool(self) -> None:
+        """Let go of build processes that broke; the next backlog starts them afresh."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _processes(self) -> int:
         return int(self.config.delivery.build_processes or os.cpu_count() or 1)

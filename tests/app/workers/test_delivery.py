@@ -2,7 +2,9 @@
 
 import email
 import email.policy
+import os
 import re
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -393,6 +395,25 @@ def test_messages_built_on_several_processes(send, mx, worker_for, database, dns
         assert dkim.verify(received.data, dnsfunc=lookup)
     subjects = {email.message_from_bytes(m.data)["Subject"] for m in mx.messages}
     assert subjects == {f"n{i}" for i in range(12)}
+
+
+def test_build_processes_that_died_are_started_afresh(send, mx, worker_for, database):
+    """Build processes killed before a backlog batch is built: the batch is built by new
+    ones as it is sent, and every message is delivered on that attempt."""
+    ids = [send(to=f"p{i}@dest.example", Subject=f"k{i}") for i in range(12)]
+    worker = worker_for(mx, delivery__build_processes=2, delivery__batch_size=12)
+    try:
+        pool = worker._start_pool()
+        pool.submit(os.getpid).result()  # the processes are up
+        for process in list(pool._processes.values()):
+            os.kill(process.pid, signal.SIGKILL)
+            process.join()
+        assert worker.run_once() == 12
+        assert worker._pool is not None and worker._pool is not pool
+    finally:
+        worker.close()
+    assert all(deliveries(database, m)[0].status == "delivered" for m in ids)
+    assert len(mx.messages) == 12
 
 
 def recorded_steps(worker):
