@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
@@ -364,10 +365,8 @@ def smtp_client(port: int, login: tuple[str, str], jobs: Jobs, tally: Tally) -> 
 
 def _drop(client: smtplib.SMTP | None) -> None:
     if client is not None:
-        try:
+        with contextlib.suppress(OSError):
             client.close()
-        except OSError:
-            pass
     return None
 
 
@@ -392,7 +391,7 @@ def make_database(spec: str) -> tuple[str, Any, str]:
         admin.dispose()
 
     url = server.set(database=name).render_as_string(hide_password=False)
-    return url, drop, admin.dialect.name
+    return url, drop, {"mysql": "mariadb"}.get(admin.dialect.name, admin.dialect.name)
 
 
 def role_env(url: str, work: Path, dns: DNSServer, http: int, smtp: list[int], sink: int):
@@ -493,6 +492,20 @@ def in_flight_after_kill(engine: Engine, pid: int, sink_path: Path) -> WorkerKil
     return WorkerKill(len(ids), len(ids & delivered))
 
 
+def wait_for_claim(engine: Engine, pid: int, seconds: float = 5) -> bool:
+    """Wait until the worker ``pid`` holds a claim; whether it did within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    query = text(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'sending' AND claimed_by LIKE :who"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query, {"who": f"%:{pid}:%"}).scalar():
+                return True
+        time.sleep(0.01)
+    return False
+
+
 def queue_left(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(
@@ -568,7 +581,13 @@ def run_one(spec: str, opts: argparse.Namespace) -> dict[str, Any]:
             while any(t.is_alive() for t in clients):
                 if schedule and tally.done() >= schedule[0][0]:
                     _, role = schedule.pop(0)
-                    time.sleep(rng.uniform(0, 0.3))
+                    if role == "worker" and roles.kills[role] % 2 == 0:
+                        # Every other kill of the worker falls while it holds a claim (when
+                        # it takes one within a few seconds): inside a batch's sending.
+                        wait_for_claim(engine, roles.procs[role].pid)
+                        time.sleep(rng.uniform(0, 0.4))  # building, sending or recording
+                    else:
+                        time.sleep(rng.uniform(0, 0.3))
                     pid = roles.kill(role)
                     if role == "worker":
                         worker_kills.append(in_flight_after_kill(engine, pid, sink_path))
@@ -598,9 +617,7 @@ def run_one(spec: str, opts: argparse.Namespace) -> dict[str, Any]:
                 for s in conn.execute(text("SELECT subject FROM messages")).scalars()
             }
             statuses = dict(
-                conn.execute(
-                    text("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
-                ).all()
+                conn.execute(text("SELECT status, COUNT(*) FROM deliveries GROUP BY status")).all()
             )
         delivered = collections.Counter(sink_ids(sink_path))
         submitted = tally.accepted | set(tally.refused) | set(tally.unanswered)
@@ -685,7 +702,11 @@ def report(r: dict[str, Any]) -> str:
             f"  left in the queue {r['queue_left']}; deliveries by status {r['statuses']}",
         ]
         + ([f"  lost: {r['lost_ids']}"] if r["lost"] else [])
-        + ([f"  refused but delivered: {r['refused_delivered_ids']}"] if r["refused_delivered"] else [])
+        + (
+            [f"  refused but delivered: {r['refused_delivered_ids']}"]
+            if r["refused_delivered"]
+            else []
+        )
         + ([f"  kept: {r['work']}"] if "work" in r else [])
     )
 
