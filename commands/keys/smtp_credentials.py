@@ -214,7 +214,11 @@ def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPC
     with db.transaction(readonly=True) as s:
         row = s.execute(
             select(SMTPCredential, Domain.status, Domain.name, User.enabled)
-            .join(Domain, Domain.id == SMTPCredential.domain_id)
+            .join(
+                Domain,
+                (Domain.id == SMTPCredential.domain_id)
+                & (Domain.user_id == SMTPCredential.user_id),
+            )
             .join(User, User.id == SMTPCredential.user_id)
             .where(SMTPCredential.username == username.strip().lower())
         ).first()
