@@ -14,7 +14,7 @@ with engine.connect() as connection:
         # transaction: it is set on the driver's connection before one begins, and set
         # back before the connection goes back to the pool. A migration that rebuilds
         # tables checks the foreign keys itself (PRAGMA foreign_key_check).
-        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]  # sqlite3's
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
     try:
         context.configure(
             connection=connection,
@@ -28,4 +28,4 @@ with engine.connect() as connection:
     finally:
         if sqlite:
             connection.rollback()
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]  # sqlite3's
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
