@@ -31,7 +31,6 @@ from core.settings import Config, resolve_secret_key
 from models import Database, Domain, User
 from models.database import UnitOfWork
 from mta.bounces import parse_report
-from mta.verp import verp_token
 
 # An SMTP submission by an authenticated credential: (caller, envelope recipients, message).
 Submission = tuple[SMTPCaller, list[str], bytes]
@@ -256,7 +255,7 @@ class Gateway:
         if report is None:
             return None
         with self.db.transaction() as session:
-            return apply_report(session, report, [verp_token(r) for r in recipients], self.clock())
+            return apply_report(session, report, recipients, self.clock())
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""

@@ -61,3 +61,11 @@ LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 # 64-bit ids for tables that grow without bound; SQLite only autoincrements INTEGER.
 BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+# Table arguments of every table whose rows have a counted id: an id is never given twice,
+# even after the row holding the highest one is deleted (ids are named later, by events,
+# deliveries, webhook deliveries, rate-limit buckets and clients). SQLite needs AUTOINCREMENT
+# for that (without it, the highest id deleted is the next given); PostgreSQL's sequences
+# and InnoDB's auto-increment counter (kept across restarts since MariaDB 10.2) never go
+# back on their own.
+NEVER_REUSED = {"sqlite_autoincrement": True}

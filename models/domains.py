@@ -8,7 +8,7 @@ from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstra
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
-from models.base import Base, UTCDateTime
+from models.base import NEVER_REUSED, Base, UTCDateTime
 
 # Domain.status values
 PENDING = "Pending"
@@ -17,7 +17,7 @@ ENABLED = "Enabled"
 
 class Domain(Base):
     __tablename__ = "domains"
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (UniqueConstraint("user_id", "name"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -50,6 +50,7 @@ class DKIMKey(Base):
     """A DKIM key pair; the private key is stored encrypted (PKCS#8 PEM)."""
 
     __tablename__ = "dkim_keys"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
@@ -67,6 +68,7 @@ class SenderAPIKey(Base):
     """A sender-domain API key (Bearer on /api/v1): digest for lookup, encrypted for GetAPIs."""
 
     __tablename__ = "sender_api_keys"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
@@ -87,6 +89,7 @@ class SMTPCredential(Base):
     """SMTP AUTH credentials for a domain; the generated password is kept only as a digest."""
 
     __tablename__ = "smtp_credentials"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
@@ -103,6 +106,7 @@ class SMTPCredential(Base):
 
 class Webhook(Base):
     __tablename__ = "webhooks"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)

@@ -9,7 +9,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
-from models.base import Base, BigID, LongText, UTCDateTime
+from models.base import NEVER_REUSED, Base, BigID, LongText, UTCDateTime
 
 # The payload's JSON-level forms, where they were first kept (models.payload holds them).
 from models.payload import (
@@ -72,7 +72,10 @@ class Delivery(Base):
     """The message to one recipient: the unit the worker claims, sends and retries."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_deliveries_user_id_created_at", "user_id", "created_at"),
+        NEVER_REUSED,
+    )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(
@@ -127,6 +130,7 @@ class Event(Base):
             "delivery_id",
         ),
         Index("ix_events_user_id_recipient_lower", "user_id", "recipient_lower"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
@@ -157,7 +161,7 @@ class Suppression(Base):
     """An address the user's mail is not sent to: for one domain, or all (domain_id 0)."""
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("user_id", "email", "domain_id"),)
+    __table_args__ = (UniqueConstraint("user_id", "email", "domain_id"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

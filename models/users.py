@@ -8,11 +8,12 @@ from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
-from models.base import Base, UTCDateTime
+from models.base import NEVER_REUSED, Base, UTCDateTime
 
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(100))
@@ -39,6 +40,7 @@ class UserSession(Base):
     """A login session; only the SHA-256 of its SessionID is stored."""
 
     __tablename__ = "user_sessions"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
@@ -53,6 +55,7 @@ class UserAPIKey(Base):
     """A user API key: looked up by digest, kept encrypted so it can be listed again."""
 
     __tablename__ = "user_api_keys"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

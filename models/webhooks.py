@@ -8,7 +8,7 @@ from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstrain
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
-from models.base import Base, BigID, LongText, UTCDateTime
+from models.base import NEVER_REUSED, Base, BigID, LongText, UTCDateTime
 
 # WebhookDelivery.status values. A delivery is pending while its due_at is set.
 PENDING = "pending"
@@ -23,6 +23,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("webhook_id", "event_id"),
         Index("ix_webhook_deliveries_domain_id_created_at", "domain_id", "created_at"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
@@ -55,6 +56,7 @@ class WebhookAttempt(Base):
     """One POST of a webhook delivery: when, the answer's status code, how long, what failed."""
 
     __tablename__ = "webhook_attempts"
+    __table_args__ = NEVER_REUSED
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(

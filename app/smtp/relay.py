@@ -19,7 +19,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from commands.errors import CommandError
 from commands.gateway import Gateway
-from commands.keys.smtp_credentials import SMTPCaller, authenticate_smtp
+from commands.keys.smtp_credentials import SMTPCaller, authenticate_smtp, still_valid
 from commands.ratelimit import RateLimited, smtp_bucket
 from core.settings import Config, ConfigError, sqlite_path
 from mta.addresses import belongs, normalise_address
@@ -45,6 +45,8 @@ REPLIES = {
     35: "550 5.6.0 {text}",  # a header block the signer could not read
     12: "550 5.7.1 Account disabled",
 }
+# MAIL FROM in a session whose credential was deleted, reset or disabled after it logged in.
+REVOKED = "530 5.7.0 Authentication required: the credential was revoked or its password reset"
 
 
 # An address in angle brackets made of dot-atoms only ("<local.part@host.example>"), the form
@@ -364,6 +366,12 @@ class RelayHandler:
         if caller is None:
             if self.role != "inbound":
                 return "530 5.7.0 Authentication required"
+        elif not await asyncio.to_thread(still_valid, self.gateway.db, caller):
+            # Deleted, its password reset, or disabled since this session logged in: the
+            # session is logged out, and may log in again (with the new password).
+            session.authenticated, session.auth_data = False, None
+            log.info("smtp credential revoked", extra={"credential": caller.credential_id})
+            return REVOKED
         elif not belongs(address or "", caller.domain_name):
             return f"553 5.7.1 The sender must be an address at {caller.domain_name}"
         else:

@@ -136,7 +136,7 @@ def describe(exc: BaseException) -> str:
 
 # What preparing reads: the messages of a batch, their domains and the domains' DKIM keys.
 _MESSAGES = Direct(
-    select(Message.id, Message.payload, Message.tags, Message.created_at).where(
+    select(Message.id, Message.user_id, Message.payload, Message.tags, Message.created_at).where(
         Message.id.in_(bindparam("ids", expanding=True))
     )
 )
@@ -144,6 +144,7 @@ _MESSAGES = Direct(
 _DOMAIN_KEYS = Direct(
     select(
         Domain.id,
+        Domain.user_id,
         Domain.name,
         Domain.subdomain,
         Domain.link_tracking,
@@ -195,7 +196,13 @@ def prepare_batch(
     shared: dict[str, BuildJob] = {}  # a message's one job, when it is not tracked
     for c in claimed:
         domain, message = domains.get(c.domain_id), by_id.get(c.message_id)
-        if domain is None or message is None:
+        # The domain must be the message's own user's: a domain id alone proves nothing.
+        if (
+            domain is None
+            or message is None
+            or domain["user_id"] != c.user_id
+            or message["user_id"] != c.user_id
+        ):
             results.append(Result(c.delivery_id, "failed", text="The sending domain was deleted"))
             continue
         payload, domain_keys = payloads[c.message_id], keys[c.domain_id]

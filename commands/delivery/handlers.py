@@ -33,8 +33,12 @@ def release_held_messages(
     domain = owned_domain(ctx, DomainID, _NOT_FOUND)
     if MessageID is not None:
         found = ctx.db.scalar(
-            select(Message.id).where(Message.id == MessageID, Message.domain_id == domain.id)
+            select(Message.id).where(
+                Message.id == MessageID,
+                Message.domain_id == domain.id,
+                Message.user_id == domain.user_id,
+            )
         )
         if found is None:
             raise CommandError(*_NO_MESSAGE)
-    return {"ReleasedCount": release_held(ctx.db, domain.id, MessageID, ctx.now)}
+    return {"ReleasedCount": release_held(ctx.db, domain.id, domain.user_id, MessageID, ctx.now)}

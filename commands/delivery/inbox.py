@@ -15,6 +15,7 @@ from commands.suppression import suppress
 from models import Delivery, Domain, Message
 from models.messages import BOUNCED
 from mta.bounces import Report
+from mta.verp import verp_token
 
 COMPLAINED = "complained"
 
@@ -27,16 +28,46 @@ class Outcome:
     unmatched: int = 0
 
 
+def _split_host(host: str) -> tuple[str, str] | None:
+    sub, _, name = host.strip().lower().rstrip(".").partition(".")
+    return (sub, name) if sub and name else None
+
+
 def is_return_path_host(db: Session, host: str) -> bool:
     """Whether ``host`` is the return-path host (<subdomain>.<domain>) of a known domain."""
-    host = host.strip().lower().rstrip(".")
-    sub, _, name = host.partition(".")
-    if not sub or not name:
+    parts = _split_host(host)
+    if parts is None:
         return False
+    sub, name = parts
     return (
         db.scalar(select(Domain.id).where(Domain.name == name, Domain.subdomain == sub).limit(1))
         is not None
     )
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose messages a report may name by Message-ID alone: one user's, of these domains."""
+
+    user_id: int
+    domain_ids: frozenset[int]
+
+
+def _host_scope(db: Session, address: str) -> Scope | None:
+    """The owner of the return-path host ``address`` was mailed to, with that user's domains
+    of that host; None when no one, or more than one user, has a domain there (then nothing
+    is proved about whose messages a report names)."""
+    parts = _split_host(address.rpartition("@")[2])
+    if parts is None:
+        return None
+    sub, name = parts
+    rows = db.execute(
+        select(Domain.user_id, Domain.id).where(Domain.name == name, Domain.subdomain == sub)
+    ).all()
+    owners = {user_id for user_id, _ in rows}
+    if len(owners) != 1:
+        return None
+    return Scope(owners.pop(), frozenset(domain_id for _, domain_id in rows))
 
 
 def _by_token(db: Session, token: str | None) -> Delivery | None:
@@ -45,32 +76,49 @@ def _by_token(db: Session, token: str | None) -> Delivery | None:
     return db.scalar(select(Delivery).where(Delivery.token == token))
 
 
-def _by_message_id(db: Session, message_id: str | None, recipient: str | None) -> Delivery | None:
-    """The delivery of the original message to ``recipient`` (the Message-ID fallback)."""
-    if not message_id:
+def _by_message_id(
+    db: Session, message_id: str | None, recipient: str | None, scope: Scope | None
+) -> Delivery | None:
+    """The delivery of the original message to ``recipient`` (the Message-ID fallback),
+    among the messages of ``scope`` only: a Message-ID is no proof of whose message it is."""
+    if not message_id or scope is None:
         return None
     local = message_id.strip().strip("<>").split("@", 1)[0]
     if len(local) != 36:
         return None
-    query = select(Delivery).where(Delivery.message_id == local)
+    query = select(Delivery).where(
+        Delivery.message_id == local,
+        Delivery.user_id == scope.user_id,
+        Delivery.domain_id.in_(scope.domain_ids),
+    )
     rows = list(db.scalars(query))
     if recipient:
         rows = [d for d in rows if d.recipient.lower() == recipient.lower()]
     return rows[0] if len(rows) == 1 else None
 
 
-def apply_report(db: Session, report: Report, tokens: list[str | None], now: datetime) -> Outcome:
+def apply_report(db: Session, report: Report, recipients: list[str], now: datetime) -> Outcome:
     """Record what a parsed report says about the deliveries it names.
 
-    ``tokens`` are the VERP tokens of the envelope recipients the report was sent to. The
+    ``recipients`` are the envelope recipients the report was mailed to (return paths).
+    A recipient's valid VERP token names its delivery; a report status it does not name is
+    matched by the report's Message-ID only among the messages of the token's user, or,
+    without a valid token, of the user who owns the return-path host it was mailed to (and
+    of that host's domains): a report naming another user's message changes nothing. The
     events are written together at the end, through the event writer.
     """
+    tokens = [verp_token(r) for r in recipients]
+    hosts = [_host_scope(db, r) for r in recipients]
     out = Outcome()
     written: list[dict[str, Any]] = []
     statuses = report.recipients or []
     for i, status in enumerate(statuses):
-        token = tokens[i] if i < len(tokens) else (tokens[0] if len(tokens) == 1 else None)
+        j = i if i < len(recipients) else (0 if len(recipients) == 1 else None)
+        token = tokens[j] if j is not None else None
         delivery = _by_token(db, token)
+        scope = hosts[j] if j is not None else None
+        if delivery is not None:  # a valid token proves its delivery's user, whatever the host
+            scope = Scope(delivery.user_id, frozenset({delivery.domain_id}))
         if (
             delivery is not None
             and status.recipient
@@ -78,7 +126,9 @@ def apply_report(db: Session, report: Report, tokens: list[str | None], now: dat
             and len(statuses) > 1
         ):
             delivery = None  # a multi-recipient report: match each to its own delivery
-        delivery = delivery or _by_message_id(db, report.original_message_id, status.recipient)
+        delivery = delivery or _by_message_id(
+            db, report.original_message_id, status.recipient, scope
+        )
         if delivery is None:
             out.unmatched += 1
             continue

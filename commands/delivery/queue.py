@@ -25,6 +25,7 @@ class Claimed:
     recipient_domain: str
     message_id: str
     domain_id: int
+    user_id: int
     created_at: datetime
 
 
@@ -50,6 +51,7 @@ _CLAIMED = Direct(
         Delivery.recipient_domain,
         Delivery.message_id,
         Delivery.domain_id,
+        Delivery.user_id,
         Delivery.created_at,
     ).where(Delivery.id.in_(bindparam("ids", expanding=True)))
 )
@@ -84,14 +86,15 @@ def claim_batch(
     return [Claimed(**row) for row in rows]
 
 
-def fail_pending(db: Session, domain_id: int, reason: str, now: datetime) -> int:
-    """Fail every delivery of the domain not yet sent, held ones too (one in the worker's
-    hands goes on)."""
+def fail_pending(db: Session, domain_id: int, user_id: int, reason: str, now: datetime) -> int:
+    """Fail every delivery of the user's domain not yet sent, held ones too (one in the
+    worker's hands goes on)."""
     rows = db.execute(
         select(Delivery, Message)
         .join(Message, Message.id == Delivery.message_id)
         .where(
             Delivery.domain_id == domain_id,
+            Delivery.user_id == user_id,
             or_(
                 (Delivery.due_at.is_not(None)) & (Delivery.status != SENDING),
                 Delivery.status == HELD,
@@ -113,10 +116,12 @@ def fail_pending(db: Session, domain_id: int, reason: str, now: datetime) -> int
     return len(rows)
 
 
-def release_held(db: Session, domain_id: int, message_id: str | None, now: datetime) -> int:
-    """Make the domain's held deliveries (of one message, when given) due now, their count of
-    unexpected failures started again; the number released."""
-    where = [Delivery.domain_id == domain_id, Delivery.status == HELD]
+def release_held(
+    db: Session, domain_id: int, user_id: int, message_id: str | None, now: datetime
+) -> int:
+    """Make the user's domain's held deliveries (of one message, when given) due now, their
+    count of unexpected failures started again; the number released."""
+    where = [Delivery.domain_id == domain_id, Delivery.user_id == user_id, Delivery.status == HELD]
     if message_id is not None:
         where.append(Delivery.message_id == message_id)
     result = db.execute(

@@ -237,7 +237,7 @@ def delete_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
     domain = owned_domain(ctx, DomainID, _DELETE_DOMAIN_NOT_FOUND)
 
     # Its messages and events stay (for statistics); what was still queued fails.
-    fail_pending(ctx.db, domain.id, "The sending domain was deleted", ctx.now)
+    fail_pending(ctx.db, domain.id, domain.user_id, "The sending domain was deleted", ctx.now)
     ctx.db.delete(domain)
     return {}
 
@@ -319,5 +319,7 @@ class ClearDomainQueueSchema(CommandSchema):
 @command("EmailGateway.ClearDomainQueue", schema=ClearDomainQueueSchema, auth=Auth.USER)
 def clear_domain_queue(ctx: Context, DomainID: int) -> dict[str, Any]:
     domain = owned_domain(ctx, DomainID, _CLEAR_NOT_FOUND)
-    count = fail_pending(ctx.db, domain.id, "Removed from the queue by ClearDomainQueue", ctx.now)
+    count = fail_pending(
+        ctx.db, domain.id, domain.user_id, "Removed from the queue by ClearDomainQueue", ctx.now
+    )
     return {"ClearedCount": count}

@@ -70,7 +70,10 @@ _KEY_QUERY = Direct(
         *_DOMAIN_COLUMNS,
     )
     .join(User, User.id == SenderAPIKey.user_id)
-    .join(Domain, Domain.id == SenderAPIKey.domain_id)
+    .join(
+        Domain,
+        (Domain.id == SenderAPIKey.domain_id) & (Domain.user_id == SenderAPIKey.user_id),
+    )
     .where(SenderAPIKey.key_digest == bindparam("digest"))
 )
 _TOUCH = (

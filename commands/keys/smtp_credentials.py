@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import fields, validate
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from commands.context import Context, format_date
 from commands.errors import CommandError
@@ -17,6 +17,7 @@ from commands.schema import CommandSchema, RowID, param
 from commands.tenancy import domain_id_param, owned_domain
 from core.crypto import digests_match, token_digest
 from models import Database, Domain, SMTPCredential, User
+from models.direct import Direct
 from models.domains import ENABLED
 
 MASKED = "********"
@@ -202,6 +203,40 @@ class SMTPCaller:
     domain_id: int
     domain_name: str
     user_id: int
+    # The digest of the password the session logged in with: a reset changes the stored one.
+    password_digest: str = field(default="", repr=False, compare=False)
+
+
+# What a session's credential is now: one read by primary key, at each MAIL FROM.
+_STILL_VALID = Direct(
+    select(
+        SMTPCredential.password_digest,
+        SMTPCredential.active,
+        Domain.status,
+        User.enabled,
+    )
+    .join(
+        Domain,
+        (Domain.id == SMTPCredential.domain_id) & (Domain.user_id == SMTPCredential.user_id),
+    )
+    .join(User, User.id == SMTPCredential.user_id)
+    .where(SMTPCredential.id == bindparam("credential_id"))
+)
+
+
+def still_valid(db: Database, caller: SMTPCaller) -> bool:
+    """Whether the credential a session logged in with would still log it in: not deleted,
+    its password not reset, it, its user and its domain still enabled (a revoked credential
+    stops the open sessions at their next MAIL FROM)."""
+    with db.read_connection() as conn:
+        row = _STILL_VALID.mapping(conn, {"credential_id": caller.credential_id})
+    return (
+        row is not None
+        and digests_match(row["password_digest"], caller.password_digest)
+        and bool(row["active"])
+        and bool(row["enabled"])
+        and row["status"] == ENABLED
+    )
 
 
 def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPCaller | None, str]:
@@ -214,7 +249,11 @@ def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPC
     with db.transaction(readonly=True) as s:
         row = s.execute(
             select(SMTPCredential, Domain.status, Domain.name, User.enabled)
-            .join(Domain, Domain.id == SMTPCredential.domain_id)
+            .join(
+                Domain,
+                (Domain.id == SMTPCredential.domain_id)
+                & (Domain.user_id == SMTPCredential.user_id),
+            )
             .join(User, User.id == SMTPCredential.user_id)
             .where(SMTPCredential.username == username.strip().lower())
         ).first()
@@ -228,4 +267,7 @@ def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPC
         return None, "credential or account disabled"
     if domain_status != ENABLED:
         return None, "domain not enabled"
-    return SMTPCaller(cred.id, cred.username, cred.domain_id, domain_name, cred.user_id), ""
+    caller = SMTPCaller(
+        cred.id, cred.username, cred.domain_id, domain_name, cred.user_id, cred.password_digest
+    )
+    return caller, ""

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from commands.webhooks.handlers import event_name
 from commands.webhooks.payload import WEBHOOK_EVENTS
 from core.settings import Config
-from models import Database, Event, Webhook, WebhookCursor, WebhookDelivery
+from models import Database, Domain, Event, Webhook, WebhookCursor, WebhookDelivery
 from models.webhooks import PENDING
 
 log = logging.getLogger("postern.webhooks")
@@ -144,16 +144,19 @@ def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int
     relevant = [e for e in events if e.type in WEBHOOK_EVENTS]
     if not relevant:
         return 0
-    hooks: dict[int, list[Webhook]] = defaultdict(list)
-    for hook in s.scalars(
-        select(Webhook)
+    # A webhook hears of the events of its domain and of the user who owns that domain: an
+    # event names both, and a domain id alone is no proof of whose the event is.
+    hooks: dict[tuple[int, int], list[Webhook]] = defaultdict(list)
+    for hook, owner in s.execute(
+        select(Webhook, Domain.user_id)
+        .join(Domain, Domain.id == Webhook.domain_id)
         .where(Webhook.domain_id.in_({e.domain_id for e in relevant}), Webhook.active.is_(True))
         .order_by(Webhook.id)
     ):
-        hooks[hook.domain_id].append(hook)
+        hooks[hook.domain_id, owner].append(hook)
     rows = []
     for e in relevant:
-        for hook in hooks.get(e.domain_id, ()):
+        for hook in hooks.get((e.domain_id, e.user_id), ()):
             name = event_name(hook.events, e.type)
             if name is not None and e.created_at >= hook.created_at:
                 rows.append(

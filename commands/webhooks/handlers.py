@@ -242,7 +242,7 @@ def get_webhook_deliveries(
 ) -> dict[str, Any]:
     """The domain's webhook deliveries, newest first, each with its attempts."""
     domain = owned_domain(ctx, DomainID, _GET_WEBHOOKS_NOT_FOUND)
-    where = [WebhookDelivery.domain_id == domain.id]
+    where = [WebhookDelivery.domain_id == domain.id, WebhookDelivery.user_id == domain.user_id]
     if WebhookID is not None:
         webhook = ctx.db.get(Webhook, WebhookID)
         if webhook is None or webhook.domain_id != domain.id:

@@ -89,6 +89,7 @@ class Claimed:
     event_id: int
     event_name: str
     domain_id: int
+    user_id: int
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Sources:
     """The events and encrypted signing keys a claim's POSTs are made from."""
 
     events: dict[int, Event]
-    keys: dict[int, str]  # domain id: signing key, encrypted
+    keys: dict[tuple[int, int], str]  # (domain id, its user's id): signing key, encrypted
 
 
 def claim_deliveries(
@@ -152,6 +153,7 @@ def claim(
                 WebhookDelivery.event_id,
                 WebhookDelivery.event_name,
                 WebhookDelivery.domain_id,
+                WebhookDelivery.user_id,
             )
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.id)
@@ -168,9 +170,9 @@ def read_sources(db: Database, items: Iterable[Claimed]) -> Sources:
             for e in s.scalars(select(Event).where(Event.id.in_({i.event_id for i in items})))
         }
         keys = {
-            domain_id: encrypted
-            for domain_id, encrypted in s.execute(
-                select(Domain.id, Domain.signing_key_encrypted).where(
+            (domain_id, user_id): encrypted
+            for domain_id, user_id, encrypted in s.execute(
+                select(Domain.id, Domain.user_id, Domain.signing_key_encrypted).where(
                     Domain.id.in_({i.domain_id for i in items})
                 )
             )
@@ -191,8 +193,13 @@ def prepare(
         if sources is None:
             sources = read_sources(db, [item])
         event = sources.events.get(item.event_id)
-        encrypted = sources.keys.get(item.domain_id)
-        if event is None or encrypted is None:
+        # Signed only with the key of the domain and user the event and the delivery name.
+        encrypted = sources.keys.get((item.domain_id, item.user_id))
+        if (
+            event is None
+            or encrypted is None
+            or (event.domain_id, event.user_id) != (item.domain_id, item.user_id)
+        ):
             return Attempt(item.delivery_id, now, None, 0, "The event or its domain is gone", True)
         doing = "decrypting the signing key"
         key = box.decrypt(encrypted)

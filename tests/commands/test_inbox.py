@@ -173,3 +173,46 @@ def test_no_open_relay_and_junk_is_harmless(relay, delivered, database):  # noqa
     code, _ = mail_to(relay, "b-garbage@sl.example.com", b"Subject: hi\r\n\r\nnot a bounce\r\n")
     assert code == 250
     assert events_of(database, "bounced") == []
+
+
+@pytest.mark.parametrize("report", [dsn, arf])
+@pytest.mark.parametrize("local", ["postmaster", "b-0123456789abcdef0123456789abcdef"])
+def test_a_report_to_another_tenants_return_path_changes_nothing(
+    relay,  # noqa: F811
+    delivered,
+    database,
+    make_user,
+    active_domain,
+    report,
+    local,
+):
+    """Seen: a DSN without a (valid) VERP token, mailed to tenant B's return path, named
+    tenant A's message: A's delivery became a bounce and the address was suppressed for A.
+    Without a token it may only match messages of the return-path domain's owner."""
+    d, message_id = delivered
+    bob = make_user("bob")
+    active_domain("bob.example", key=bob.api_key)
+    assert mail_to(relay, f"{local}@sl.bob.example", report(message_id))[0] == 250
+    with database.transaction(readonly=True) as s:
+        assert s.get(Delivery, d.id).status == "delivered"
+        assert s.scalars(select(Suppression)).all() == []
+    assert events_of(database, "bounced") == [] and events_of(database, "complained") == []
+
+
+def test_a_report_without_a_token_to_the_owners_return_path_still_counts(
+    relay,  # noqa: F811
+    delivered,
+    database,
+    make_user,
+    active_domain,
+):
+    """Another tenant's domain of the same name elsewhere does not stop the owner's own."""
+    d, message_id = delivered
+    bob = make_user("bob")
+    active_domain("bob.example", key=bob.api_key)
+    assert mail_to(relay, "postmaster@sl.example.com", arf(message_id))[0] == 250
+    [event] = events_of(database, "complained")
+    assert event.delivery_id == d.id
+    assert mail_to(relay, "postmaster@sl.example.com", dsn(message_id))[0] == 250
+    with database.transaction(readonly=True) as s:
+        assert s.get(Delivery, d.id).status == "bounced"

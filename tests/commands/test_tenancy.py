@@ -2,11 +2,15 @@
 
 import pytest
 
+from models import Domain
+from models.domains import ENABLED
+
 MISSING = 987654
+MINE = object()  # stands for the caller's own domain
 
 
 @pytest.fixture
-def victim(api, make_user, add_domain):
+def victim(api, make_user, add_domain, database):
     """A user with one of everything."""
     owner = make_user("victim")
     domain_id = add_domain("victim.example", key=owner.api_key)
@@ -22,12 +26,31 @@ def victim(api, make_user, add_domain):
         Event="open",
         WebhookURL="http://127.0.0.1:9/h",
     )["NewWebhookID"]
+    user_key_id = api("User.APIKey.Create", APIKey=k, Description="second")["NewAPIKeyID"]
+    with database.transaction() as s:
+        s.get(Domain, int(domain_id)).status = ENABLED
+    sent = api(
+        "EmailGateway.SendEmail",
+        APIKey=k,
+        DomainID=domain_id,
+        Subject="Hello",
+        ContentType="plain",
+        PlainContent="Hi",
+        From={"email": "shop@victim.example", "name": "Shop"},
+        To=[{"email": "buyer@dest.example"}],
+    )
+    assert sent["Success"] is True, sent
+    assert api("Suppression.Add", APIKey=k, EmailAddress="gone@dest.example", DomainID=domain_id)[
+        "Success"
+    ]
     return {
         "user": owner,
         "DomainID": domain_id,
         "ApiKeyId": key_id,
         "smtpid": smtp_id,
         "WebhookID": hook_id,
+        "APIKeyID": user_key_id,
+        "MessageID": sent["MessageID"],
     }
 
 
@@ -39,6 +62,10 @@ def snapshot(api, victim):
         api("EmailGateway.GetAPIs", APIKey=k, DomainID=d),
         api("EmailGateway.GetSMTPs", APIKey=k, DomainID=d),
         api("EmailGateway.GetWebhooks", APIKey=k, DomainID=d),
+        api("User.APIKey.List", APIKey=k),
+        api("Suppression.Browse", APIKey=k),
+        api("EmailGateway.GetEvents", APIKey=k, DomainID=d),
+        api("EmailGateway.GetWebhookDeliveries", APIKey=k, DomainID=d),
     )
 
 
@@ -58,11 +85,43 @@ ID_COMMANDS = [
     ("EmailGateway.AddWebhook", "DomainID", {"Event": "open", "WebhookURL": "http://1.2.3.4/"}),
     ("EmailGateway.GetWebhooks", "DomainID", {}),
     ("EmailGateway.RegenerateSigningKey", "DomainID", {}),
+    ("EmailGateway.ClearDomainQueue", "DomainID", {}),
+    ("EmailGateway.ReleaseHeldMessages", "DomainID", {}),
+    ("EmailGateway.GetWebhookDeliveries", "DomainID", {}),
+    ("EmailGateway.GetEvents", "DomainID", {}),
+    ("EmailGateway.DomainStats", "DomainID", {}),
+    ("EmailGateway.DailySeries", "DomainID", {}),
+    ("EmailGateway.AggrEvents", "DomainID", {}),
+    (
+        "EmailGateway.SendEmail",
+        "DomainID",
+        {
+            "Subject": "x",
+            "ContentType": "plain",
+            "PlainContent": "x",
+            "From": {"email": "shop@victim.example"},
+            "To": [{"email": "buyer@dest.example"}],
+        },
+    ),
+    ("Suppression.Add", "DomainID", {"EmailAddress": "new@dest.example"}),
+    ("Suppression.Browse", "DomainID", {}),
+    ("Suppression.Check", "DomainID", {"EmailAddress": "gone@dest.example"}),
+    ("Suppression.Delete", "DomainID", {"EmailAddress": "gone@dest.example"}),
+    ("User.APIKey.Delete", "APIKeyID", {}),
+    # Commands whose second id is aimed at the victim while the first is the caller's own.
+    ("EmailGateway.ReleaseHeldMessages", "MessageID", {"DomainID": MINE}),
+    ("EmailGateway.GetWebhookDeliveries", "WebhookID", {"DomainID": MINE}),
+    ("EmailGateway.DeleteWebhook", "WebhookID", {"DomainID": MINE}),
 ]
 
 
 @pytest.mark.parametrize("command, id_param, extra", ID_COMMANDS)
-def test_other_users_ids_look_like_missing_ones(api, user, victim, command, id_param, extra):
+def test_other_users_ids_look_like_missing_ones(
+    api, user, victim, add_domain, command, id_param, extra
+):
+    if MINE in extra.values():
+        mine = add_domain("mine.example")
+        extra = {k: mine if v is MINE else v for k, v in extra.items()}
     before = snapshot(api, victim)
     theirs = api(command, APIKey=user.api_key, **{id_param: victim[id_param]}, **extra)
     missing = api(command, APIKey=user.api_key, **{id_param: MISSING}, **extra)
@@ -110,7 +169,10 @@ def test_lists_hold_only_the_callers_own(api, user, victim, add_domain):
     assert names == ["mine.example"]
 
 
-@pytest.mark.parametrize("command, id_param, extra", ID_COMMANDS)
+@pytest.mark.parametrize(
+    "command, id_param, extra",
+    [c for c in ID_COMMANDS if MINE not in c[2].values() and c[1] != "MessageID"],
+)
 def test_malformed_and_out_of_range_ids_look_like_missing_ones(api, user, command, id_param, extra):
     # AddAPI's contract answers a malformed DomainID (2) apart from an unknown one (3).
     reference = "abc" if command == "EmailGateway.AddAPI" else MISSING

@@ -677,3 +677,50 @@ def test_a_header_block_the_signer_cannot_read_is_refused_at_data_and_the_sessio
             c.sendmail("news@example.com", ["rcpt@dest.example"], raw.replace(b" f", b"X: f")) == {}
         )
     assert [d.recipient for d in queued(database)] == ["rcpt@dest.example"]
+
+
+def _smtp_id(api, user, username):
+    domains = api("EmailGateway.GetDomains", APIKey=user.api_key)["Domains"]
+    for d in domains:
+        for row in api("EmailGateway.GetSMTPs", APIKey=user.api_key, DomainID=d["DomainID"])[
+            "SMTPs"
+        ]:
+            if row["Username"] == username:
+                return row["SMTPID"]
+    raise AssertionError(username)
+
+
+def test_a_deleted_credential_refuses_the_next_mail_from_of_an_open_session(
+    relay, api, user, credential, database
+):
+    """Seen: a session logged in before DeleteSMTP still got 250."""
+    smtp_id = _smtp_id(api, user, credential[0])
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        assert c.send_message(message()) == {}
+        deleted = api("EmailGateway.DeleteSMTP", APIKey=user.api_key, smtpid=smtp_id)
+        assert deleted["Success"] is True
+        code, text = c.mail("news@example.com")
+        assert code == 530 and b"revoked" in text
+        c.rset()
+        with pytest.raises(smtplib.SMTPAuthenticationError):  # and it cannot log in again
+            c.login(*credential)
+    assert len(queued(database)) == 1
+
+
+def test_a_reset_password_refuses_the_next_mail_from_until_the_new_one_logs_in(
+    relay, api, user, credential, database
+):
+    smtp_id = _smtp_id(api, user, credential[0])
+    with smtplib.SMTP("127.0.0.1", relay.ports["submission"], timeout=10) as c:
+        c.starttls(context=NO_VERIFY)
+        c.login(*credential)
+        reset = api("EmailGateway.ResetSMTPPassword", APIKey=user.api_key, smtpid=smtp_id)
+        assert reset["Success"] is True
+        code, _ = c.mail("news@example.com")
+        assert code == 530
+        c.rset()
+        c.login(credential[0], reset["SMTP"]["Password"])  # the same session, the new password
+        assert c.send_message(message()) == {}
+    assert len(queued(database)) == 1
