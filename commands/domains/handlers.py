@@ -10,6 +10,7 @@ from typing import Any
 import idna
 from marshmallow import fields, validate
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
 from commands.delivery.queue import fail_pending
@@ -104,18 +105,17 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     if name is None:
         raise CommandError(2, "Invalid domain name provided")
     cfg = ctx.config.domains
-    # Keys first: generating them takes a while and must not happen while holding a lock.
+    user = ctx.current_user
+    # The refusals first, in a short read (generating keys takes a while: a request that is
+    # refused never starts it); then the keys, with no transaction open; then the same
+    # checks again in the transaction that adds the domain (another request may have added
+    # one in between).
+    with ctx.read() as s:
+        _check_can_add(s, user.id, name, cfg.max_per_user)
     keys = [dkim.new_key(ctx.box, cfg.dkim_selector, "rsa", cfg.dkim_rsa_bits)]
     if cfg.dkim_ed25519:
         keys.append(dkim.new_key(ctx.box, cfg.dkim_ed25519_selector, "ed25519"))
-    user = ctx.current_user
-    if ctx.db.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == name)):
-        raise CommandError(2, "Invalid domain name provided: it is already in your account")
-    count = ctx.db.execute(
-        select(func.count()).select_from(Domain).where(Domain.user_id == user.id)
-    ).scalar_one()
-    if count >= ctx.config.domains.max_per_user:
-        raise CommandError(3, "User has reached the maximum number of sender domains allowed")
+    _check_can_add(ctx.db, user.id, name, cfg.max_per_user)
     domain = Domain(
         user_id=user.id,
         name=name,
@@ -129,6 +129,18 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     ctx.db.add(domain)
     ctx.db.flush()
     return {"NewSenderDomainID": domain.id, "Domain": domain_view(ctx, domain)}
+
+
+def _check_can_add(s: Session, user_id: int, name: str, most: int) -> None:
+    """AddDomain's refusals: the name is in the user's account already (2), or the user has
+    ``most`` domains (3)."""
+    if s.scalar(select(Domain.id).where(Domain.user_id == user_id, Domain.name == name)):
+        raise CommandError(2, "Invalid domain name provided: it is already in your account")
+    count = s.execute(
+        select(func.count()).select_from(Domain).where(Domain.user_id == user_id)
+    ).scalar_one()
+    if count >= most:
+        raise CommandError(3, "User has reached the maximum number of sender domains allowed")
 
 
 _GET_DOMAIN_NOT_FOUND = (2, "Unable to retrieve domain information")
