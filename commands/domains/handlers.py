@@ -21,6 +21,7 @@ from commands.domains.dns_records import (
     required_records,
     return_path_host,
     tracking_host,
+    verify_budget,
 )
 from commands.errors import CommandError
 from commands.registry import Auth, command
@@ -278,7 +279,8 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
         )
         domain = owned_domain(read_ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
         records = required_records(domain, ctx.config)
-    results = check_records(records, make_resolver(ctx.config))
+    budget = verify_budget(ctx.config)
+    results = check_records(records, make_resolver(ctx.config), budget)
 
     domain = owned_domain(ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
     if required_records(domain, ctx.config) != records:
@@ -312,9 +314,14 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
         "DNSVerificationResults": [r.as_dict() for r in results],
     }
     if unknown:
+        timed_out = any(r.error == "timeout" for r in required)
         out["Note"] = (
-            "DNS did not answer for every required record (timeout or server "
-            "failure): nothing was changed; try again"
+            "DNS did not answer for every required record: the look-ups timed out "
+            f"(timeout: DNS is given {budget:g} seconds in all) or a server failed; "
+            "nothing was changed; try again"
+            if timed_out
+            else "DNS did not answer for every required record (server failure): "
+            "nothing was changed; try again"
         )
     elif taken and all_verified:
         out["Note"] = "This domain is already verified in another account"
