@@ -5,6 +5,13 @@ A bucket is what a limit counts against: ``v1:<key digest>`` for a sender API ke
 allows ``ratelimit.requests`` requests per ``ratelimit.period`` seconds; the HTTP layer
 answers a refusal with 429 (``too_many_requests_text``), the relay with 451.
 
+The same storage keeps other counts, each limiter with its own period and bucket prefix
+(its sweeps delete only its own): ``user:<id>``, a user's /api.php commands
+(``ratelimit.user_requests`` a ``user_period``); ``login:`` and ``smtpauth:``, failed logins
+of User.Login and of SMTP AUTH per username and per client address, as digests
+(``FailureThrottle``); ``track:``, the opens and clicks recorded in the current
+``tracking.repeat_window``.
+
 Where the counts are kept, by ``ratelimit.storage``, for HTTP and SMTP alike:
 
 - ``"database"``: the application database's ``rate_counters`` table, created by the
