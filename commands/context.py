@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from commands.auth import SenderCaller
+from commands.ratelimit import FailureThrottle
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database, Domain, User
@@ -33,6 +34,8 @@ class Context:
     # Deliveries accepted per user earlier in this transaction (SMTP submissions committed
     # together), which the quota's count, read in a transaction of its own, cannot see yet.
     accepted: dict[int, int] | None = None
+    # Failed logins, counted where every process sees them (User.Login's).
+    login_throttle: FailureThrottle | None = None
 
     @property
     def db(self) -> Session:

@@ -22,7 +22,18 @@ from commands.keys.sender_keys import (
     unauthorised,
 )
 from commands.keys.smtp_credentials import SMTPCaller
-from commands.ratelimit import Decision, RateLimited, make_limiter, smtp_bucket
+from commands.ratelimit import (
+    TRACKING_SCOPE,
+    USER_SCOPE,
+    Decision,
+    RateLimited,
+    RateLimiter,
+    login_throttle,
+    make_limiter,
+    smtp_auth_throttle,
+    smtp_bucket,
+    user_bucket,
+)
 from commands.schema import load_params
 from commands.sending.handlers import accept_raw
 from core.clock import utcnow
@@ -49,6 +60,39 @@ class Gateway:
         self.box = SecretBox(resolve_secret_key(config))
         self.clock = clock
         self.limiter = make_limiter(config, self.db, clock)
+        # /api.php commands per user (``ratelimit.user_requests`` a ``user_period``).
+        rl = config.ratelimit
+        self.user_limiter = make_limiter(
+            config,
+            self.db,
+            clock,
+            requests=rl.user_requests,
+            period=rl.user_period,
+            scopes=(USER_SCOPE,),
+        )
+        self.login_throttle = login_throttle(config, self.db, clock)
+        self.smtp_auth_throttle = smtp_auth_throttle(config, self.db, clock)
+        # Opens and clicks: one recorded per recipient (and link) a window.
+        window = config.tracking.repeat_window
+        self.tracking_limiter: RateLimiter | None = (
+            make_limiter(
+                config, self.db, clock, requests=1, period=window, scopes=(TRACKING_SCOPE,)
+            )
+            if window
+            else None
+        )
+
+    def close(self) -> None:
+        """Release the connections the limiters hold of their own (Redis)."""
+        for limiter in (
+            self.limiter,
+            self.user_limiter,
+            self.login_throttle.limiter,
+            self.smtp_auth_throttle.limiter,
+            self.tracking_limiter,
+        ):
+            if limiter is not None:
+                limiter.close()
 
     def run(
         self,
@@ -58,8 +102,14 @@ class Gateway:
         remote_addr: str | None = None,
         sender: SenderCaller | None = None,
         count: Callable[[Connection], None] | None = None,
+        limit_user: bool = False,
     ) -> dict[str, Any]:
         """The command's response fields, or CommandError.
+
+        With ``limit_user`` (``/api.php``), a command run by a user counts against the
+        user's limit (``user_limiter``; RateLimited past it, and nothing of the command is
+        kept): a command that writes in its own transaction, where the counts are kept in
+        the database, as ``run_limited`` counts, and any other before it runs.
 
         SENDER commands are given the ``sender`` that authenticate_sender returned (the
         /api/v1 transport authenticates first, to count the request against the key).
@@ -81,7 +131,12 @@ class Gateway:
                 session_id=_text(lowered.get("sessionid")),
                 api_key=_text(lowered.get("apikey")),
             )
-        values = load_params(schema_of(cmd), params)
+        try:
+            values = load_params(schema_of(cmd), params)
+        except CommandError:
+            if limit_user and caller is not None:  # refused parameters count too
+                self._hit(self.user_limiter, user_bucket(caller.user_id))
+            raise
         user = None
         if caller is not None:
             user = caller.user
@@ -96,6 +151,64 @@ class Gateway:
                 raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
             if cmd.auth is registry.Auth.ADMIN and not user.is_admin:
                 raise NotPermitted("Not enough privileges: this command needs an administrator")
+        if not limit_user or user is None:
+            return self._run(cmd, values, now, caller, user, remote_addr, sender, count)
+        counted: list[bool] = []
+        count = self._count_user(cmd, user.id, count, counted)
+        try:
+            return self._run(cmd, values, now, caller, user, remote_addr, sender, count)
+        except CommandError:
+            if not counted:  # refused before its commit: counted on its own
+                self._hit(self.user_limiter, user_bucket(user.id))
+            raise
+
+    def _count_user(
+        self,
+        cmd: registry.Command,
+        user_id: int,
+        count: Callable[[Connection], None] | None,
+        counted: list[bool],
+    ) -> Callable[[Connection], None] | None:
+        """Count the command against its user's limit: now (a read, or Redis), or in its
+        transaction (the ``count`` returned, which also calls the caller's ``count``)."""
+        limiter, bucket = self.user_limiter, user_bucket(user_id)
+        known = limiter.refusal(bucket)
+        if known is not None:
+            raise RateLimited(known)
+        if cmd.readonly or not limiter.counts_in_transactions:
+            self._hit(limiter, bucket)
+            counted.append(True)
+            return count
+        inner = count
+
+        def both(conn: Connection) -> None:
+            decision = limiter.hit_in(conn, bucket)
+            if not decision.allowed:
+                raise RateLimited(decision)
+            counted.append(True)
+            if inner is not None:
+                inner(conn)
+
+        return both
+
+    @staticmethod
+    def _hit(limiter: RateLimiter, bucket: str) -> Decision:
+        decision = limiter.hit(bucket)
+        if not decision.allowed:
+            raise RateLimited(decision)
+        return decision
+
+    def _run(
+        self,
+        cmd: registry.Command,
+        values: dict[str, Any],
+        now: datetime,
+        caller: Caller | None,
+        user: User | None,
+        remote_addr: str | None,
+        sender: SenderCaller | None,
+        count: Callable[[Connection], None] | None,
+    ) -> dict[str, Any]:
         with self.db.unit_of_work(readonly=cmd.readonly) as work:
             ctx = Context(
                 work=work,
@@ -107,6 +220,7 @@ class Gateway:
                 remote_addr=remote_addr,
                 sender=sender,
                 database=self.db,
+                login_throttle=self.login_throttle,
             )
             refused = None
             try:

@@ -5,6 +5,13 @@ A bucket is what a limit counts against: ``v1:<key digest>`` for a sender API ke
 allows ``ratelimit.requests`` requests per ``ratelimit.period`` seconds; the HTTP layer
 answers a refusal with 429 (``too_many_requests_text``), the relay with 451.
 
+The same storage keeps other counts, each limiter with its own period and bucket prefix
+(its sweeps delete only its own): ``user:<id>``, a user's /api.php commands
+(``ratelimit.user_requests`` a ``user_period``); ``login:`` and ``smtpauth:``, failed logins
+of User.Login and of SMTP AUTH per username and per client address, as digests
+(``FailureThrottle``); ``track:``, the opens and clicks recorded in the current
+``tracking.repeat_window``.
+
 Where the counts are kept, by ``ratelimit.storage``, for HTTP and SMTP alike:
 
 - ``"database"``: the application database's ``rate_counters`` table, created by the
@@ -28,6 +35,7 @@ move it rather than wait). A request past the limit is told to wait until its wi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -36,7 +44,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from sqlalchemy import Delete, bindparam, delete, select
+from sqlalchemy import Delete, bindparam, delete, or_, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -148,6 +156,10 @@ class RateLimiter(ABC):
         """Forget every count kept for ``bucket``."""
         self._refused.pop(bucket, None)
 
+    def stored_hits(self, bucket: str, start: int) -> int:
+        """The hits counted against ``bucket`` in the window starting at ``start``, uncounted."""
+        return self._stored_hits(bucket, start)
+
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release connections the limiter holds of its own."""
 
@@ -210,10 +222,14 @@ class DatabaseLimiter(RateLimiter):
         *,
         counters: Database | None = None,
         sweep_every: int = 100,
+        scopes: tuple[str, ...] = (),
     ):
         super().__init__(requests, period, clock)
         self.db = db
         self.counters = counters or db
+        # The bucket prefixes this limiter owns: its sweeps delete only their old windows
+        # (limiters of other periods share the table). Empty: every bucket's.
+        self.scopes = scopes
         self.sweep_every = max(1, sweep_every)
         self._hits = itertools.count(1)
         upsert, self._returning = _upsert_for(db.backend)
@@ -272,7 +288,10 @@ class DatabaseLimiter(RateLimiter):
     def _old_windows(self, now: float) -> Delete:
         """The DELETE of every window that ended more than one period before ``now``."""
         cutoff = math.floor(now) - 2 * self.period
-        return delete(RateCounter).where(RateCounter.window_start < cutoff)
+        query = delete(RateCounter).where(RateCounter.window_start < cutoff)
+        if self.scopes:
+            query = query.where(or_(*(RateCounter.bucket.startswith(s) for s in self.scopes)))
+        return query
 
     def sweep(self) -> int:
         """Delete the windows of every bucket that ended more than one period ago.
@@ -420,11 +439,133 @@ def counters_database(db: Database, pool_size: int = 5) -> Database:
         return counters
 
 
-def make_limiter(config: Config, db: Database, clock: Clock = utcnow) -> RateLimiter:
+# The bucket prefixes of each limiter the gateway keeps (a sweep deletes only its own).
+SEND_SCOPES = ("v1:", "smtp:")
+USER_SCOPE = "user:"
+LOGIN_SCOPE = "login:"
+SMTP_AUTH_SCOPE = "smtpauth:"
+TRACKING_SCOPE = "track:"
+
+
+def user_bucket(user_id: int) -> str:
+    """The bucket of a user's /api.php commands."""
+    return f"{USER_SCOPE}{user_id}"
+
+
+def make_limiter(
+    config: Config,
+    db: Database,
+    clock: Clock = utcnow,
+    *,
+    requests: int | None = None,
+    period: int | None = None,
+    scopes: tuple[str, ...] = SEND_SCOPES,
+) -> RateLimiter:
     """The limiter ``config.ratelimit`` asks for, on the gateway's ``clock``: the database's
-    (``db``'s ``rate_counters``) or Redis's."""
+    (``db``'s ``rate_counters``) or Redis's. ``requests`` and ``period`` are
+    ``ratelimit.requests`` and ``ratelimit.period`` unless given; every bucket it counts
+    starts with one of ``scopes``."""
     rl = config.ratelimit
+    requests = rl.requests if requests is None else requests
+    period = rl.period if period is None else period
     if rl.storage == "database":
         counters = counters_database(db, config.database.pool_size)
-        return DatabaseLimiter(db, rl.requests, rl.period, clock, counters=counters)
-    return RedisLimiter(rl.storage, rl.requests, rl.period, clock)
+        return DatabaseLimiter(db, requests, period, clock, counters=counters, scopes=scopes)
+    return RedisLimiter(rl.storage, requests, period, clock)
+
+
+# A throttle key: what is counted (``"user"``, ``"ip"``) and its value.
+ThrottleKey = tuple[str, str]
+
+
+class FailureThrottle:
+    """Failed logins counted per key (a username, a client address) in the rate limiter's
+    store, so that every process sees them: past ``limits[kind]`` failures of one key in a
+    window of ``period`` seconds (fixed, aligned to the clock as the rate limiter's are),
+    every attempt for that key is refused until the window ends, the right password too.
+
+    Keys are stored as digests (no username is kept in the counters) under ``scope``.
+    """
+
+    def __init__(self, limiter: RateLimiter, scope: str, limits: dict[str, int]):
+        self.limiter = limiter
+        self.scope = scope
+        self.limits = limits
+
+    @property
+    def period(self) -> int:
+        return self.limiter.period
+
+    def bucket(self, key: ThrottleKey) -> str:
+        kind, value = key
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"{self.scope}{kind}:{digest}"
+
+    def failures(self, key: ThrottleKey) -> int:
+        """The failures counted against ``key`` in the current window."""
+        start = self.limiter.window(self.limiter.now())
+        return self.limiter.stored_hits(self.bucket(key), start)
+
+    def wait(self, keys: list[ThrottleKey]) -> int:
+        """Seconds until an attempt for ``keys`` may be made (at least 1), or 0 when it may be
+        made now: no key has reached its limit of failures in the current window."""
+        now = self.limiter.now()
+        start = self.limiter.window(now)
+        for key in keys:
+            if self.limiter.stored_hits(self.bucket(key), start) >= self.limits[key[0]]:
+                return max(1, math.ceil(start + self.period - now))
+        return 0
+
+    def fail(self, keys: list[ThrottleKey]) -> None:
+        """Count one failure against each of ``keys``."""
+        for key in keys:
+            self.limiter.hit(self.bucket(key))
+
+    def forget(self, key: ThrottleKey) -> None:
+        """Forget the failures of ``key`` (a user who then logged in)."""
+        self.limiter.clear(self.bucket(key))
+
+
+def make_throttle(
+    config: Config,
+    db: Database,
+    clock: Clock,
+    *,
+    scope: str,
+    period: int,
+    limits: dict[str, int],
+) -> FailureThrottle:
+    """A throttle of failed logins kept where ``ratelimit.storage`` keeps rate limits."""
+    limiter = make_limiter(
+        config, db, clock, requests=max(limits.values()), period=period, scopes=(scope,)
+    )
+    return FailureThrottle(limiter, scope, limits)
+
+
+def login_throttle(config: Config, db: Database, clock: Clock = utcnow) -> FailureThrottle:
+    """User.Login's: ``security.login_failures_per_user`` per username and
+    ``security.login_failures_per_address`` per client address a ``security.login_lockout``
+    window."""
+    sec = config.security
+    return make_throttle(
+        config,
+        db,
+        clock,
+        scope=LOGIN_SCOPE,
+        period=sec.login_lockout,
+        limits={"user": sec.login_failures_per_user, "ip": sec.login_failures_per_address},
+    )
+
+
+def smtp_auth_throttle(config: Config, db: Database, clock: Clock = utcnow) -> FailureThrottle:
+    """The relay's AUTH: ``smtp.auth_max_failures`` per username and per client address an
+    ``smtp.auth_lockout`` window."""
+    most = config.smtp.auth_max_failures
+    return make_throttle(
+        config,
+        db,
+        clock,
+        scope=SMTP_AUTH_SCOPE,
+        period=config.smtp.auth_lockout,
+        limits={"user": most, "ip": most},
+    )

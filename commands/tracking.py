@@ -1,7 +1,14 @@
-"""What tracking URLs report: clicks, opens and unsubscribes, recorded against their delivery."""
+"""What tracking URLs report: clicks, opens and unsubscribes, recorded against their delivery.
+
+Opens of one recipient, and clicks of one recipient on one link, are recorded once per
+window of ``tracking.repeat_window`` seconds (fixed windows aligned to the gateway's clock,
+as rate limits are; counted in the rate limiter's store): a mail client that loads the
+pixel again, or a scanner that follows a link twice, adds nothing within the window.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
+from commands.ratelimit import TRACKING_SCOPE
 from commands.suppression import suppress
 from models import Delivery
 from mta.tracking import CLICK, OPEN, UNSUBSCRIBE, verify
@@ -51,7 +59,7 @@ def click(gateway: Gateway, signed: str, visitor: Visitor, *, record: bool = Tru
         return url
     with gateway.db.transaction() as s:
         delivery = _delivery(s, token)
-        if delivery is not None:
+        if delivery is not None and _first_in_window(gateway, s, _click_bucket(delivery, url)):
             _record(s, events.CLICKED, delivery, gateway, visitor.details(url=url))
     return url
 
@@ -65,7 +73,7 @@ def open_(gateway: Gateway, signed: str, visitor: Visitor, *, record: bool = Tru
         return True
     with gateway.db.transaction() as s:
         delivery = _delivery(s, named[0])
-        if delivery is not None:
+        if delivery is not None and _first_in_window(gateway, s, _open_bucket(delivery)):
             _record(s, events.OPENED, delivery, gateway, visitor.details())
     return True
 
@@ -121,6 +129,27 @@ def unsubscribe(
                 details=visitor.details(method=how),
             )
         return Recipient(delivery.recipient, message.domain_name)
+
+
+def _open_bucket(delivery: Delivery) -> str:
+    return f"{TRACKING_SCOPE}o:{delivery.id}"
+
+
+def _click_bucket(delivery: Delivery, url: str) -> str:
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{TRACKING_SCOPE}c:{delivery.id}:{digest}"
+
+
+def _first_in_window(gateway: Gateway, s: Session, bucket: str) -> bool:
+    """Whether this is the first open (click on a link) of its recipient in the current
+    window of ``tracking.repeat_window`` seconds, counted in the rate limiter's store: in
+    the recording transaction where that is the database (two at once: one is recorded)."""
+    limiter = gateway.tracking_limiter
+    if limiter is None:  # repeat_window 0: every one is recorded
+        return True
+    if limiter.counts_in_transactions:
+        return limiter.hit_in(s.connection(), bucket).allowed
+    return limiter.hit(bucket).allowed
 
 
 def _delivery(s: Session, token: str) -> Delivery | None:

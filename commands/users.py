@@ -119,18 +119,48 @@ class LoginSchema(CommandSchema):
 
 
 INVALID_LOGIN = "Invalid login information"
+THROTTLED = 4  # User.Login's error past the failed-login limit (HTTP 429)
 
 
 @command("User.Login", schema=LoginSchema, auth=Auth.PUBLIC)
 def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any]:
-    user = ctx.db.scalar(select(User).where(User.username_key == Username.strip().lower()))
-    ok = verify_password(user.password_hash if user else None, Password)
-    if not ok or user is None:
+    """Check the password with no transaction open (Argon2 takes a while), then write the
+    session in a short transaction of its own.
+
+    Failed logins are counted per username and per client address (``ctx.login_throttle``):
+    past the limit, every attempt is refused with error 4 until the window ends.
+    """
+    key = Username.strip().lower()
+    throttle = ctx.login_throttle
+    keys = [("user", key), ("ip", ctx.remote_addr or "unknown")]
+    if throttle is not None:
+        wait = throttle.wait(keys)
+        if wait:
+            raise CommandError(
+                THROTTLED,
+                f"Too many failed logins. Wait for {wait} seconds before trying again.",
+                http_status=429,
+            )
+    with ctx.read() as s:
+        row = s.execute(
+            select(User.id, User.password_hash, User.enabled).where(User.username_key == key)
+        ).first()
+    # No transaction is open here; an unknown username is checked against a stand-in hash.
+    ok = verify_password(row.password_hash if row else None, Password)
+    if not ok or row is None:
+        if throttle is not None:
+            throttle.fail(keys)
         raise CommandError(3, INVALID_LOGIN)
-    if not user.enabled:
+    if not row.enabled:
         raise CommandError(3, f"{INVALID_LOGIN}: the account is disabled")
-    if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(Password)
+    rehashed = hash_password(Password) if needs_rehash(row.password_hash) else None
+    if throttle is not None and throttle.failures(keys[0]):
+        throttle.forget(keys[0])
+    user = ctx.db.get(User, row.id)
+    if user is None or not user.enabled:  # deleted or disabled since it was read
+        raise CommandError(3, INVALID_LOGIN)
+    if rehashed is not None and user.password_hash == row.password_hash:
+        user.password_hash = rehashed
     session_id = new_token(nbytes=32)
     ctx.db.add(
         UserSession(

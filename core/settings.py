@@ -141,8 +141,12 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("http", "max_body_bytes", int, 26_214_400, _positive),
     Setting("http", "public_url", str, "http://127.0.0.1:8080", _http_url),
     Setting("http", "proxy_hops", int, 0, _not_negative),
+    Setting("http", "control_socket", str, ""),
     Setting("security", "secret_key", str, ""),
     Setting("security", "session_idle_timeout", int, 86_400, _positive),
+    Setting("security", "login_failures_per_user", int, 5, _positive),
+    Setting("security", "login_failures_per_address", int, 20, _positive),
+    Setting("security", "login_lockout", int, 900, _positive),
     Setting("domains", "max_per_user", int, 50, _positive),
     Setting("domains", "require_verification", bool, True),
     Setting("domains", "subdomain", str, "sl", _subdomain_label),
@@ -154,6 +158,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("dns", "nameservers", list[str], [], None),
     Setting("dns", "port", int, 53, _port),
     Setting("dns", "timeout", float, 5.0, _positive),
+    Setting("dns", "verify_budget", float, 10.0, _positive),
     Setting("smtp", "hostname", str, "localhost"),
     Setting("smtp", "ports", list[int], [2525, 2587, 2465], _port_list),
     Setting("smtp", "listen_host", str, "127.0.0.1"),
@@ -200,9 +205,12 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("webhooks", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "keep_days", int, 30, _not_negative),
     Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
+    Setting("tracking", "repeat_window", int, 60, _not_negative),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
     Setting("ratelimit", "requests", int, 100, _positive),
     Setting("ratelimit", "period", int, 60, _positive),
+    Setting("ratelimit", "user_requests", int, 600, _positive),
+    Setting("ratelimit", "user_period", int, 60, _positive),
     Setting("log", "level", str, "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log", "format", str, "json", _one_of("json", "text")),
 )
@@ -306,6 +314,7 @@ class HTTPSettings(Section):
     max_body_bytes: int
     public_url: str
     proxy_hops: int
+    control_socket: str
 
 
 @dataclass(frozen=True)
@@ -315,6 +324,9 @@ class SecuritySettings(Section):
     section: ClassVar[str] = "security"
     secret_key: str
     session_idle_timeout: int
+    login_failures_per_user: int
+    login_failures_per_address: int
+    login_lockout: int
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,7 @@ class DNSSettings(Section):
     nameservers: list[str]
     port: int
     timeout: float
+    verify_budget: float
 
 
 @dataclass(frozen=True)
@@ -415,6 +428,7 @@ class TrackingSettings(Section):
 
     section: ClassVar[str] = "tracking"
     base_url: str
+    repeat_window: int
 
 
 @dataclass(frozen=True)
@@ -425,6 +439,8 @@ class RateLimitSettings(Section):
     storage: str
     requests: int
     period: int
+    user_requests: int
+    user_period: int
 
 
 @dataclass(frozen=True)

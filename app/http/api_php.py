@@ -8,7 +8,8 @@ from app.http import envelope
 from app.http.context import current_gateway
 from app.http.params import read_params
 from commands import find
-from commands.errors import UNKNOWN_COMMAND, CommandError
+from commands.errors import TOO_MANY_REQUESTS, UNKNOWN_COMMAND, CommandError
+from commands.ratelimit import RateLimited, too_many_requests_text
 
 bp = Blueprint("api_php", __name__)
 
@@ -30,7 +31,17 @@ def api_php() -> Response:
                 else "Missing required parameter: Command"
             )
             raise CommandError(UNKNOWN_COMMAND, text, http_status=400)
-        fields = current_gateway().run(cmd, params, remote_addr=request.remote_addr)
+        fields = current_gateway().run(
+            cmd, params, remote_addr=request.remote_addr, limit_user=True
+        )
+    except RateLimited as exc:
+        # The user's commands past ratelimit.user_requests a user_period.
+        decision = exc.decision
+        resp = envelope.render(
+            envelope.failure(TOO_MANY_REQUESTS, too_many_requests_text(decision)), fmt, 429
+        )
+        resp.headers["Retry-After"] = str(decision.retry_after)
+        return resp
     except CommandError as exc:
         code = [exc.code] if cmd is not None and cmd.error_list else exc.code
         return envelope.render(envelope.failure(code, exc.text), fmt, exc.http_status)

@@ -53,6 +53,14 @@ def worker_count(config: Config) -> int:
     return cores if config.is_sqlite else 2 * cores
 
 
+def control_socket_settings(config: Config) -> dict[str, object]:
+    """gunicorn's control socket: at ``http.control_socket``, or none when it is empty."""
+    path = config.http.control_socket
+    if not path:
+        return {"control_socket_disable": True}
+    return {"control_socket": os.path.abspath(path), "control_socket_disable": False}
+
+
 class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     """Gunicorn with Postern's settings; each worker builds its own app (and engine) after fork."""
 
@@ -78,6 +86,10 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no 
             "logger_class": QuietAccessLogger,
             "loglevel": c.log.level.lower(),
             "proc_name": "postern",
+            # gunicorn's control socket defaults to one path per user
+            # (~/.gunicorn/gunicorn.ctl), which a second instance on the host would take
+            # over: each instance has its own (http.control_socket), or none.
+            **control_socket_settings(c),
             "logconfig_dict": {
                 "version": 1,
                 "disable_existing_loggers": False,
@@ -106,6 +118,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no 
             settings["when_ready"] = self._start_companions
             settings["on_exit"] = self._stop_companions
         for key, value in settings.items():
+            if key.startswith("control_socket") and key not in self.cfg.settings:
+                continue  # a gunicorn before 25.1 has no control socket
             self.cfg.set(key, value)
 
     def _start_companions(self, _server: object) -> None:

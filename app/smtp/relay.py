@@ -9,8 +9,6 @@ import queue
 import re
 import ssl
 import threading
-import time
-from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -265,46 +263,16 @@ def _settle(future: asyncio.Future[str], result: str | Exception) -> None:
         future.set_result(result)
 
 
-class LoginThrottle:
-    """Failed logins per client address and per username: slowed, then refused a while."""
-
-    def __init__(self, max_failures: int, lockout: int):
-        self.max_failures = max_failures
-        self.lockout = lockout
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures[key]
-        while times and times[0] < now - self.lockout:
-            times.popleft()
-        return times
-
-    def failures(self, *keys: str) -> int:
-        now = time.monotonic()
-        with self._lock:
-            return max(len(self._recent(k, now)) for k in keys)
-
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
-
-    def clear(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
-
-
 class RelayHandler:
     """The SMTP conversation: every check happens before 250, the commit before the reply."""
 
-    def __init__(self, gateway: Gateway, role: str, throttle: LoginThrottle, submitter: Submitter):
+    def __init__(self, gateway: Gateway, role: str, submitter: Submitter):
         self.gateway = gateway
         self.config = gateway.config
         self.role = role
-        self.throttle = throttle
+        # Failed logins per client address and per username, counted where every relay
+        # process sees them (the rate limiter's store): slowed, then refused a while.
+        self.throttle = gateway.smtp_auth_throttle
         self.submitter = submitter
         self._domain_names: dict[int, str] = {}
 
@@ -315,8 +283,8 @@ class RelayHandler:
     ) -> str | object:
         """Before each AUTH: slow down a client after failures, refuse it past the limit."""
         peer = session.peer[0] if session.peer else "?"
-        failures = self.throttle.failures(f"ip:{peer}")
-        if failures >= self.throttle.max_failures:
+        failures = self.throttle.failures(("ip", peer))
+        if failures >= self.throttle.limits["ip"]:
             return "454 4.7.0 Too many failed logins from your address; try again later"
         if failures:
             await asyncio.sleep(min(0.5 * 2 ** (failures - 1), 4.0))
@@ -329,8 +297,8 @@ class RelayHandler:
             return AuthResult(success=False, handled=False)
         peer = session.peer[0] if session.peer else "?"
         username = auth_data.login.decode("utf-8", "replace").strip().lower()
-        keys = (f"ip:{peer}", f"user:{username}")
-        if self.throttle.failures(*keys) >= self.throttle.max_failures:
+        keys = [("ip", peer), ("user", username)]
+        if self.throttle.wait(keys):
             return AuthResult(
                 success=False,
                 handled=False,
@@ -340,12 +308,13 @@ class RelayHandler:
             self.gateway.db, username, auth_data.password.decode("utf-8", "replace")
         )
         if caller is None:
-            self.throttle.fail(*keys)
+            self.throttle.fail(keys)
             log.info(
                 "smtp login refused", extra={"peer": peer, "username": username, "reason": why}
             )
             return AuthResult(success=False, handled=False)
-        self.throttle.clear(f"user:{username}")
+        if self.throttle.failures(keys[1]):
+            self.throttle.forget(keys[1])
         return AuthResult(success=True, auth_data=caller)
 
     # -- the envelope -------------------------------------------------------------------
@@ -478,10 +447,9 @@ class Relay:
         config = self.gateway.config
         cert, key = certificate_files(config)
         tls = _server_context(cert, key)
-        throttle = LoginThrottle(config.smtp.auth_max_failures, config.smtp.auth_lockout)
         self.submitter.start()
         for role, port in zip(ROLES, config.smtp.ports, strict=False):
-            handler = RelayHandler(self.gateway, role, throttle, self.submitter)
+            handler = RelayHandler(self.gateway, role, self.submitter)
             options: dict[str, Any] = dict(
                 loop=new_event_loop(),  # one per listener, run and closed by its thread
                 hostname=config.smtp.listen_host,

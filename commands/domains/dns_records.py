@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,13 +115,45 @@ def make_resolver(config: Config) -> dns.resolver.Resolver:
     return resolver
 
 
-def check_records(records: list[Record], resolver: dns.resolver.Resolver) -> list[Result]:
-    return [check_record(r, resolver) for r in records]
+# A look-up is not started with less than this many seconds of the budget left.
+MIN_LOOKUP_SECONDS = 0.05
 
 
-def check_record(record: Record, resolver: dns.resolver.Resolver) -> Result:
+def verify_budget(config: Config) -> float:
+    """Seconds VerifyDomain may spend on DNS in all: ``dns.verify_budget``, and never more
+    than half of ``http.timeout`` (the request must be answered before gunicorn gives up)."""
+    return min(config.dns.verify_budget, config.http.timeout / 2)
+
+
+def check_records(
+    records: list[Record],
+    resolver: dns.resolver.Resolver,
+    budget: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Result]:
+    """Each record checked in turn, all within ``budget`` seconds (none: each look-up within
+    the resolver's own lifetime): a look-up gets at most what is left of it, and records
+    not asked for once it is spent are reported as timed out (``error="timeout"``)."""
+    if budget is None:
+        return [check_record(r, resolver) for r in records]
+    deadline = clock() + budget
+    results = []
+    for record in records:
+        left = deadline - clock()
+        if left < MIN_LOOKUP_SECONDS:
+            results.append(Result(record, False, error="timeout"))
+            continue
+        results.append(check_record(record, resolver, min(left, resolver.lifetime)))
+    return results
+
+
+def check_record(
+    record: Record, resolver: dns.resolver.Resolver, lifetime: float | None = None
+) -> Result:
     try:
-        answer = resolver.resolve(record.host, record.type, raise_on_no_answer=False)
+        answer = resolver.resolve(
+            record.host, record.type, raise_on_no_answer=False, lifetime=lifetime
+        )
         found = [_text(rdata, record.type) for rdata in answer] if answer.rrset else []
     except dns.resolver.NXDOMAIN:
         found = []

@@ -10,6 +10,7 @@ from typing import Any
 import idna
 from marshmallow import fields, validate
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
 from commands.delivery.queue import fail_pending
@@ -20,6 +21,7 @@ from commands.domains.dns_records import (
     required_records,
     return_path_host,
     tracking_host,
+    verify_budget,
 )
 from commands.errors import CommandError
 from commands.registry import Auth, command
@@ -104,18 +106,17 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     if name is None:
         raise CommandError(2, "Invalid domain name provided")
     cfg = ctx.config.domains
-    # Keys first: generating them takes a while and must not happen while holding a lock.
+    user = ctx.current_user
+    # The refusals first, in a short read (generating keys takes a while: a request that is
+    # refused never starts it); then the keys, with no transaction open; then the same
+    # checks again in the transaction that adds the domain (another request may have added
+    # one in between).
+    with ctx.read() as s:
+        _check_can_add(s, user.id, name, cfg.max_per_user)
     keys = [dkim.new_key(ctx.box, cfg.dkim_selector, "rsa", cfg.dkim_rsa_bits)]
     if cfg.dkim_ed25519:
         keys.append(dkim.new_key(ctx.box, cfg.dkim_ed25519_selector, "ed25519"))
-    user = ctx.current_user
-    if ctx.db.scalar(select(Domain.id).where(Domain.user_id == user.id, Domain.name == name)):
-        raise CommandError(2, "Invalid domain name provided: it is already in your account")
-    count = ctx.db.execute(
-        select(func.count()).select_from(Domain).where(Domain.user_id == user.id)
-    ).scalar_one()
-    if count >= ctx.config.domains.max_per_user:
-        raise CommandError(3, "User has reached the maximum number of sender domains allowed")
+    _check_can_add(ctx.db, user.id, name, cfg.max_per_user)
     domain = Domain(
         user_id=user.id,
         name=name,
@@ -129,6 +130,18 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
     ctx.db.add(domain)
     ctx.db.flush()
     return {"NewSenderDomainID": domain.id, "Domain": domain_view(ctx, domain)}
+
+
+def _check_can_add(s: Session, user_id: int, name: str, most: int) -> None:
+    """AddDomain's refusals: the name is in the user's account already (2), or the user has
+    ``most`` domains (3)."""
+    if s.scalar(select(Domain.id).where(Domain.user_id == user_id, Domain.name == name)):
+        raise CommandError(2, "Invalid domain name provided: it is already in your account")
+    count = s.execute(
+        select(func.count()).select_from(Domain).where(Domain.user_id == user_id)
+    ).scalar_one()
+    if count >= most:
+        raise CommandError(3, "User has reached the maximum number of sender domains allowed")
 
 
 _GET_DOMAIN_NOT_FOUND = (2, "Unable to retrieve domain information")
@@ -266,7 +279,8 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
         )
         domain = owned_domain(read_ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
         records = required_records(domain, ctx.config)
-    results = check_records(records, make_resolver(ctx.config))
+    budget = verify_budget(ctx.config)
+    results = check_records(records, make_resolver(ctx.config), budget)
 
     domain = owned_domain(ctx, DomainID, _VERIFY_DOMAIN_NOT_FOUND)
     if required_records(domain, ctx.config) != records:
@@ -300,9 +314,14 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
         "DNSVerificationResults": [r.as_dict() for r in results],
     }
     if unknown:
+        timed_out = any(r.error == "timeout" for r in required)
         out["Note"] = (
-            "DNS did not answer for every required record (timeout or server "
-            "failure): nothing was changed; try again"
+            "DNS did not answer for every required record: the look-ups timed out "
+            f"(timeout: DNS is given {budget:g} seconds in all) or a server failed; "
+            "nothing was changed; try again"
+            if timed_out
+            else "DNS did not answer for every required record (server failure): "
+            "nothing was changed; try again"
         )
     elif taken and all_verified:
         out["Note"] = "This domain is already verified in another account"

@@ -181,3 +181,43 @@ def test_single_threaded_workers_close_and_threaded_workers_keep_connections(
                 )
                 assert resp.json()["APIKeys"][0]["Key"] == user.api_key
                 assert resp.headers.get("Connection") == connection
+
+
+def test_two_instances_on_one_host_keep_to_their_own_control_socket(tmp_path):
+    """gunicorn's default control socket is one path per user (~/.gunicorn/gunicorn.ctl, or
+    $XDG_RUNTIME_DIR/gunicorn.ctl): two instances must not share it. By default there is
+    none; http.control_socket gives an instance one of its own."""
+    import socket
+
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    runtime.mkdir()
+    first, second = tmp_path / "first", tmp_path / "second"
+    own_socket = second / "gunicorn.ctl"
+    envs = []
+    for where in (first, second):
+        where.mkdir()
+        env = clean_env(HOME=str(home), XDG_RUNTIME_DIR=str(runtime))
+        created = postern(
+            "user", "create", "alice", "--password", "correct horse", cwd=where, env=env
+        )
+        assert created.returncode == 0, created.stderr
+        envs.append(env)
+    envs[1] = {**envs[1], "POSTERN_HTTP_CONTROL_SOCKET": str(own_socket)}
+
+    def works(base):
+        body = httpx.post(
+            f"{base}/api.php",
+            json={"Command": "User.Login", "Username": "alice", "Password": "correct horse"},
+        ).json()
+        return body["Success"] is True and httpx.get(f"{base}/healthz").status_code == 200
+
+    with running("api", first, envs[0]) as (one, _), running("api", second, envs[1]) as (two, _):
+        assert works(one) and works(two)
+        # Neither made gunicorn's shared default; the second made its own, and it answers.
+        assert not (home / ".gunicorn").exists()
+        assert not (runtime / "gunicorn.ctl").exists()
+        assert own_socket.is_socket()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(own_socket))
+        assert works(one) and works(two)

@@ -254,3 +254,31 @@ def test_delete_domain_errors(api, user):
     assert (body["ErrorCode"], body["ErrorText"]) == (1, "Missing required parameter: DomainID")
     body = api("EmailGateway.DeleteDomain", APIKey=user.api_key, DomainID=123456)
     assert body["ErrorCode"] == 2
+
+
+def test_add_domain_refuses_a_duplicate_or_one_past_the_limit_before_making_keys(
+    make_app, user, monkeypatch
+):
+    """Key generation takes a while (RSA): a request that will be refused never starts it."""
+    from commands.domains import dkim
+
+    made = []
+    real = dkim.new_key
+
+    def counted(*args, **kwargs):
+        made.append(args[1:3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dkim, "new_key", counted)
+    call = make_app(domains__max_per_user=2)
+    assert call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="a.example")["Success"]
+    assert len(made) == 1
+    body = call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="A.Example.")
+    assert body["ErrorCode"] == 2 and "already in your account" in body["ErrorText"]
+    assert call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="b.example")["Success"]
+    assert len(made) == 2
+    assert (
+        call("EmailGateway.AddDomain", APIKey=user.api_key, DomainName="c.example")["ErrorCode"]
+        == 3
+    )
+    assert len(made) == 2  # neither refusal made a key

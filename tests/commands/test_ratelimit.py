@@ -182,6 +182,23 @@ def test_sweeps_delete_every_buckets_old_windows(database, clock, at):
     assert limiter.sweep() == 0
 
 
+def test_a_limiters_sweeps_leave_other_limiters_buckets_alone(database, clock, at):
+    """Limiters of different periods share rate_counters: a short one's sweep must not
+    delete a long one's current window (a login lockout of 900 s, say)."""
+    short = DatabaseLimiter(
+        database, requests=10, period=PERIOD, clock=clock, sweep_every=1, scopes=("v1:",)
+    )
+    long = DatabaseLimiter(database, requests=10, period=900, clock=clock, scopes=("login:",))
+    mine, theirs = bucket(), f"login:test-{secrets.token_hex(8)}"
+    long.hit(theirs)
+    short.hit(mine)
+    at(3 * PERIOD)
+    short.hit(mine)  # a sweep: the short limiter's old windows go, the login window stays
+    assert windows(database, mine) == [START + 3 * PERIOD]
+    assert windows(database, theirs) == [START - START % 900]
+    assert long.stored_hits(theirs, START - START % 900) == 1
+
+
 def test_hits_in_a_transaction_are_kept_by_its_commit_and_undone_by_its_rollback(
     database, clock, at
 ):

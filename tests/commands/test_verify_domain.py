@@ -163,3 +163,30 @@ def test_waiting_for_dns_holds_no_lock(flask_app, api, user, make_user, add_doma
     finished.append(("write", created["Success"]))
     thread.join(timeout=60)
     assert finished == [("write", True), ("verify", True)]
+
+
+def test_black_holed_dns_is_given_up_at_the_budget(make_app, user, add_domain, dns_server):
+    """DNS that never answers: VerifyDomain stops asking once dns.verify_budget is spent
+    (the tests' dns.timeout is 1 s a look-up) and says the check timed out."""
+    call = make_app(dns__verify_budget=0.5)
+    domain_id = add_domain()
+    for host in (
+        "example.com",
+        "sl.example.com",
+        "key1._domainkey.sl.example.com",
+        "_dmarc.example.com",
+        "track-sl.example.com",
+    ):
+        dns_server.silence(host)
+    body = call("EmailGateway.VerifyDomain", APIKey=user.api_key, DomainID=domain_id)
+    assert body["Success"] is True, body
+    results = body["DNSVerificationResults"]
+    assert len(results) == 6
+    assert all(r["Verified"] is False and r["Error"] == "timeout" for r in results)
+    assert "timed out" in body["Note"] and "nothing was changed" in body["Note"]
+    # Only the first record was asked for: the budget was spent waiting on it.
+    assert {name for name, _ in dns_server.queries} == {"example.com"}
+    assert (
+        call("EmailGateway.GetDomain", APIKey=user.api_key, DomainID=domain_id)["Domain"]["Status"]
+        == "Pending"
+    )

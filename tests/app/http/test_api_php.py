@@ -243,3 +243,42 @@ def test_a_lone_surrogate_in_a_send_is_refused_with_its_field_code(client, user,
     answer = client.post("/api.php", data=body, content_type="application/json").get_json()
     assert (answer["Success"], answer["ErrorCode"]) == (False, 8)
     assert "lone surrogate" in answer["ErrorMessage"]
+
+
+def test_a_users_commands_are_limited_per_period(make_app, make_user, clock):
+    """ratelimit.user_requests commands a user_period per user, reads, writes and refused
+    parameters alike; then 429 with error 100004 in the envelope, and nothing is kept."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.fromtimestamp(1_800_000_000, UTC)  # a window of 60 s begins there
+    clock.freeze(start)
+    call = make_app(ratelimit__user_requests=3)
+    alice, bob = make_user("alice"), make_user("bob")
+    assert call("EmailGateway.GetDomains", APIKey=alice.api_key)["Success"] is True
+    assert call("EmailGateway.AddDomain", APIKey=alice.api_key, DomainName="a.example")["Success"]
+    assert call("EmailGateway.GetDomain", APIKey=alice.api_key)["ErrorCode"] == 1
+    resp = call.client.post(
+        "/api.php",
+        json={"Command": "EmailGateway.AddDomain", "APIKey": alice.api_key, "DomainName": "b.ex"},
+    )
+    assert resp.status_code == 429
+    assert resp.headers["Retry-After"] == "60"
+    body = resp.get_json()
+    assert (body["Success"], body["ErrorCode"]) == (False, 100004)
+    assert body["ErrorText"] == "Too many requests. Wait for 60 seconds for another 3 attempts."
+    # XML says the same.
+    resp = call.client.post(
+        "/api.php",
+        data={
+            "Command": "EmailGateway.GetDomains",
+            "APIKey": alice.api_key,
+            "ResponseFormat": "XML",
+        },
+    )
+    assert resp.status_code == 429 and b"<ErrorCode>100004</ErrorCode>" in resp.data
+    # Another user is not limited by alice's commands; login is not a user's command.
+    assert call("EmailGateway.GetDomains", APIKey=bob.api_key)["Success"] is True
+    assert call("User.Login", Username="alice", Password=alice.password)["Success"] is True
+    clock.freeze(start + timedelta(seconds=60))
+    domains = call("EmailGateway.GetDomains", APIKey=alice.api_key)["Domains"]
+    assert [d["DomainName"] for d in domains] == ["a.example"]  # b.ex was not kept

@@ -295,9 +295,54 @@ def test_the_client_address_behind_a_reverse_proxy(
     path = link.removeprefix(live)
     forwarded = {"X-Forwarded-For": "203.0.113.7", "User-Agent": "Proxied/1.0"}
 
-    # No proxy configured: the header is anyone's to write, so it is not believed.
-    assert make_app().client.get(path, headers=forwarded).status_code == 302
+    # No proxy configured: the header is anyone's to write, so it is not believed. (Every
+    # click is recorded here: tracking.repeat_window 0.)
+    app = make_app(tracking__repeat_window=0)
+    assert app.client.get(path, headers=forwarded).status_code == 302
     # One proxy (http.proxy_hops = 1): the address it saw is the client's.
-    assert make_app(http__proxy_hops=1).client.get(path, headers=forwarded).status_code == 302
+    app = make_app(http__proxy_hops=1, tracking__repeat_window=0)
+    assert app.client.get(path, headers=forwarded).status_code == 302
     ips = [details["ip"] for _, _, details in events_of(database, message_id, "clicked")]
     assert ips == ["127.0.0.1", "203.0.113.7"]
+
+
+TWO_LINKS = (
+    "<html><body><p><a href='https://example.com/one'>one</a> "
+    "<a href='https://example.com/two'>two</a></p></body></html>"
+)
+
+
+def test_opens_and_clicks_are_recorded_once_a_window(
+    tracked_domain, deliver, live, database, make_app, clock
+):
+    """tracking.repeat_window (60 s): one open per recipient, and one click per recipient
+    and link, a window; the next window records them again."""
+    from datetime import UTC, datetime, timedelta
+
+    tracked_domain(LinkTracking=1, OpenTracking=1)
+    message_id, received = deliver(HtmlContent=TWO_LINKS)
+    body = parsed(received["rcpt@dest.example"]).get_body(("html",)).get_content()
+    one, two = (link.removeprefix(live) for link in hrefs(body)[:2])
+    pixel = re.search(r'<img src="([^"]+)"', body).group(1).removeprefix(live)
+    start = datetime.fromtimestamp(1_800_000_000, UTC)  # a window of 60 s begins there
+    clock.freeze(start)
+    client = make_app().client
+
+    def visit(*paths):
+        for path in paths:
+            assert client.get(path).status_code in (200, 302)
+
+    def urls():
+        return [d["url"] for _, _, d in events_of(database, message_id, "clicked")]
+
+    visit(pixel, pixel, one, one, two)
+    clock.freeze(start + timedelta(seconds=59))
+    visit(pixel, one, two)
+    assert len(events_of(database, message_id, "opened")) == 1
+    assert urls() == ["https://example.com/one", "https://example.com/two"]
+    clock.freeze(start + timedelta(seconds=60))  # the next window
+    visit(pixel, pixel, one, one)
+    assert len(events_of(database, message_id, "opened")) == 2
+    assert urls() == ["https://example.com/one", "https://example.com/two"] + [
+        "https://example.com/one"
+    ]

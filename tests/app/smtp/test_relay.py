@@ -724,3 +724,47 @@ def test_a_reset_password_refuses_the_next_mail_from_until_the_new_one_logs_in(
         c.login(credential[0], reset["SMTP"]["Password"])  # the same session, the new password
         assert c.send_message(message()) == {}
     assert len(queued(database)) == 1
+
+
+LOCKOUT_START = 1_800_000_000  # a multiple of smtp.auth_lockout (900 s): a window begins there
+
+
+def _auth(relay, credential, password, source):
+    """One AUTH PLAIN on the submission port from the loopback address ``source``: the reply
+    code (smtplib's ``login`` would try a second mechanism after a failure)."""
+    with smtplib.SMTP(
+        "127.0.0.1", relay.ports["submission"], timeout=30, source_address=(source, 0)
+    ) as c:
+        c.starttls(context=NO_VERIFY)
+        c.ehlo()
+        c.user, c.password = credential[0], password
+        try:
+            c.auth("PLAIN", c.auth_plain)
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+        return 235
+
+
+def test_failed_logins_are_counted_where_every_relay_sees_them(relay_for, credential, clock):
+    """Two relays (each with its own gateway, as two processes have) on one database."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.fromtimestamp(LOCKOUT_START, UTC)
+    clock.freeze(start)
+    first = relay_for(smtp__auth_max_failures=2)
+    second = relay_for(smtp__auth_max_failures=2)
+    right = credential[1]
+    # The address: two failures for unknown usernames on the second relay; the first relay
+    # refuses that address, the right password too, and takes another address.
+    assert _auth(second, ("nobody1", ""), "wrong", "127.0.0.5") == 535
+    assert _auth(second, ("nobody2", ""), "wrong", "127.0.0.5") == 535
+    assert _auth(first, credential, right, "127.0.0.5") == 454
+    assert _auth(first, credential, right, "127.0.0.6") == 235
+    # The username: two failures on the first relay, from two addresses; the second relay
+    # refuses the right password from a third.
+    assert _auth(first, credential, "wrong", "127.0.0.2") == 535
+    assert _auth(first, credential, "wrong", "127.0.0.3") == 535
+    assert _auth(second, credential, right, "127.0.0.4") == 454
+    clock.freeze(start + timedelta(seconds=900))  # the next window: both may log in again
+    assert _auth(second, credential, right, "127.0.0.4") == 235
+    assert _auth(second, credential, right, "127.0.0.5") == 235
