@@ -143,6 +143,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("http", "proxy_hops", int, 0, _not_negative),
     Setting("security", "secret_key", str, ""),
     Setting("security", "session_idle_timeout", int, 86_400, _positive),
+    Setting("security", "session_max_age", int, 604_800, _positive),
     Setting("domains", "max_per_user", int, 50, _positive),
     Setting("domains", "require_verification", bool, True),
     Setting("domains", "subdomain", str, "sl", _subdomain_label),
@@ -315,6 +316,7 @@ class SecuritySettings(Section):
     section: ClassVar[str] = "security"
     secret_key: str
     session_idle_timeout: int
+    session_max_age: int
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,12 @@ def api_php() -> Response:
                 else "Missing required parameter: Command"
             )
             raise CommandError(UNKNOWN_COMMAND, text, http_status=400)
-        fields = current_gateway().run(cmd, params, remote_addr=request.remote_addr)
+        fields = current_gateway().run(
+            cmd,
+            params,
+            remote_addr=request.remote_addr,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
     except CommandError as exc:
         code = [exc.code] if cmd is not None and cmd.error_list else exc.code
         return envelope.render(envelope.failure(code, exc.text), fmt, exc.http_status)
