@@ -41,6 +41,8 @@ def make_engine(
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if not sqlite_in_memory(url) and parsed.database and "uri" not in parsed.query:
+            create_private(parsed.database)
         engine = create_engine(
             parsed.set(drivername="sqlite+postern"),
             echo=echo,
@@ -80,6 +82,20 @@ def make_engine(
             dbapi_conn.commit()
 
     return engine
+
+
+def create_private(path: str) -> None:
+    """Create the SQLite database file readable and writable by its owner only (0600), as
+    ``postern.key`` is, when it does not exist yet; an existing file keeps its mode. SQLite
+    gives the -wal and -shm files it makes beside it the database's mode; the -writers
+    lock file is created 0600 (``WriterQueue``)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a directory that is not there or not writable: SQLite says so itself
+    os.close(fd)
 
 
 IDLE_PING = 5.0  # seconds a pooled connection may rest before it is tested on checkout

@@ -12,7 +12,7 @@ from marshmallow import fields, validate
 from sqlalchemy import func, select
 
 from commands.context import Context, format_date
-from commands.delivery.queue import fail_pending
+from commands.delivery.queue import fail_pending, fail_pending_in_batches
 from commands.domains import dkim
 from commands.domains.dns_records import (
     check_records,
@@ -316,8 +316,16 @@ class ClearDomainQueueSchema(CommandSchema):
     DomainID = domain_id_param((1, "Missing required parameter: DomainID"), _CLEAR_NOT_FOUND)
 
 
-@command("EmailGateway.ClearDomainQueue", schema=ClearDomainQueueSchema, auth=Auth.USER)
+@command(
+    "EmailGateway.ClearDomainQueue", schema=ClearDomainQueueSchema, auth=Auth.USER, readonly=True
+)
 def clear_domain_queue(ctx: Context, DomainID: int) -> dict[str, Any]:
+    """Fail the domain's queued deliveries in batches, each in a write transaction of its own
+    (the command's own transaction only reads: whose the domain is)."""
     domain = owned_domain(ctx, DomainID, _CLEAR_NOT_FOUND)
-    count = fail_pending(ctx.db, domain.id, "Removed from the queue by ClearDomainQueue", ctx.now)
+    if ctx.database is None:  # pragma: no cover - the gateway always sets it
+        raise RuntimeError("context without a database")
+    count = fail_pending_in_batches(
+        ctx.database, domain.id, "Removed from the queue by ClearDomainQueue", ctx.now
+    )
     return {"ClearedCount": count}

@@ -78,3 +78,70 @@ def test_the_worker_sweeps_when_it_prunes(api, user, database, clock, base_confi
     sender.claim(10)
     with database.transaction(readonly=True) as s:
         assert s.scalar(select(func.count()).select_from(UserSession)) == 0
+
+
+def test_clear_domain_queue_works_in_bounded_batches(
+    client, api, user, active_domain, database, monkeypatch
+):
+    from sqlalchemy import event
+
+    from commands.delivery import queue
+    from models import Delivery, Event
+
+    domain = active_domain()
+    for n in range(7):
+        resp = client.post(
+            "/api/v1/email",
+            headers={"Authorization": f"Bearer {domain.key}"},
+            json={
+                "From": {"email": "news@example.com"},
+                "To": [{"email": f"r{n}@dest.example"}],
+                "Subject": "Hello",
+                "ContentType": "plain",
+                "PlainContent": "Hi",
+            },
+        )
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+    monkeypatch.setattr(queue, "CLEAR_BATCH", 3)
+    # What each write transaction failed, counted where it commits.
+    batches: list[int] = []
+
+    def on_commit(conn):
+        batches.append(conn.info.pop("failed", 0))
+
+    def on_update(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE DELIVERIES"):
+            rows = len(parameters) if executemany else 1
+            conn.info["failed"] = conn.info.get("failed", 0) + rows
+
+    event.listen(database.engine, "commit", on_commit)
+    event.listen(database.engine, "after_cursor_execute", on_update)
+    try:
+        body = api("EmailGateway.ClearDomainQueue", APIKey=user.api_key, DomainID=domain.id)
+    finally:
+        event.remove(database.engine, "commit", on_commit)
+        event.remove(database.engine, "after_cursor_execute", on_update)
+    assert body == {"Success": True, "ErrorCode": 0, "ClearedCount": 7}
+    assert [n for n in batches if n] == [3, 3, 1]
+    with database.transaction(readonly=True) as s:
+        assert set(s.scalars(select(Delivery.status))) == {"failed"}
+        assert s.scalar(select(func.count()).where(Event.type == "failed")) == 7
+
+
+def test_an_event_query_holds_at_most_20_terms(api, user):
+    def get(query):
+        return api(
+            "EmailGateway.GetEvents",
+            APIKey=user.api_key,
+            StartFrom=0,
+            RetrieveCount=10,
+            Query=query,
+        )
+
+    twenty = " ".join(f"to:r{n}@dest.example" for n in range(20))
+    assert get(twenty)["Success"] is True
+    assert get('subject:"a b c" ' + " ".join(["x"] * 19))["Success"] is True  # quotes: 1 term
+    body = get(twenty + " subject:one-more")
+    assert (body["Success"], body["ErrorCode"]) == (False, 11)
+    assert body["ErrorText"] == "Invalid Query: at most 1000 characters and 20 terms"
+    assert get(" ".join(["a"] * 500))["ErrorCode"] == 11
