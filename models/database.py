@@ -37,6 +37,10 @@ def make_engine(
     for data whose loss in a power cut costs nothing (rate-limit counters); mail is always
     durable. ``begin`` (SQLite) is how the engine's transactions begin: ``IMMEDIATE``
     (writes), ``DEFERRED`` (reads) or ``NONE`` (each statement its own transaction).
+
+    Statement parameters are never shown (``hide_parameters``): not in the log lines of
+    ``echo``, nor in the text of a database error, which a logged traceback carries; they
+    hold message content, addresses and what is stored of passwords and keys.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -46,6 +50,7 @@ def make_engine(
         engine = create_engine(
             parsed.set(drivername="sqlite+postern"),
             echo=echo,
+            hide_parameters=True,
             connect_args={"timeout": 30, "check_same_thread": False},
             postern_begin=begin,
             postern_queue=(
@@ -64,6 +69,7 @@ def make_engine(
     engine = create_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
