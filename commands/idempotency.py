@@ -33,6 +33,7 @@ KEEP = timedelta(hours=24)  # how long a key's answer is given again
 MAX_KEY_LENGTH = 255
 IDEMPOTENCY_INVALID = 100400
 IDEMPOTENCY_CONFLICT = 100409
+IN_PROGRESS, ANSWERED = 0, 200  # a record's status: no answer yet (never committed), answered
 _KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 # Parameters that say who calls or how to answer, not what to do: not part of the request.
 _NOT_THE_REQUEST = frozenset({"sessionid", "apikey", "senderapikey", "responseformat", "command"})
@@ -77,35 +78,40 @@ def claim(conn: Connection, wanted: IdempotencyClaim, now: datetime) -> dict[str
     None once the key is this request's (its record inserted, to be completed by ``record``).
     """
     where = (IdempotencyRecord.scope == wanted.scope, IdempotencyRecord.key == wanted.key)
-    for _ in range(3):
+    for _ in range(4):
         row = conn.execute(
             select(
                 IdempotencyRecord.request_digest,
+                IdempotencyRecord.status,
                 IdempotencyRecord.answer,
                 IdempotencyRecord.created_at,
             ).where(*where)
         ).first()
+        if row is not None and row.status == IN_PROGRESS:
+            # Inserted just below by this transaction: no other can see a record before
+            # its answer is written, in the same transaction.
+            return None
+        if row is not None and row.created_at > now - KEEP:
+            if row.request_digest != wanted.digest:
+                raise CommandError(
+                    IDEMPOTENCY_CONFLICT,
+                    "Idempotency-Key was already used with a different request",
+                    http_status=409,
+                )
+            answer: dict[str, Any] = json.loads(row.answer)
+            return answer
         if row is not None:
-            if row.created_at > now - KEEP:
-                if row.request_digest != wanted.digest:
-                    raise CommandError(
-                        IDEMPOTENCY_CONFLICT,
-                        "Idempotency-Key was already used with a different request",
-                        http_status=409,
-                    )
-                answer: dict[str, Any] = json.loads(row.answer)
-                return answer
             conn.execute(delete(IdempotencyRecord).where(*where))  # expired: the key is free
         values = {
             "scope": wanted.scope,
             "key": wanted.key,
             "request_digest": wanted.digest,
-            "status": 0,
+            "status": IN_PROGRESS,
             "answer": "",
             "created_at": now,
         }
         # Waits for a concurrent request holding the same key, then inserts nothing if it
-        # committed (its answer is read above on the next turn).
+        # committed: its answer is read on the next turn.
         backend = conn.dialect.name
         if backend == "postgresql":
             statement: Any = postgresql.insert(IdempotencyRecord).on_conflict_do_nothing()
@@ -115,8 +121,7 @@ def claim(conn: Connection, wanted: IdempotencyClaim, now: datetime) -> dict[str
             statement = mysql.insert(IdempotencyRecord).prefix_with("IGNORE")
         else:  # pragma: no cover - Postern runs on these three
             statement = insert(IdempotencyRecord)
-        if conn.execute(statement, values).rowcount == 1:
-            return None
+        conn.execute(statement, values)
     raise CommandError(  # pragma: no cover - a record swept between two statements, thrice
         IDEMPOTENCY_CONFLICT, "Idempotency-Key is in use: try again", http_status=409
     )
@@ -127,7 +132,7 @@ def record(conn: Connection, wanted: IdempotencyClaim, answer: Mapping[str, Any]
     conn.execute(
         update(IdempotencyRecord)
         .where(IdempotencyRecord.scope == wanted.scope, IdempotencyRecord.key == wanted.key)
-        .values(status=200, answer=json.dumps(answer, default=str))
+        .values(status=ANSWERED, answer=json.dumps(answer, default=str))
     )
 
 
