@@ -1,5 +1,5 @@
-"""Who is calling: SessionID and user API key authentication, with idle session expiry, and
-the caller a sender API key stands for."""
+"""Who is calling: SessionID and user API key authentication, with idle and absolute session
+expiry, and the caller a sender API key stands for."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def authenticate(
     if not session_id and not api_key:
         raise AuthenticationFailed("Authentication failure: SessionID or APIKey is required")
     idle = timedelta(seconds=config.security.session_idle_timeout)
+    max_age = timedelta(seconds=config.security.session_max_age)
     caller: Caller | None = None
     touch_session: int | None = None
     touch_key: int | None = None
@@ -60,11 +61,12 @@ def authenticate(
                     UserSession.id,
                     UserSession.user_id,
                     UserSession.token_digest,
+                    UserSession.created_at,
                     UserSession.last_seen_at,
                 ).where(UserSession.token_digest == digest)
             ).first()
             if session is not None and digests_match(session.token_digest, digest):
-                if session.last_seen_at + idle < now:
+                if session.last_seen_at + idle < now or session.created_at + max_age < now:
                     expired = session.id
                 else:
                     caller = Caller(session.user_id, session_id)

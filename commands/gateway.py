@@ -9,7 +9,7 @@ from typing import Any
 from marshmallow import Schema
 from sqlalchemy.engine import Connection
 
-from commands import registry
+from commands import idempotency, registry
 from commands.auth import Caller, SenderCaller, authenticate
 from commands.context import Context
 from commands.delivery.inbox import Outcome, apply_report, is_return_path_host
@@ -103,6 +103,7 @@ class Gateway:
         sender: SenderCaller | None = None,
         count: Callable[[Connection], None] | None = None,
         limit_user: bool = False,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """The command's response fields, or CommandError.
 
@@ -115,6 +116,8 @@ class Gateway:
         /api/v1 transport authenticates first, to count the request against the key).
         ``count`` is called with the command's connection after its handler, before the
         commit (``run_limited``'s rate-limit hit: what it raises undoes the transaction).
+        ``idempotency_key`` (the ``Idempotency-Key`` a caller sent) is honoured by commands
+        registered ``idempotent`` (commands/idempotency.py) and ignored by the others.
         """
         now = self.clock()
         caller: Caller | None = None
@@ -151,12 +154,19 @@ class Gateway:
                 raise CommandError(AUTH_FAILED, "Authentication failure or session expired")
             if cmd.auth is registry.Auth.ADMIN and not user.is_admin:
                 raise NotPermitted("Not enough privileges: this command needs an administrator")
+        claim = None
+        if idempotency_key is not None and cmd.idempotent and caller is not None:
+            claim = idempotency.IdempotencyClaim(
+                f"key:{sender.key_id}" if sender is not None else f"user:{caller.user_id}",
+                idempotency.valid_key(idempotency_key),
+                idempotency.request_digest(cmd.name, params),
+            )
         if not limit_user or user is None:
-            return self._run(cmd, values, now, caller, user, remote_addr, sender, count)
+            return self._run(cmd, values, now, caller, user, remote_addr, sender, count, claim)
         counted: list[bool] = []
         count = self._count_user(cmd, user.id, count, counted)
         try:
-            return self._run(cmd, values, now, caller, user, remote_addr, sender, count)
+            return self._run(cmd, values, now, caller, user, remote_addr, sender, count, claim)
         except CommandError:
             if not counted:  # refused before its commit: counted on its own
                 self._hit(self.user_limiter, user_bucket(user.id))
@@ -208,6 +218,7 @@ class Gateway:
         remote_addr: str | None,
         sender: SenderCaller | None,
         count: Callable[[Connection], None] | None,
+        claim: idempotency.IdempotencyClaim | None,
     ) -> dict[str, Any]:
         with self.db.unit_of_work(readonly=cmd.readonly) as work:
             ctx = Context(
@@ -223,12 +234,21 @@ class Gateway:
                 login_throttle=self.login_throttle,
             )
             refused = None
-            try:
-                fields = cmd.handler(ctx, **values)
-            except CommandError as exc:
-                if not exc.commit:
-                    raise
-                refused = exc  # leaving the block normally commits what was written
+            answer = None if claim is None else idempotency.claim(work.conn, claim, now)
+            if answer is not None:
+                fields = answer  # the key's first answer, given again
+            else:
+                try:
+                    fields = cmd.handler(ctx, **values)
+                except CommandError as exc:
+                    if not exc.commit:
+                        raise
+                    refused = exc  # leaving the block normally commits what was written
+                if claim is not None:
+                    if refused is None:
+                        idempotency.record(work.conn, claim, fields)
+                    else:
+                        idempotency.release(work.conn, claim)
             if count is not None:
                 count(work.conn)
         if refused is not None:
@@ -243,6 +263,7 @@ class Gateway:
         *,
         remote_addr: str | None = None,
         sender: SenderCaller | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[dict[str, Any], Decision]:
         """``run``, with the request counted against ``bucket``'s rate limit: the command's
         fields and the limit's decision, CommandError, or RateLimited (then nothing of the
@@ -263,7 +284,14 @@ class Gateway:
             decision = limiter.hit(bucket)
             if not decision.allowed:
                 raise RateLimited(decision)
-            return self.run(cmd, params, remote_addr=remote_addr, sender=sender), decision
+            fields = self.run(
+                cmd,
+                params,
+                remote_addr=remote_addr,
+                sender=sender,
+                idempotency_key=idempotency_key,
+            )
+            return fields, decision
         counted: list[Decision] = []
 
         def count(conn: Connection) -> None:
@@ -273,7 +301,14 @@ class Gateway:
             counted.append(decision)
 
         try:
-            fields = self.run(cmd, params, remote_addr=remote_addr, sender=sender, count=count)
+            fields = self.run(
+                cmd,
+                params,
+                remote_addr=remote_addr,
+                sender=sender,
+                count=count,
+                idempotency_key=idempotency_key,
+            )
         except CommandError:
             if not counted:  # refused before its commit: counted on its own
                 decision = limiter.hit(bucket)

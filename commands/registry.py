@@ -35,6 +35,8 @@ class Command:
     transport: str = "api.php"
     # Octeth answers some commands' errors with ErrorCode as a one-element list.
     error_list: bool = False
+    # Sends: an Idempotency-Key given by the transport is honoured (commands/idempotency.py).
+    idempotent: bool = False
 
 
 class DuplicateCommand(Exception):
@@ -52,10 +54,12 @@ def command(
     readonly: bool = False,
     transport: str = "api.php",
     error_list: bool = False,
+    idempotent: bool = False,
 ) -> Callable[[H], H]:
     """Register the decorated function as the handler of ``name``.
 
-    ``readonly`` commands run in a read transaction. A second registration of the same
+    ``readonly`` commands run in a read transaction; ``idempotent`` ones honour an
+    Idempotency-Key (``Gateway.run``). A second registration of the same
     name (in any letter case) fails at import.
     """
     if transport not in ("api.php", "v1"):
@@ -69,7 +73,9 @@ def command(
         key = name.lower()
         if key in _REGISTRY:
             raise DuplicateCommand(f"command {name} is registered twice")
-        _REGISTRY[key] = Command(name, handler, schema, auth, readonly, transport, error_list)
+        _REGISTRY[key] = Command(
+            name, handler, schema, auth, readonly, transport, error_list, idempotent
+        )
         return handler
 
     return register

@@ -147,6 +147,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("security", "login_failures_per_user", int, 5, _positive),
     Setting("security", "login_failures_per_address", int, 20, _positive),
     Setting("security", "login_lockout", int, 900, _positive),
+    Setting("security", "session_max_age", int, 604_800, _positive),
     Setting("domains", "max_per_user", int, 50, _positive),
     Setting("domains", "require_verification", bool, True),
     Setting("domains", "subdomain", str, "sl", _subdomain_label),
@@ -327,6 +328,7 @@ class SecuritySettings(Section):
     login_failures_per_user: int
     login_failures_per_address: int
     login_lockout: int
+    session_max_age: int
 
 
 @dataclass(frozen=True)

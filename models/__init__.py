@@ -4,6 +4,7 @@ from models.base import Base, UTCDateTime
 from models.database import Database
 from models.domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
 from models.event_counts import EventCount
+from models.idempotency import IdempotencyRecord
 from models.messages import Delivery, Event, Message, Suppression
 from models.users import User, UserAPIKey, UserSession
 from models.webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
@@ -12,6 +13,7 @@ __all__ = [
     "Delivery",
     "Event",
     "EventCount",
+    "IdempotencyRecord",
     "Message",
     "Suppression",
     "Base",

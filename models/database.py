@@ -37,13 +37,20 @@ def make_engine(
     for data whose loss in a power cut costs nothing (rate-limit counters); mail is always
     durable. ``begin`` (SQLite) is how the engine's transactions begin: ``IMMEDIATE``
     (writes), ``DEFERRED`` (reads) or ``NONE`` (each statement its own transaction).
+
+    Statement parameters are never shown (``hide_parameters``): not in the log lines of
+    ``echo``, nor in the text of a database error, which a logged traceback carries; they
+    hold message content, addresses and what is stored of passwords and keys.
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if not sqlite_in_memory(url) and parsed.database and "uri" not in parsed.query:
+            create_private(parsed.database)
         engine = create_engine(
             parsed.set(drivername="sqlite+postern"),
             echo=echo,
+            hide_parameters=True,
             connect_args={"timeout": 30, "check_same_thread": False},
             postern_begin=begin,
             postern_queue=(
@@ -62,6 +69,7 @@ def make_engine(
     engine = create_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -80,6 +88,20 @@ def make_engine(
             dbapi_conn.commit()
 
     return engine
+
+
+def create_private(path: str) -> None:
+    """Create the SQLite database file readable and writable by its owner only (0600), as
+    ``postern.key`` is, when it does not exist yet; an existing file keeps its mode. SQLite
+    gives the -wal and -shm files it makes beside it the database's mode; the -writers
+    lock file is created 0600 (``WriterQueue``)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a directory that is not there or not writable: SQLite says so itself
+    os.close(fd)
 
 
 IDLE_PING = 5.0  # seconds a pooled connection may rest before it is tested on checkout

@@ -32,7 +32,11 @@ def api_php() -> Response:
             )
             raise CommandError(UNKNOWN_COMMAND, text, http_status=400)
         fields = current_gateway().run(
-            cmd, params, remote_addr=request.remote_addr, limit_user=True
+            cmd,
+            params,
+            remote_addr=request.remote_addr,
+            limit_user=True,
+            idempotency_key=request.headers.get("Idempotency-Key"),
         )
     except RateLimited as exc:
         # The user's commands past ratelimit.user_requests a user_period.

@@ -57,6 +57,7 @@ def run_v1(
             api_bucket(sender.key_digest),
             remote_addr=request.remote_addr,
             sender=sender,
+            idempotency_key=request.headers.get("Idempotency-Key"),
         )
     except RateLimited as exc:
         refused = exc.decision

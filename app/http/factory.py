@@ -39,11 +39,13 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from app.http.api_php import bp as api_php_bp
     from app.http.api_v1 import bp as api_v1_bp
     from app.http.health import bp as health_bp
+    from app.http.openapi import bp as openapi_bp
     from app.http.tracking import bp as tracking_bp
 
     app.register_blueprint(api_php_bp)
     app.register_blueprint(api_v1_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(openapi_bp)
     app.register_blueprint(tracking_bp)
 
     @app.before_request

@@ -21,6 +21,7 @@ import httpx
 
 from app.workers.runner import Runner, new_worker_id
 from app.workers.webhook_client import Refused, response_snippet, webhook_client
+from commands.housekeeping import sweep
 from commands.webhooks.fanout import fan_out
 from commands.webhooks.payload import signature_headers
 from commands.webhooks.queue import (
@@ -40,7 +41,9 @@ from models import Database
 log = logging.getLogger("postern.webhooks")
 
 CLAIM_MARGIN = 60  # seconds a claim outlasts the POSTs it was made for
-PRUNE_EVERY = 3600  # seconds between deletions of old finished deliveries
+# Seconds between deletions of old finished deliveries, and of expired sessions and
+# idempotency records (commands/housekeeping.py).
+PRUNE_EVERY = 3600
 
 
 class WebhookSender:
@@ -184,6 +187,7 @@ class WebhookSender:
             if time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
+                sweep(self.db, self.config, self.clock())
         except Exception:  # noqa: BLE001 - deliveries already made are still posted
             log.exception("webhook fan-out failed", extra={"worker": self.worker_id})
         return self.claim_due(limit)

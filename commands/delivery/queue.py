@@ -86,10 +86,22 @@ def claim_batch(
     return [Claimed(**row) for row in rows]
 
 
-def fail_pending(db: Session, domain_id: int, user_id: int, reason: str, now: datetime) -> int:
+# Deliveries failed per transaction by ``fail_pending_in_batches``.
+CLEAR_BATCH = 1000
+
+
+def fail_pending(
+    db: Session,
+    domain_id: int,
+    user_id: int,
+    reason: str,
+    now: datetime,
+    *,
+    limit: int | None = None,
+) -> int:
     """Fail every delivery of the user's domain not yet sent, held ones too (one in the
-    worker's hands goes on)."""
-    rows = db.execute(
+    worker's hands goes on), or the first ``limit`` of them by id; the number failed."""
+    query = (
         select(Delivery, Message)
         .join(Message, Message.id == Delivery.message_id)
         .where(
@@ -100,7 +112,10 @@ def fail_pending(db: Session, domain_id: int, user_id: int, reason: str, now: da
                 Delivery.status == HELD,
             ),
         )
-    ).all()
+    )
+    if limit is not None:
+        query = query.order_by(Delivery.id).limit(limit)
+    rows = db.execute(query).all()
     written = []
     for delivery, message in rows:
         delivery.status = FAILED
@@ -114,6 +129,28 @@ def fail_pending(db: Session, domain_id: int, user_id: int, reason: str, now: da
         )
     events.write(db.connection(), written)
     return len(rows)
+
+
+def fail_pending_in_batches(
+    db: Database,
+    domain_id: int,
+    user_id: int,
+    reason: str,
+    now: datetime,
+    *,
+    batch: int | None = None,
+) -> int:
+    """``fail_pending``, ``batch`` deliveries (``CLEAR_BATCH``) per transaction of its own,
+    so that a huge queue never holds the write lock for long; the number failed. Batches
+    already committed stay failed if a later one cannot be."""
+    size = batch or CLEAR_BATCH
+    failed = 0
+    while True:
+        with db.transaction() as s:
+            done = fail_pending(s, domain_id, user_id, reason, now, limit=size)
+        failed += done
+        if done < size:
+            return failed
 
 
 def release_held(

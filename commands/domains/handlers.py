@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
-from commands.delivery.queue import fail_pending
+from commands.delivery.queue import fail_pending, fail_pending_in_batches
 from commands.domains import dkim
 from commands.domains.dns_records import (
     check_records,
@@ -28,6 +28,7 @@ from commands.registry import Auth, command
 from commands.schema import CommandSchema, Flag, param
 from commands.tenancy import domain_id_param, owned_domain
 from core.crypto import new_signing_key
+from core.settings import sqlite_in_memory
 from models import Domain
 from models.database import UnitOfWork
 from models.domains import ENABLED, PENDING
@@ -335,10 +336,19 @@ class ClearDomainQueueSchema(CommandSchema):
     DomainID = domain_id_param((1, "Missing required parameter: DomainID"), _CLEAR_NOT_FOUND)
 
 
-@command("EmailGateway.ClearDomainQueue", schema=ClearDomainQueueSchema, auth=Auth.USER)
+@command(
+    "EmailGateway.ClearDomainQueue", schema=ClearDomainQueueSchema, auth=Auth.USER, readonly=True
+)
 def clear_domain_queue(ctx: Context, DomainID: int) -> dict[str, Any]:
+    """Fail the domain's queued deliveries in batches, each in a write transaction of its own
+    (the command's own transaction only reads: whose the domain is)."""
     domain = owned_domain(ctx, DomainID, _CLEAR_NOT_FOUND)
-    count = fail_pending(
-        ctx.db, domain.id, domain.user_id, "Removed from the queue by ClearDomainQueue", ctx.now
-    )
-    return {"ClearedCount": count}
+    reason = "Removed from the queue by ClearDomainQueue"
+    if ctx.database is None or sqlite_in_memory(ctx.database.url):
+        # In memory, SQLite has one engine whose every transaction writes: this one.
+        return {"ClearedCount": fail_pending(ctx.db, domain.id, domain.user_id, reason, ctx.now)}
+    return {
+        "ClearedCount": fail_pending_in_batches(
+            ctx.database, domain.id, domain.user_id, reason, ctx.now
+        )
+    }

@@ -12,9 +12,11 @@ from sqlalchemy import select
 from commands.context import Context
 from commands.events.search import (
     INVALID_EVENT,
+    MAX_QUERY_TERMS,
     DateArg,
     EventTypes,
     Span,
+    check_query,
     date_range,
     event_filters,
     event_page,
@@ -112,8 +114,8 @@ class GetEventsSchema(CommandSchema):
     )
     types = param(EventTypes(data_key="Event"), invalid=(10, INVALID_EVENT))
     Query = param(
-        fields.String(validate=validate.Length(max=1000)),
-        invalid=(11, "Invalid Query: at most 1000 characters"),
+        fields.String(validate=[validate.Length(max=1000), check_query]),
+        invalid=(11, f"Invalid Query: at most 1000 characters and {MAX_QUERY_TERMS} terms"),
     )
 
 

@@ -124,6 +124,8 @@ def date_range(
 # -- the Query parameter -------------------------------------------------------------------
 
 TERMS = ("subject", "to", "from", "tag", "message")
+# The most terms one Query may hold: each is a condition of its own (some a subquery).
+MAX_QUERY_TERMS = 20
 _TOKEN = re.compile(r'(?:(\w+):)?(?:"([^"]*)"?|(\S+))')
 
 
@@ -141,6 +143,12 @@ def parse_query(query: str | None) -> list[tuple[str | None, str]]:
         if value:
             out.append((name.lower() if name else None, value))
     return out
+
+
+def check_query(query: str) -> None:
+    """ValidationError for a Query of more than MAX_QUERY_TERMS terms."""
+    if len(parse_query(query)) > MAX_QUERY_TERMS:
+        raise ValidationError(f"more than {MAX_QUERY_TERMS} terms")
 
 
 def _contains(value: str) -> str:

@@ -317,7 +317,7 @@ class SendSchema(SendFields, RawFieldsSchema):
     """v1.Email.Send: the send fields, loaded as given (a pass-through of raw fields)."""
 
 
-@command("v1.Email.Send", schema=SendSchema, auth=Auth.SENDER, transport="v1")
+@command("v1.Email.Send", schema=SendSchema, auth=Auth.SENDER, transport="v1", idempotent=True)
 def v1_send(ctx: Context, **params: Any) -> dict[str, Any]:
     return accept(
         ctx, ctx.sender_domain, params, source="api", sender_key_id=ctx.current_sender.key_id
@@ -333,6 +333,6 @@ class SendEmailSchema(SendFields, CommandSchema):
     DomainID = domain_id_param((2, "Invalid DomainID"), _SEND_NOT_FOUND)
 
 
-@command("EmailGateway.SendEmail", schema=SendEmailSchema, auth=Auth.USER)
+@command("EmailGateway.SendEmail", schema=SendEmailSchema, auth=Auth.USER, idempotent=True)
 def send_email(ctx: Context, DomainID: int, **params: Any) -> dict[str, Any]:
     return accept(ctx, owned_domain(ctx, DomainID, _SEND_NOT_FOUND), params, source="api.php")

@@ -1,0 +1,444 @@
+"""GET /openapi.json: an OpenAPI 3.1 description of every HTTP route of the API (the /api/v1
+routes, /api.php as one operation, /healthz and this document), answers and errors alike.
+
+``tests/app/http/test_openapi.py`` checks that every /api/v1 route Flask serves is in it, and
+``tests/e2e/test_schemathesis.py`` that a running Postern answers as it says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from commands import all_commands
+from commands.idempotency import MAX_KEY_LENGTH
+
+bp = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(description: str) -> Schema:
+    return _json(_ref("Errors"), description)
+
+
+_ERRORS_COMMON = {
+    "400": _errors("The request was refused: its parameters or body (Errors gives the code)"),
+    "401": _errors("No sender API key (code 1) or an invalid one (13)"),
+    "403": _errors("The key's user is disabled"),
+    "413": _errors("The body is larger than http.max_body_bytes"),
+    "429": {
+        **_errors("Past the key's rate limit (code 429)"),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
+}
+
+_ADDRESS: Schema = {
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
+        },
+    ]
+}
+_ADDRESSES: Schema = {"oneOf": [{"type": "array", "items": _ADDRESS}, _ADDRESS]}
+
+_SEND_FIELDS: Schema = {
+    "type": "object",
+    "description": "The send fields (docs/api.md, Sending mail); names match in any case.",
+    "properties": {
+        "Subject": {"type": "string"},
+        "ContentType": {"type": "string", "enum": ["html", "plain"]},
+        "HTMLContent": {"type": "string"},
+        "PlainContent": {"type": "string"},
+        "From": _ADDRESS,
+        "To": _ADDRESSES,
+        "CC": _ADDRESSES,
+        "BCC": {"type": "array", "items": _ADDRESS},
+        "ReplyTo": {"type": "array", "items": _ADDRESS},
+        "Headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "Tags": {"type": "array", "items": {"type": "string"}},
+        "TrackLinks": {"type": "string", "enum": ["true", "false"]},
+        "TrackOpens": {"type": "string", "enum": ["true", "false"]},
+        "SendAt": {"type": "integer"},
+        "Attachments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "filename": {"type": "string"},
+                    "content": {"type": "string", "description": "base64"},
+                    "type": {"type": "string"},
+                    "disposition": {"type": "string", "enum": ["attachment", "inline"]},
+                    "contentid": {"type": "string"},
+                },
+            },
+        },
+        "SenderAPIKey": {"type": "string", "description": "instead of the Bearer header"},
+    },
+}
+
+_SEND_EXAMPLES: Schema = {
+    "plain": {
+        "value": {
+            "From": {"email": "news@example.com", "name": "News"},
+            "To": [{"email": "ann@example.net", "name": "Ann"}],
+            "Subject": "Your order",
+            "ContentType": "plain",
+            "PlainContent": "It is on its way.",
+            "Tags": ["orders"],
+        }
+    },
+    "html": {
+        "value": {
+            "From": {"email": "news@example.com"},
+            "To": [{"email": "ann@example.net"}],
+            "CC": [{"email": "bob@example.net"}],
+            "Subject": "Your order",
+            "ContentType": "html",
+            "HTMLContent": "<p>It is <b>on its way</b>.</p>",
+            "TrackLinks": "true",
+            "Headers": {"X-Order": "1234"},
+        }
+    },
+}
+
+_IDEMPOTENCY_KEY: Schema = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "The same key and request within 24 hours answer the first answer again and send "
+        "nothing twice; another request with the same key is refused (409, code 100409)."
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_KEY_LENGTH,
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+    },
+}
+
+_V1_EVENT: Schema = {
+    "type": "object",
+    "required": [
+        "EventId",
+        "EventType",
+        "EventTimestamp",
+        "Recipient",
+        "MessageId",
+        "CampaignId",
+        "Tags",
+        "Details",
+    ],
+    "properties": {
+        "EventId": {"type": "string"},
+        "EventType": {"type": "string"},
+        "EventTimestamp": {"type": "string"},
+        "Recipient": {"type": "string"},
+        "MessageId": {"type": "string"},
+        "CampaignId": {"type": "null"},
+        "Tags": {"type": "array", "items": {"type": "string"}},
+        "Details": {"type": "object"},
+    },
+}
+
+_V1_WEBHOOK: Schema = {
+    "type": "object",
+    "required": ["WebhookID", "Event", "Events", "URL", "Status"],
+    "properties": {
+        "WebhookID": {"type": "string"},
+        "Event": {"type": "string"},
+        "Events": {"type": "array", "items": {"type": "string"}},
+        "URL": {"type": "string"},
+        "Status": {"type": "string", "enum": ["Active", "Inactive"]},
+    },
+}
+
+
+def _v1(summary: str, ok: Schema, **more: Any) -> Schema:
+    responses = {"200": ok, **_ERRORS_COMMON, **more.pop("responses", {})}
+    return {"summary": summary, "security": [{"bearerAuth": []}], "responses": responses, **more}
+
+
+def document() -> Schema:
+    """The OpenAPI 3.1 document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Postern",
+            "version": "1",
+            "description": (
+                "Octeth's Email Gateway API as Postern serves it: the /api/v1 routes "
+                "(a sender API key as Bearer) and the /api.php command interface. "
+                "The manual is docs/api.md."
+            ),
+        },
+        "paths": {
+            "/api/v1/email": {
+                "post": _v1(
+                    "Send a message from the key's domain",
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["MessageID"],
+                            "properties": {"MessageID": {"type": "string"}},
+                        },
+                        "Accepted: the message id",
+                    ),
+                    parameters=[_IDEMPOTENCY_KEY],
+                    requestBody={
+                        "required": True,
+                        "content": {JSON: {"schema": _SEND_FIELDS, "examples": _SEND_EXAMPLES}},
+                    },
+                    responses={"409": _errors("The Idempotency-Key was used with another request")},
+                )
+            },
+            "/api/v1/events": {
+                "get": _v1(
+                    "The key's domain's events, newest first",
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["TotalRecords", "Events"],
+                            "properties": {
+                                "TotalRecords": {"type": "integer", "minimum": 0},
+                                "Events": {"type": "array", "items": _V1_EVENT},
+                            },
+                        },
+                        "A page of events and their exact number",
+                    ),
+                    parameters=[
+                        _query("StartFrom", {"type": "integer", "minimum": 0}),
+                        _query("RetrieveCount", {"type": "integer", "minimum": 1, "maximum": 100}),
+                        _query("StartDate", {"type": "string"}),
+                        _query("EndDate", {"type": "string"}),
+                        _query("Event", {"type": "string"}),
+                        _query("MessageID", {"type": "string", "maxLength": 300}),
+                    ],
+                )
+            },
+            "/api/v1/webhooks": {
+                "get": _v1(
+                    "The key's domain's webhooks",
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["Webhooks"],
+                            "properties": {"Webhooks": {"type": "array", "items": _V1_WEBHOOK}},
+                        },
+                        "The webhooks",
+                    ),
+                ),
+                "post": _v1(
+                    "Add a webhook to the key's domain",
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["NewWebhookID"],
+                            "properties": {"NewWebhookID": {"type": "string"}},
+                        },
+                        "The new webhook's id",
+                    ),
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["Event", "WebhookURL"],
+                                    "properties": {
+                                        "Event": {
+                                            "oneOf": [
+                                                {"type": "string"},
+                                                {"type": "array", "items": {"type": "string"}},
+                                            ]
+                                        },
+                                        "WebhookURL": {"type": "string"},
+                                    },
+                                },
+                                "examples": {
+                                    "delivered": {
+                                        "value": {
+                                            "Event": "delivered,bounced",
+                                            "WebhookURL": "https://hooks.example.com/postern",
+                                        }
+                                    }
+                                },
+                            }
+                        },
+                    },
+                ),
+                "delete": _v1(
+                    "Delete one of the key's domain's webhooks",
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["Message"],
+                            "properties": {"Message": {"type": "string"}},
+                        },
+                        "Deleted",
+                    ),
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["WebhookID"],
+                                    "properties": {
+                                        "WebhookID": {"type": ["string", "integer"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    responses={"404": _errors("No such webhook of this domain (code 4)")},
+                ),
+            },
+            "/api.php": {
+                "post": {
+                    "summary": "Run an EmailGateway.* or User.* command",
+                    "description": (
+                        "Command names the command; the other properties are its parameters "
+                        "(docs/api.md). Credentials (SessionID or APIKey) are parameters. "
+                        "The body may also be a form or multipart; ResponseFormat=XML "
+                        "answers the same envelope as XML. Sends honour Idempotency-Key."
+                    ),
+                    "security": [],
+                    "parameters": [_IDEMPOTENCY_KEY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["Command"],
+                                    "properties": {
+                                        "Command": {"type": "string", "enum": _command_names()},
+                                        "SessionID": {"type": "string"},
+                                        "APIKey": {"type": "string"},
+                                    },
+                                    "additionalProperties": True,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _envelope("The command's answer, or its error (Success false)"),
+                        "400": _envelope("An unknown command (100003) or unreadable body"),
+                        "409": _envelope("The Idempotency-Key was used with another request"),
+                        "413": _envelope("The body is larger than http.max_body_bytes"),
+                        "429": _envelope("Past the caller's rate limit"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Whether the process is up and its database answers",
+                    "security": [],
+                    "responses": {
+                        "200": _json(_ref("Health"), "Up"),
+                        "503": _json(_ref("Health"), "The database does not answer"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A sender API key (EmailGateway.AddAPI)",
+                }
+            },
+            "schemas": {
+                "Errors": {
+                    "type": "object",
+                    "required": ["Errors"],
+                    "properties": {
+                        "Errors": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["Code", "Message"],
+                                "properties": {
+                                    "Code": {"type": "integer"},
+                                    "Message": {"type": "string"},
+                                },
+                            },
+                        },
+                        "RequestID": {"type": "string"},
+                    },
+                },
+                "Envelope": {
+                    "type": "object",
+                    "required": ["Success", "ErrorCode"],
+                    "properties": {
+                        "Success": {"type": "boolean"},
+                        "ErrorCode": {
+                            "oneOf": [
+                                {"type": "integer"},
+                                {"type": "array", "items": {"type": "integer"}},
+                            ]
+                        },
+                        "ErrorText": {"type": "string"},
+                        "ErrorMessage": {"type": "string"},
+                    },
+                    "additionalProperties": True,
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["Status", "Database"],
+                    "properties": {
+                        "Status": {"type": "string", "enum": ["ok", "error"]},
+                        "Database": {"type": "string", "enum": ["ok", "unreachable"]},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _command_names() -> list[str]:
+    return sorted(c.name for c in all_commands() if c.transport == "api.php")
+
+
+def _query(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _envelope(description: str) -> Schema:
+    return {
+        "description": description,
+        "content": {JSON: {"schema": _ref("Envelope")}, "text/xml": {"schema": {"type": "string"}}},
+    }
+
+
+_DOCUMENT: list[Schema] = []  # made once, at the first request (every command registered)
+
+
+@bp.route("/openapi.json", methods=["GET"])
+def openapi_json() -> Response:
+    if not _DOCUMENT:
+        _DOCUMENT.append(document())
+    return jsonify(_DOCUMENT[0])
