@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UTCDateTime
+from models.base import NEVER_REUSED, Base, UTCDateTime
 
 
 class IdempotencyRecord(Base):
@@ -15,7 +15,7 @@ class IdempotencyRecord(Base):
     command's answer (its fields, as JSON), written in the transaction that ran it."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("scope", "key"),)
+    __table_args__ = (UniqueConstraint("scope", "key"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Whose key it is: "key:<sender key id>" (/api/v1) or "user:<user id>" (/api.php).

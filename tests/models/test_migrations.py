@@ -34,6 +34,7 @@ COUNTED = [
     "suppressions",
     "webhook_deliveries",
     "webhook_attempts",
+    "idempotency_keys",
 ]
 
 
