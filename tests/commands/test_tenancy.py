@@ -58,6 +58,7 @@ ID_COMMANDS = [
     ("EmailGateway.AddWebhook", "DomainID", {"Event": "open", "WebhookURL": "http://1.2.3.4/"}),
     ("EmailGateway.GetWebhooks", "DomainID", {}),
     ("EmailGateway.RegenerateSigningKey", "DomainID", {}),
+    ("EmailGateway.EnableWebhook", "WebhookID", {}),
 ]
 
 
