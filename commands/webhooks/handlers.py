@@ -18,6 +18,7 @@ from core.crypto import new_signing_key
 from core.settings import Config
 from models import Domain, Webhook, WebhookAttempt, WebhookDelivery
 from models.webhooks import FAILED, PENDING, SUCCEEDED
+from mta.ipcheck import is_public
 
 # Both vocabularies: Octeth's first names and the past-tense ones.
 EVENTS = {
@@ -80,8 +81,7 @@ def address_problem(ip: IPAddress, config: Config) -> str | None:
     """Why a webhook may not be sent to the address ``ip``, or None."""
     if config.webhooks.allow_private:
         return None
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if not ip.is_global or (mapped is not None and not mapped.is_global):
+    if not is_public(ip):
         return "the URL points at a loopback, private or reserved address"
     return None
 

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from commands.webhooks.payload import event_body
@@ -204,7 +204,8 @@ def claim(
             .order_by(by_user.c.due_at, by_user.c.id)
         )
         chosen: list[int] = []
-        for delivery_id, webhook_id, user_id in candidates:
+        for row in candidates:
+            delivery_id, webhook_id, user_id = int(row[0]), int(row[1]), int(row[2])
             if len(chosen) >= limit:
                 break
             if busy_hooks[webhook_id] >= per_webhook or busy_users[user_id] >= per_user:
@@ -427,7 +428,7 @@ def disable_webhook(
     where = [WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == PENDING]
     if except_id is not None:
         where.append(WebhookDelivery.id != except_id)
-    failed = s.execute(
+    result = s.execute(
         update(WebhookDelivery)
         .where(*where)
         .values(
@@ -437,7 +438,8 @@ def disable_webhook(
             last_error=f"Not posted: {DISABLED}",
             updated_at=now,
         )
-    ).rowcount
+    )
+    failed = int(cast(CursorResult[Any], result).rowcount or 0)
     domain_id = s.scalar(select(Webhook.domain_id).where(Webhook.id == webhook_id))
     log.warning(
         "webhook disabled",
@@ -448,7 +450,7 @@ def disable_webhook(
             "pending_failed": failed,
         },
     )
-    return int(failed or 0)
+    return failed
 
 
 def prune_deliveries(db: Database, *, now: datetime, keep_days: int, chunk: int = 1000) -> int:

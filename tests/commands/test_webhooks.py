@@ -271,3 +271,48 @@ def test_enable_webhook_errors(api, user, add_domain):
         "Status": "Active",
         **NOT_DISABLED,
     }
+
+
+SEEN_FORMS = [  # 127.0.0.1 carried in IPv6, and Teredo with a loopback client
+    "::7f00:1",
+    "64:ff9b::7f00:1",
+    "2002:7f00:1::",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "2001:0:808:808:0:0:80ff:fffe",
+]
+
+
+def test_add_webhook_refuses_ipv4_carried_in_ipv6_like_the_ipv4(
+    base_config, database, clock, user, add_domain
+):
+    from app.http.factory import create_app
+    from commands import Gateway
+
+    domain_id = add_domain()
+    strict = base_config.replace(webhooks__allow_private=False)
+    client = create_app(strict, Gateway(strict, database, clock=clock)).test_client()
+    for address in SEEN_FORMS:
+        body = client.post(
+            "/api.php",
+            json={
+                "Command": "EmailGateway.AddWebhook",
+                "APIKey": user.api_key,
+                "DomainID": domain_id,
+                "Event": "bounce",
+                "WebhookURL": f"http://[{address}]:8080/hook",
+            },
+        ).get_json()
+        assert (body["Success"], body["ErrorCode"]) == (False, [6]), address
+        assert "loopback, private or reserved" in body["ErrorText"]
+    body = client.post(
+        "/api.php",
+        json={
+            "Command": "EmailGateway.AddWebhook",
+            "APIKey": user.api_key,
+            "DomainID": domain_id,
+            "Event": "bounce",
+            "WebhookURL": "http://[2002:808:808::1]/hook",  # 6to4 of a public address
+        },
+    ).get_json()
+    assert body["Success"] is True, body

@@ -379,7 +379,11 @@ def test_a_private_address_is_refused_at_send_time(
     assert sender_for(webhooks__allow_private=False).run_once() == 1
     (d,) = deliveries(database)
     assert (d.status, d.attempts, d.due_at) == ("failed", 1, None)
-    assert d.last_error.startswith("Refused, not retried: hooks.dest.example resolves to 127.0.0.1")
+    assert d.last_error == (
+        "Refused, not retried: hooks.dest.example resolves to an address that is not allowed:"
+        " the URL points at a loopback, private or reserved address"
+        " (webhooks.allow_private is off)"
+    )
     assert http_receiver.requests == []
     # Allowed, the same name is resolved through Postern's resolver and posted to.
     emit(message(), "delivered")
@@ -710,3 +714,48 @@ def test_a_success_ends_the_failing_streak(
     assert sender.run_once() == 1  # fails: a new streak, not four days of one
     (listed,) = webhooks_of(api, user, domain)
     assert listed["Status"] == "Active" and listed["FailingSince"] is not None
+
+
+@pytest.mark.parametrize(
+    "rdtype, address",
+    [
+        ("AAAA", "::7f00:1"),
+        ("AAAA", "64:ff9b::7f00:1"),
+        ("AAAA", "2002:7f00:1::"),
+        ("AAAA", "::ffff:127.0.0.1"),
+        ("AAAA", "2001:0:808:808:0:0:80ff:fffe"),  # Teredo, client 127.0.0.1
+        ("A", "10.0.0.1"),
+    ],
+)
+def test_ipv4_carried_in_ipv6_is_refused_at_send_time_and_never_told(
+    domain, hook, message, emit, sender_for, http_receiver, dns_server, database, rdtype, address
+):
+    dns_server.add("hooks.dest.example", rdtype, address)
+    hook(domain, "delivered", f"http://hooks.dest.example:{http_receiver.port}/hook")
+    emit(message(), "delivered")
+    assert sender_for(webhooks__allow_private=False).run_once() == 1
+    (d,) = deliveries(database)
+    assert (d.status, d.attempts) == ("failed", 1)
+    assert d.last_error.startswith("Refused, not retried: hooks.dest.example resolves to an")
+    assert address not in d.last_error
+    assert http_receiver.requests == []
+
+
+def test_a_connection_error_does_not_tell_the_resolved_address(
+    domain, hook, message, emit, sender_for, dns_server, database
+):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dns_server.add("closed.dest.example", "A", "127.0.0.1")
+    hook(domain, "delivered", f"http://closed.dest.example:{port}/hook")
+    emit(message(), "delivered")
+    assert sender_for().run_once() == 1
+    (d,) = deliveries(database)
+    assert d.status == "pending"
+    assert d.last_error == f"ConnectError: cannot connect to closed.dest.example:{port}: " + (
+        "Connection refused"
+    )
+    assert "127.0.0.1" not in d.last_error
