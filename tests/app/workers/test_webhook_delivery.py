@@ -467,7 +467,8 @@ def test_a_claim_skips_rows_another_sender_holds(
     if database.backend == "sqlite":
         pytest.skip("SQLite claims under its write lock; nothing to skip")
     _many_events(domain, hook, message, emit, http_receiver.url(), 6)
-    sender = sender_for()
+    # One webhook's six deliveries: its share of a claim must not stop at the locked four.
+    sender = sender_for(webhooks__concurrency_per_webhook=10, webhooks__concurrency_per_user=10)
     sender.fan_out()
     with database.transaction() as held:
         locked = list(
