@@ -417,6 +417,8 @@ def role_env(url: str, work: Path, dns: DNSServer, http: int, smtp: list[int], s
             "POSTERN_SMTP_TLS_CERT": str(cert),
             "POSTERN_SMTP_TLS_KEY": str(key),
             "POSTERN_RATELIMIT_REQUESTS": "100000000",
+            "POSTERN_RATELIMIT_USER_REQUESTS": "100000000",
+            "POSTERN_DELIVERY_ALLOW_PRIVATE_MX": "true",  # the sink's MX is on loopback
             # Delivery to the sink, the MX of dest.example; short claims and retries, so
             # that what a killed worker held is taken up again within seconds.
             "POSTERN_DELIVERY_MX_PORT": str(sink),

@@ -298,6 +298,7 @@ def run_one(backend: str, opts, dns: DNSServer, sink_port: int, sink_count) -> d
             "POSTERN_DNS_NAMESERVERS": dns.host,
             "POSTERN_DNS_PORT": str(dns.port),
             "POSTERN_DELIVERY_MX_PORT": str(sink_port),
+            "POSTERN_DELIVERY_ALLOW_PRIVATE_MX": "true",  # the sink is on loopback
             "POSTERN_SMTP_HOSTNAME": "mx.bench.test",
             "POSTERN_DELIVERY_POLL_INTERVAL": "0.1",
             "POSTERN_RATELIMIT_REQUESTS": "100000000",

@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("delivery", "smarthost_username", str, ""),
     Setting("delivery", "smarthost_password", str, ""),
     Setting("delivery", "smarthost_tls", str, "starttls", _one_of("starttls", "implicit", "none")),
+    Setting("delivery", "smarthost_verify", bool, True),
+    Setting("delivery", "smarthost_ca_file", str, ""),
+    Setting("delivery", "allow_private_mx", bool, False),
     Setting("delivery", "concurrency_per_host", int, 4, _positive),
     Setting("delivery", "batch_size", int, 200, _positive),
     Setting("delivery", "build_processes", int, 0, _not_negative),
@@ -205,6 +208,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("webhooks", "gap_expiry", int, 300, _positive),
     Setting("webhooks", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "keep_days", int, 30, _not_negative),
+    Setting("webhooks", "concurrency_per_webhook", int, 2, _positive),
+    Setting("webhooks", "concurrency_per_user", int, 5, _positive),
+    Setting("webhooks", "max_per_domain", int, 10, _positive),
+    Setting("webhooks", "disable_after_days", int, 3, _not_negative),
     Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
     Setting("tracking", "repeat_window", int, 60, _not_negative),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
@@ -398,6 +405,9 @@ class DeliverySettings(Section):
     smarthost_username: str
     smarthost_password: str
     smarthost_tls: str
+    smarthost_verify: bool
+    smarthost_ca_file: str
+    allow_private_mx: bool
     concurrency_per_host: int
     batch_size: int
     build_processes: int
@@ -422,6 +432,10 @@ class WebhooksSettings(Section):
     gap_expiry: int
     poll_interval: float
     keep_days: int
+    concurrency_per_webhook: int
+    concurrency_per_user: int
+    max_per_domain: int
+    disable_after_days: int
 
 
 @dataclass(frozen=True)

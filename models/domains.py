@@ -115,6 +115,11 @@ class Webhook(Base):
     events: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When its deliveries began to fail with no success since (None while it succeeds); a
+    # webhook failing for ``webhooks.disable_after_days`` is disabled (active False).
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class RateCounter(Base):

@@ -51,6 +51,13 @@ class TemporaryDNSError(RouteError):
     permanent = False
 
 
+class PrivateRoute(RouteError):
+    """Every address of the domain's MX hosts is loopback, private or reserved, and such
+    addresses may not be contacted: deferred (DNS may be corrected)."""
+
+    permanent = False
+
+
 def resolve_mx(domain: str, resolver: dns.resolver.Resolver) -> list[str]:
     """The exchange host names for ``domain``, best preference first (ties shuffled)."""
     name = _name(domain)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import os
 import re
@@ -82,7 +83,9 @@ class ClientSettings:
     # "none", or "implicit" (TLS from the first byte, for smarthosts on 465)
     tls: str = "opportunistic"
     verify_certificates: bool = False
-    username: str | None = None  # AUTH PLAIN/LOGIN, only over TLS unless tls == "none"
+    ca_file: str | None = None  # the CA certificates to verify against (None: the system's)
+    # AUTH PLAIN/LOGIN, only ever after a TLS handshake (verified when verify_certificates)
+    username: str | None = None
     password: str | None = None
     connect_timeout: float = 30
     command_timeout: float = 60  # per reply; the reply to the end of DATA gets data_timeout
@@ -510,7 +513,7 @@ class _Session:
 
     async def authenticate(self) -> None:
         settings = self.settings
-        if not self.tls and settings.tls != "none":
+        if not self.tls:  # and a handshake that had to verify did (it fails otherwise)
             raise _Failure("will not send the password: the connection is not encrypted")
         mechanisms = self.extensions.get("AUTH", "").upper().split()
         user = (settings.username or "").encode("utf-8")
@@ -805,11 +808,19 @@ def _stuff(data: bytes) -> bytes:
 
 
 def _tls_context(settings: ClientSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not settings.verify_certificates:
+    return _context(settings.verify_certificates, settings.ca_file)
+
+
+@functools.cache
+def _context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """A client context: verifying (against ``ca_file``, or the system's CAs) or not. Made
+    once for each (a CA file is read when first used; restart to read it again)."""
+    if not verify:
+        context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context
+        return context
+    return ssl.create_default_context(cafile=ca_file or None)
 
 
 def _peer_ip(transport: asyncio.BaseTransport | None) -> str | None:

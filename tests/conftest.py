@@ -73,6 +73,7 @@ def base_config(database_url, dns_session):
         dns__port=dns_session.port,
         dns__timeout=1.0,
         webhooks__allow_private=True,
+        delivery__allow_private_mx=True,  # the SMTP peers are on loopback
         smtp__hostname="mx.postern.test",
         delivery__build_processes=1,  # in process; tests/test_delivery.py covers the pool
     )

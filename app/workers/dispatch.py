@@ -22,6 +22,7 @@ import dns.resolver
 
 from core.settings import Config
 from mta import mx
+from mta.ipcheck import is_public_text
 from mta.smtp_client import (
     BuildLimit,
     ClientSettings,
@@ -71,6 +72,8 @@ def client_settings(config: Config, port: int) -> ClientSettings:
             helo_name=config.smtp.hostname,
             port=c.smarthost_port,
             tls=tls,
+            verify_certificates=c.smarthost_verify and tls != "none",
+            ca_file=c.smarthost_ca_file or None,
             username=c.smarthost_username or None,
             password=c.smarthost_password or None,
             connect_timeout=timeout,
@@ -173,7 +176,14 @@ async def _destination(
         except TimeoutError:
             return [deadline_outcome(e.ref, "while waiting for a connection") for e in share]
         try:
-            return await deliver(addresses, share, settings, deadline=deadline, limit=limit)
+            return await deliver(
+                addresses,
+                share,
+                settings,
+                server_name=c.smarthost or None,  # what the smarthost's certificate names
+                deadline=deadline,
+                limit=limit,
+            )
         except Exception as exc:  # noqa: BLE001 - deliver raises before it sends anything
             log.exception("cannot send to %s", domain or c.smarthost)
             text = f"Internal error while sending: {type(exc).__name__}"
@@ -193,11 +203,24 @@ async def _route(domain: str, config: Config, resolver: dns.resolver.Resolver) -
         return await asyncio.to_thread(mx.resolve_addresses, c.smarthost, resolver)
     hosts = await asyncio.to_thread(mx.resolve_mx, domain, resolver)
     addresses: list[str] = []
+    skipped = 0
     for host in hosts:
         try:
-            addresses += await asyncio.to_thread(mx.resolve_addresses, host, resolver)
+            found = await asyncio.to_thread(mx.resolve_addresses, host, resolver)
         except mx.RouteError:
             continue
+        if not c.allow_private_mx:
+            public = [a for a in found if is_public_text(a)]
+            skipped += len(found) - len(public)
+            found = public
+        addresses += found
+    if not addresses and skipped:
+        # The addresses are not told: the sender reads this text in its bounce or event.
+        raise mx.PrivateRoute(
+            f"The MX hosts of {domain} resolve only to loopback, private or reserved"
+            " addresses, which are not contacted (delivery.allow_private_mx is off)",
+            domain,
+        )
     if not addresses:
         raise mx.TemporaryDNSError(f"No address found for the MX hosts of {domain}")
     return addresses

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,8 +48,8 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc.message}") from None
         for address in addresses:
             problem = address_problem(ipaddress.ip_address(address), self._config)
-            if problem:
-                raise Refused(f"{host} resolves to {address}: {problem}")
+            if problem:  # the address is not told: the receiver's owner may read the error
+                raise Refused(f"{host} resolves to an address that is not allowed: {problem}")
         return addresses[0]
 
     async def connect_tcp(
@@ -59,13 +60,20 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        return await self._inner.connect_tcp(
-            await self.address(host),
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
+        address = await self.address(host)
+        try:
+            return await self._inner.connect_tcp(
+                address,
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+        except httpcore.ConnectError as exc:
+            # Its text names the address connected to: the error told names the host only.
+            raise httpcore.ConnectError(
+                f"cannot connect to {host}:{port}: {_reason(exc)}"
+            ) from None
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
@@ -74,6 +82,20 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, without the address: the system's text for its errno."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        errno = getattr(seen, "errno", None)
+        if isinstance(errno, int) and errno:
+            return os.strerror(errno)
+        for inner in getattr(seen, "exceptions", ()):  # anyio's group of attempts
+            if getattr(inner, "errno", None):
+                return os.strerror(inner.errno)
+        seen = seen.__cause__ or seen.__context__
+    return "connection failed"
 
 
 @contextmanager

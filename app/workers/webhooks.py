@@ -96,6 +96,8 @@ class WebhookSender:
             now=self.clock(),
             limit=limit,
             hold=timedelta(seconds=rounds * c.timeout + CLAIM_MARGIN),
+            per_webhook=c.concurrency_per_webhook,
+            per_user=c.concurrency_per_user,
         )
 
     def record(self, attempt: Attempt) -> Recorded | None:
@@ -106,6 +108,7 @@ class WebhookSender:
             worker_id=self.worker_id,
             now=self.clock(),
             retry_schedule=self.config.webhooks.retry_schedule,
+            disable_after=timedelta(days=self.config.webhooks.disable_after_days) or None,
         )
 
     def record_safely(self, attempt: Attempt) -> None:

@@ -18,6 +18,7 @@ from core.crypto import new_signing_key
 from core.settings import Config
 from models import Domain, Webhook, WebhookAttempt, WebhookDelivery
 from models.webhooks import FAILED, PENDING, SUCCEEDED
+from mta.ipcheck import is_public
 
 # Both vocabularies: Octeth's first names and the past-tense ones.
 EVENTS = {
@@ -80,8 +81,7 @@ def address_problem(ip: IPAddress, config: Config) -> str | None:
     """Why a webhook may not be sent to the address ``ip``, or None."""
     if config.webhooks.allow_private:
         return None
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if not ip.is_global or (mapped is not None and not mapped.is_global):
+    if not is_public(ip):
         return "the URL points at a loopback, private or reserved address"
     return None
 
@@ -98,11 +98,43 @@ def event_name(subscribed: str, event_type: str) -> str | None:
     return None
 
 
+LIMIT_REACHED = 7
+
+
 def add_webhook(ctx: Context, domain: Domain, events: list[str], url: str) -> Webhook:
+    """A new webhook for ``domain``; error 7 once it has ``webhooks.max_per_domain``."""
+    most = ctx.config.webhooks.max_per_domain
+    count = ctx.db.scalar(
+        select(func.count()).select_from(Webhook).where(Webhook.domain_id == domain.id)
+    )
+    if (count or 0) >= most:
+        raise CommandError(
+            LIMIT_REACHED,
+            f"Webhook limit reached: a domain may have at most {most} webhooks",
+        )
     row = Webhook(domain_id=domain.id, url=url, events=",".join(events), created_at=ctx.now)
     ctx.db.add(row)
     ctx.db.flush()
     return row
+
+
+def webhook_status(w: Webhook) -> str:
+    if w.active:
+        return "Active"
+    return "Disabled" if w.disabled_at is not None else "Inactive"
+
+
+def webhook_view(w: Webhook) -> dict[str, Any]:
+    """A webhook as GetWebhooks and /api/v1/webhooks list it."""
+    return {
+        "WebhookID": str(w.id),
+        "URL": w.url,
+        "Events": w.events.split(","),
+        "Status": webhook_status(w),
+        "FailingSince": format_date(w.failing_since) if w.failing_since else None,
+        "DisabledDate": format_date(w.disabled_at) if w.disabled_at else None,
+        "DisabledReason": w.disabled_reason,
+    }
 
 
 def domain_webhooks(ctx: Context, domain: Domain) -> list[Webhook]:
@@ -149,15 +181,7 @@ def get_webhooks(ctx: Context, DomainID: int) -> dict[str, Any]:
     domain = owned_domain(ctx, DomainID, _GET_WEBHOOKS_NOT_FOUND)
     return {
         "SigningKey": ctx.box.decrypt(domain.signing_key_encrypted),
-        "Webhooks": [
-            {
-                "WebhookID": str(w.id),
-                "URL": w.url,
-                "Events": w.events.split(","),
-                "Status": "Active" if w.active else "Inactive",
-            }
-            for w in domain_webhooks(ctx, domain)
-        ],
+        "Webhooks": [webhook_view(w) for w in domain_webhooks(ctx, domain)],
     }
 
 
@@ -185,6 +209,36 @@ def delete_webhook(ctx: Context, WebhookID: int, DomainID: int) -> dict[str, Any
         raise CommandError(4, "Webhook not found or user does not have permission to access it")
     ctx.db.delete(row)
     return {}
+
+
+_ENABLE_WEBHOOK_NOT_FOUND = (2, "Webhook not found or user does not have permission to access it")
+
+
+class EnableWebhookSchema(CommandSchema):
+    WebhookID = param(
+        RowID(required=True),
+        missing=(1, "Missing required parameter WebhookID"),
+        invalid=_ENABLE_WEBHOOK_NOT_FOUND,
+    )
+    DomainID = param(RowID(), invalid=_ENABLE_WEBHOOK_NOT_FOUND)
+
+
+@command("EmailGateway.EnableWebhook", schema=EnableWebhookSchema, auth=Auth.USER)
+def enable_webhook(ctx: Context, WebhookID: int, DomainID: int | None = None) -> dict[str, Any]:
+    """Turn a webhook on again (one disabled after days of failures): it gets deliveries
+    for the events that happen from now on. Enabling an active webhook changes nothing."""
+    row = ctx.db.get(Webhook, WebhookID)
+    domain = ctx.db.get(Domain, row.domain_id) if row is not None else None
+    if (
+        row is None
+        or domain is None
+        or domain.user_id != ctx.current_user.id
+        or (DomainID is not None and domain.id != DomainID)
+    ):
+        raise CommandError(*_ENABLE_WEBHOOK_NOT_FOUND)
+    row.active = True
+    row.failing_since = row.disabled_at = row.disabled_reason = None
+    return {"Webhook": webhook_view(row)}
 
 
 class RegenerateSigningKeySchema(CommandSchema):
@@ -322,14 +376,7 @@ def v1_create(ctx: Context, Event: Any, WebhookURL: str) -> dict[str, Any]:
 def v1_list(ctx: Context) -> dict[str, Any]:
     return {
         "Webhooks": [
-            {
-                "WebhookID": str(w.id),
-                "Event": w.events,
-                "Events": w.events.split(","),
-                "URL": w.url,
-                "Status": "Active" if w.active else "Inactive",
-            }
-            for w in domain_webhooks(ctx, ctx.sender_domain)
+            {"Event": w.events, **webhook_view(w)} for w in domain_webhooks(ctx, ctx.sender_domain)
         ]
     }
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy.orm import Session
 
 from commands.webhooks.payload import event_body
 from core.crypto import SecretBox
-from models import Database, Domain, Event, WebhookAttempt, WebhookDelivery
+from models import Database, Domain, Event, Webhook, WebhookAttempt, WebhookDelivery
 from models.webhooks import FAILED, PENDING, SUCCEEDED
 
 log = logging.getLogger("postern.webhooks")
@@ -108,10 +111,21 @@ def claim_deliveries(
     now: datetime,
     limit: int,
     hold: timedelta,
+    per_webhook: int | None = None,
+    per_user: int | None = None,
 ) -> list[Post | Attempt]:
-    """Take up to ``limit`` due deliveries for ``hold``; each as its Post, or as its failed
-    Attempt when it cannot be posted (to be recorded like any other)."""
-    claimed = claim(db, worker_id=worker_id, now=now, limit=limit, hold=hold)
+    """Take up to ``limit`` due deliveries for ``hold`` (at most ``per_webhook`` and
+    ``per_user`` in flight, see ``claim``); each as its Post, or as its failed Attempt when
+    it cannot be posted (to be recorded like any other)."""
+    claimed = claim(
+        db,
+        worker_id=worker_id,
+        now=now,
+        limit=limit,
+        hold=hold,
+        per_webhook=per_webhook,
+        per_user=per_user,
+    )
     if not claimed:
         return []
     try:
@@ -123,22 +137,93 @@ def claim_deliveries(
 
 
 def claim(
-    db: Database, *, worker_id: str, now: datetime, limit: int, hold: timedelta
+    db: Database,
+    *,
+    worker_id: str,
+    now: datetime,
+    limit: int,
+    hold: timedelta,
+    per_webhook: int | None = None,
+    per_user: int | None = None,
 ) -> list[Claimed]:
     """Mark up to ``limit`` due deliveries as ``worker_id``'s until ``now + hold``.
 
     As the delivery worker's claim: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB,
     the write lock on SQLite, and due_at moved past the time the POSTs may take, so the
     deliveries of a process that died are taken up again after it.
+
+    Fair: at most ``per_webhook`` deliveries of one webhook and ``per_user`` of one user's
+    webhooks are in flight at once, counting those other senders hold (claimed, their
+    claim not yet run out). The oldest due of each webhook and user are taken first, so
+    one webhook with a long queue, slow or failing, does not hold up the others'.
     """
+    per_webhook = per_webhook or limit
+    per_user = per_user or limit
     with db.transaction() as s:
-        query = (
-            select(WebhookDelivery.id)
-            .where(WebhookDelivery.due_at <= now, WebhookDelivery.status == PENDING)
-            .order_by(WebhookDelivery.due_at)
-            .limit(limit)
+        d = WebhookDelivery
+        pending = d.status == PENDING
+        in_flight = (pending, d.claimed_by.is_not(None), d.due_at > now)
+        busy_hooks: Counter[int] = Counter(
+            _pairs(
+                s.execute(
+                    select(d.webhook_id, func.count()).where(*in_flight).group_by(d.webhook_id)
+                )
+            )
         )
-        ids = list(s.scalars(db.skip_locked(query)))
+        busy_users: Counter[int] = Counter(
+            _pairs(s.execute(select(d.user_id, func.count()).where(*in_flight).group_by(d.user_id)))
+        )
+        by_hook = (
+            select(
+                d.id,
+                d.webhook_id,
+                d.user_id,
+                d.due_at,
+                func.row_number()
+                .over(partition_by=d.webhook_id, order_by=(d.due_at, d.id))
+                .label("n"),
+            )
+            .where(d.due_at <= now, pending)
+            .subquery()
+        )
+        by_user = (
+            select(
+                by_hook.c.id,
+                by_hook.c.webhook_id,
+                by_hook.c.user_id,
+                by_hook.c.due_at,
+                func.row_number()
+                .over(partition_by=by_hook.c.user_id, order_by=(by_hook.c.due_at, by_hook.c.id))
+                .label("m"),
+            )
+            .where(by_hook.c.n <= per_webhook)
+            .subquery()
+        )
+        candidates = s.execute(
+            select(by_user.c.id, by_user.c.webhook_id, by_user.c.user_id)
+            .where(by_user.c.m <= per_user)
+            .order_by(by_user.c.due_at, by_user.c.id)
+        )
+        chosen: list[int] = []
+        for row in candidates:
+            delivery_id, webhook_id, user_id = int(row[0]), int(row[1]), int(row[2])
+            if len(chosen) >= limit:
+                break
+            if busy_hooks[webhook_id] >= per_webhook or busy_users[user_id] >= per_user:
+                continue
+            chosen.append(delivery_id)
+            busy_hooks[webhook_id] += 1
+            busy_users[user_id] += 1
+        if not chosen:
+            return []
+        # Locked now (skipping those another sender has just taken): still due and pending.
+        ids = list(
+            s.scalars(
+                db.skip_locked(
+                    select(d.id).where(d.id.in_(chosen), d.due_at <= now, pending).order_by(d.id)
+                )
+            )
+        )
         if not ids:
             return []
         s.execute(
@@ -218,11 +303,16 @@ def record_attempt(
     worker_id: str,
     now: datetime,
     retry_schedule: Sequence[float],
+    disable_after: timedelta | None = None,
 ) -> Recorded | None:
     """Log the attempt and decide what follows, in one transaction: succeeded; failed (a
     final error, the schedule run out, or ``GIVE_UP_AFTER`` internal errors); else retried
     after the schedule's next delay. None when the delivery is no longer ``worker_id``'s
-    (deleted with its webhook, or its claim ran out): it is left alone."""
+    (deleted with its webhook, or its claim ran out): it is left alone.
+
+    The webhook's failing streak is kept too (``Webhook.failing_since``; internal errors do
+    not count): a webhook whose POSTs have only failed for ``disable_after`` is disabled
+    (``disable_webhook``), and this delivery is failed with the others it had pending."""
     with db.transaction() as s:
         query = select(WebhookDelivery).where(
             WebhookDelivery.id == attempt.delivery_id,
@@ -272,6 +362,13 @@ def record_attempt(
         else:
             delay = retry_schedule[delivery.attempts - 1] * random.uniform(0.9, 1.1)  # noqa: S311
             delivery.due_at = now + timedelta(seconds=delay)
+        if not attempt.internal:
+            disabled = _follow_streak(
+                s, delivery.webhook_id, attempt.ok, now, disable_after, except_id=delivery.id
+            )
+            if disabled and delivery.status == PENDING:
+                delivery.status, delivery.due_at = FAILED, None
+                delivery.last_error = f"{error} ({DISABLED})"
         if delivery.status == FAILED:
             log.warning(
                 "webhook delivery failed",
@@ -284,6 +381,83 @@ def record_attempt(
         return Recorded(
             delivery.id, delivery.status, delivery.attempts, delivery.due_at, delivery.last_error
         )
+
+
+def _pairs(rows: Iterable[Any]) -> dict[int, int]:
+    return {key: count for key, count in rows}
+
+
+DISABLED = "the webhook was disabled"
+
+
+def _follow_streak(
+    s: Session,
+    webhook_id: int,
+    ok: bool,
+    now: datetime,
+    disable_after: timedelta | None,
+    *,
+    except_id: int,
+) -> bool:
+    """Keep the webhook's failing streak after an attempt; whether it was disabled now."""
+    hook = Webhook.id == webhook_id
+    if ok:
+        s.execute(
+            update(Webhook)
+            .where(hook, Webhook.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
+        return False
+    s.execute(
+        update(Webhook).where(hook, Webhook.failing_since.is_(None)).values(failing_since=now)
+    )
+    if not disable_after:
+        return False
+    since = s.scalar(select(Webhook.failing_since).where(hook, Webhook.active.is_(True)))
+    if since is None or now - since < disable_after:
+        return False
+    days = (now - since).total_seconds() / 86400
+    reason = f"Every POST failed for {days:.1f} days (since {since:%Y-%m-%d %H:%M:%S} UTC)"
+    disable_webhook(s, webhook_id, now, reason, except_id=except_id)
+    return True
+
+
+def disable_webhook(
+    s: Session, webhook_id: int, now: datetime, reason: str, *, except_id: int | None = None
+) -> int:
+    """Disable a webhook (no new deliveries are made for it) and fail its pending
+    deliveries (but ``except_id``'s); the number failed. Logged as the event it is."""
+    s.execute(
+        update(Webhook)
+        .where(Webhook.id == webhook_id)
+        .values(active=False, disabled_at=now, disabled_reason=reason[:255])
+    )
+    where = [WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == PENDING]
+    if except_id is not None:
+        where.append(WebhookDelivery.id != except_id)
+    result = s.execute(
+        update(WebhookDelivery)
+        .where(*where)
+        .values(
+            status=FAILED,
+            due_at=None,
+            claimed_by=None,
+            last_error=f"Not posted: {DISABLED}",
+            updated_at=now,
+        )
+    )
+    failed = int(cast(CursorResult[Any], result).rowcount or 0)
+    domain_id = s.scalar(select(Webhook.domain_id).where(Webhook.id == webhook_id))
+    log.warning(
+        "webhook disabled",
+        extra={
+            "webhook": webhook_id,
+            "domain": domain_id,
+            "reason": reason,
+            "pending_failed": failed,
+        },
+    )
+    return failed
 
 
 def prune_deliveries(db: Database, *, now: datetime, keep_days: int, chunk: int = 1000) -> int:

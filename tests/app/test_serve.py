@@ -119,6 +119,7 @@ def test_domain_round_trip_through_a_running_server(tmp_path):
                 "POSTERN_DNS_PORT": str(dns.port),
                 "POSTERN_DNS_TIMEOUT": "2",
                 "POSTERN_WEBHOOKS_ALLOW_PRIVATE": "true",
+                "POSTERN_DELIVERY_ALLOW_PRIVATE_MX": "true",
                 "POSTERN_SMTP_HOSTNAME": "mx.postern.test",
             },
         ) as (base, _log),

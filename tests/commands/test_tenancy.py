@@ -112,6 +112,7 @@ ID_COMMANDS = [
     ("EmailGateway.ReleaseHeldMessages", "MessageID", {"DomainID": MINE}),
     ("EmailGateway.GetWebhookDeliveries", "WebhookID", {"DomainID": MINE}),
     ("EmailGateway.DeleteWebhook", "WebhookID", {"DomainID": MINE}),
+    ("EmailGateway.EnableWebhook", "WebhookID", {}),
 ]
 
 

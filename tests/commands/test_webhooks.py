@@ -11,6 +11,8 @@ from models import Domain
 
 HOOK = "http://127.0.0.1:8999/hook"
 
+NOT_DISABLED = {"FailingSince": None, "DisabledDate": None, "DisabledReason": None}
+
 
 def test_add_and_get_webhooks(api, user, add_domain):
     domain_id = add_domain()
@@ -33,12 +35,19 @@ def test_add_and_get_webhooks(api, user, add_domain):
     body = api("EmailGateway.GetWebhooks", APIKey=user.api_key, DomainID=domain_id)
     assert re.fullmatch(r"[0-9A-F]{64}", body["SigningKey"])
     assert body["Webhooks"] == [
-        {"WebhookID": first["NewWebhookID"], "URL": HOOK, "Events": ["bounce"], "Status": "Active"},
+        {
+            "WebhookID": first["NewWebhookID"],
+            "URL": HOOK,
+            "Events": ["bounce"],
+            "Status": "Active",
+            **NOT_DISABLED,
+        },
         {
             "WebhookID": second["NewWebhookID"],
             "URL": "https://hooks.example.com/x",
             "Events": ["delivered", "opened", "clicked"],
             "Status": "Active",
+            **NOT_DISABLED,
         },
     ]
 
@@ -172,3 +181,138 @@ def test_regenerate_signing_key(api, user, add_domain, database):
         api("EmailGateway.RegenerateSigningKey", APIKey=user.api_key, DomainID=31337)["ErrorCode"]
         == 2
     )
+
+
+def test_a_domain_has_at_most_max_per_domain_webhooks(api, user, add_domain, client, database):
+    domain_id = add_domain()
+    added = []
+    for n in range(10):  # webhooks.max_per_domain
+        body = api(
+            "EmailGateway.AddWebhook",
+            APIKey=user.api_key,
+            DomainID=domain_id,
+            Event="bounce",
+            WebhookURL=f"{HOOK}/{n}",
+        )
+        assert body["Success"] is True, body
+        added.append(body["NewWebhookID"])
+    over = api(
+        "EmailGateway.AddWebhook",
+        APIKey=user.api_key,
+        DomainID=domain_id,
+        Event="bounce",
+        WebhookURL=HOOK,
+    )
+    assert (over["Success"], over["ErrorCode"], over["ErrorText"]) == (
+        False,
+        [7],
+        "Webhook limit reached: a domain may have at most 10 webhooks",
+    )
+    # /api/v1/webhooks, for the same domain: 400 with the same code.
+    key = api("EmailGateway.AddAPI", APIKey=user.api_key, DomainID=domain_id, Description="a")[
+        "APIKey"
+    ]["Key"]
+    resp = client.post(
+        "/api/v1/webhooks",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"Event": "delivered", "WebhookURL": HOOK},
+    )
+    assert resp.status_code == 400
+    assert resp.get_json()["Errors"][0]["Code"] == 7
+    # Another domain has its own allowance; a deleted webhook frees a place.
+    other = add_domain("other.example")
+    assert api(
+        "EmailGateway.AddWebhook",
+        APIKey=user.api_key,
+        DomainID=other,
+        Event="open",
+        WebhookURL=HOOK,
+    )["Success"]
+    api("EmailGateway.DeleteWebhook", APIKey=user.api_key, WebhookID=added[0], DomainID=domain_id)
+    assert api(
+        "EmailGateway.AddWebhook",
+        APIKey=user.api_key,
+        DomainID=domain_id,
+        Event="bounce",
+        WebhookURL=HOOK,
+    )["Success"]
+
+
+def test_enable_webhook_errors(api, user, add_domain):
+    domain_id = add_domain()
+    hook_id = api(
+        "EmailGateway.AddWebhook",
+        APIKey=user.api_key,
+        DomainID=domain_id,
+        Event="bounce",
+        WebhookURL=HOOK,
+    )["NewWebhookID"]
+    missing = api("EmailGateway.EnableWebhook", APIKey=user.api_key)
+    assert (missing["Success"], missing["ErrorCode"]) == (False, 1)
+    for bad in (424242, "abc", 0):
+        body = api("EmailGateway.EnableWebhook", APIKey=user.api_key, WebhookID=bad)
+        assert (body["ErrorCode"], body["ErrorText"]) == (
+            2,
+            "Webhook not found or user does not have permission to access it",
+        )
+    wrong_domain = api(
+        "EmailGateway.EnableWebhook", APIKey=user.api_key, WebhookID=hook_id, DomainID=424242
+    )
+    assert wrong_domain["ErrorCode"] == 2
+    # An active webhook: enabling it again changes nothing and succeeds.
+    body = api(
+        "EmailGateway.EnableWebhook", APIKey=user.api_key, WebhookID=hook_id, DomainID=domain_id
+    )
+    assert body["Success"] is True
+    assert body["Webhook"] == {
+        "WebhookID": hook_id,
+        "URL": HOOK,
+        "Events": ["bounce"],
+        "Status": "Active",
+        **NOT_DISABLED,
+    }
+
+
+SEEN_FORMS = [  # 127.0.0.1 carried in IPv6, and Teredo with a loopback client
+    "::7f00:1",
+    "64:ff9b::7f00:1",
+    "2002:7f00:1::",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "2001:0:808:808:0:0:80ff:fffe",
+]
+
+
+def test_add_webhook_refuses_ipv4_carried_in_ipv6_like_the_ipv4(
+    base_config, database, clock, user, add_domain
+):
+    from app.http.factory import create_app
+    from commands import Gateway
+
+    domain_id = add_domain()
+    strict = base_config.replace(webhooks__allow_private=False)
+    client = create_app(strict, Gateway(strict, database, clock=clock)).test_client()
+    for address in SEEN_FORMS:
+        body = client.post(
+            "/api.php",
+            json={
+                "Command": "EmailGateway.AddWebhook",
+                "APIKey": user.api_key,
+                "DomainID": domain_id,
+                "Event": "bounce",
+                "WebhookURL": f"http://[{address}]:8080/hook",
+            },
+        ).get_json()
+        assert (body["Success"], body["ErrorCode"]) == (False, [6]), address
+        assert "loopback, private or reserved" in body["ErrorText"]
+    body = client.post(
+        "/api.php",
+        json={
+            "Command": "EmailGateway.AddWebhook",
+            "APIKey": user.api_key,
+            "DomainID": domain_id,
+            "Event": "bounce",
+            "WebhookURL": "http://[2002:808:808::1]/hook",  # 6to4 of a public address
+        },
+    ).get_json()
+    assert body["Success"] is True, body

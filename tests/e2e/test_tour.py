@@ -65,6 +65,7 @@ def test_a_new_users_tour(
         POSTERN_DNS_TIMEOUT="2",
         POSTERN_SMTP_HOSTNAME="mx.postern.test",
         POSTERN_DELIVERY_MX_PORT=str(smtp_peer.port),
+        POSTERN_DELIVERY_ALLOW_PRIVATE_MX="true",
         POSTERN_DELIVERY_TIMEOUT="5",
         POSTERN_DELIVERY_BUILD_PROCESSES="1",
         POSTERN_DELIVERY_POLL_INTERVAL="0.1",

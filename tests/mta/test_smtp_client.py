@@ -547,15 +547,15 @@ def test_auth_over_implicit_tls(make_smtp_peer):
     assert peer.messages[0].login == "relay"
 
 
-def test_auth_plaintext_only_with_tls_none(make_smtp_peer):
+def test_auth_never_in_plaintext(make_smtp_peer):
     peer = make_smtp_peer(auth={"relay": "s3cret"})  # AUTH offered without TLS
-    outcomes = send(peer, [envelope(1)], username="relay", password="s3cret")
-    assert statuses(outcomes) == ["deferred"]
-    assert outcomes[0].text == "will not send the password: the connection is not encrypted"
-    assert b"AUTH" not in peer.connections[0].received
-    outcomes = send(peer, [envelope(2)], tls="none", username="relay", password="s3cret")
-    assert statuses(outcomes) == ["delivered"]
-    assert peer.messages[0].login == "relay"
+    for tls in ("opportunistic", "none"):
+        outcomes = send(peer, [envelope(1)], tls=tls, username="relay", password="s3cret")
+        assert statuses(outcomes) == ["deferred"]
+        assert outcomes[0].text == "will not send the password: the connection is not encrypted"
+    assert len(peer.connections) == 2
+    assert all(b"AUTH" not in c.received for c in peer.connections)
+    assert peer.messages == []
 
 
 def test_auth_login(make_smtp_peer):

@@ -126,11 +126,11 @@ def test_a_build_that_raises_fails_its_item_alone(peers, config):
 
 
 def test_the_smarthost_route(dns_server, make_smtp_peer, base_config):
-    relay = make_smtp_peer(auth={"relay-user": "relay-pass"})
+    relay = make_smtp_peer(starttls=True, auth={"relay-user": "relay-pass"})
     config = base_config.replace(
         delivery__smarthost="127.0.0.1",
         delivery__smarthost_port=relay.port,
-        delivery__smarthost_tls="none",
+        delivery__smarthost_verify=False,  # its certificate is self-signed
         delivery__smarthost_username="relay-user",
         delivery__smarthost_password="relay-pass",
         delivery__timeout=5.0,
@@ -289,3 +289,22 @@ def test_memory_stays_near_a_message_per_connection(dns_server, base_config, dom
     at_once = min(connections, HELD_BYTES // size + 1 + build_limit(config).builds)
     print(f"peak {peak / size:.2f} messages, {at_once} at once at most")
     assert peak < (at_once + 1.5) * size
+
+
+def test_mx_hosts_on_private_addresses_are_not_contacted(peers, config, dns_server):
+    fast, _ = peers
+    dns_server.add("inside.example", "MX", "10 mx.inside.example")
+    dns_server.add("mx.inside.example", "A", "127.0.0.1")
+    dns_server.add("mx.inside.example", "AAAA", "::ffff:127.0.0.1")
+    strict = config.replace(delivery__allow_private_mx=False)
+    outcomes = send([item(1, "a@inside.example"), item(2, "b@fast.example")], strict)
+    assert [(o.status, o.enhanced) for o in outcomes] == [("deferred", "4.4.3")] * 2
+    assert outcomes[0].text == (
+        "The MX hosts of inside.example resolve only to loopback, private or reserved"
+        " addresses, which are not contacted (delivery.allow_private_mx is off)"
+    )
+    assert "127.0.0.1" not in outcomes[0].text and "::ffff" not in outcomes[0].text
+    assert fast.connections == []
+    # Allowed (as the tests' configuration does), the same MX is contacted.
+    outcomes = send([item(1, "a@inside.example")], config)
+    assert [o.status for o in outcomes] == ["delivered"]

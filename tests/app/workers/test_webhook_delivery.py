@@ -379,7 +379,11 @@ def test_a_private_address_is_refused_at_send_time(
     assert sender_for(webhooks__allow_private=False).run_once() == 1
     (d,) = deliveries(database)
     assert (d.status, d.attempts, d.due_at) == ("failed", 1, None)
-    assert d.last_error.startswith("Refused, not retried: hooks.dest.example resolves to 127.0.0.1")
+    assert d.last_error == (
+        "Refused, not retried: hooks.dest.example resolves to an address that is not allowed:"
+        " the URL points at a loopback, private or reserved address"
+        " (webhooks.allow_private is off)"
+    )
     assert http_receiver.requests == []
     # Allowed, the same name is resolved through Postern's resolver and posted to.
     emit(message(), "delivered")
@@ -463,7 +467,8 @@ def test_a_claim_skips_rows_another_sender_holds(
     if database.backend == "sqlite":
         pytest.skip("SQLite claims under its write lock; nothing to skip")
     _many_events(domain, hook, message, emit, http_receiver.url(), 6)
-    sender = sender_for()
+    # One webhook's six deliveries: its share of a claim must not stop at the locked four.
+    sender = sender_for(webhooks__concurrency_per_webhook=10, webhooks__concurrency_per_user=10)
     sender.fan_out()
     with database.transaction() as held:
         locked = list(
@@ -591,3 +596,167 @@ def test_the_running_sender_posts_the_batch_mates_of_a_failing_delivery(
         "pending",
         "Internal error decrypting the signing key: ValueError",
     )
+
+
+# -- fairness: per webhook and per user, across senders --------------------------------------
+
+
+def test_a_slow_failing_webhook_does_not_starve_another_tenants(
+    domain, active_domain, make_user, hook, message, emit, sender_for, http_receiver
+):
+    mallory = make_user("mallory")
+    theirs = active_domain("other.example", key=mallory.api_key)
+    hook(domain, "delivered", http_receiver.url("/slow"))
+    with httpreceiver.HTTPReceiver() as other:
+        hook(theirs, "delivered", other.url("/theirs"), key=mallory.api_key)
+        http_receiver.answer(*[httpreceiver.Answer(500, delay=0.2)] * 30)
+        msg = message()
+        for _ in range(30):  # a long queue for the slow webhook, made first
+            emit(msg, "delivered")
+        emit(message(theirs), "delivered")
+        sender = sender_for(webhooks__concurrency=10)
+        assert sender.run_once() == 3  # two of the slow webhook's (its share), one of theirs
+        assert len(other.wait_for(1)) == 1
+        assert len(http_receiver.requests) == 2
+
+
+def test_concurrency_per_webhook_and_per_user_counts_other_senders_claims(
+    domain, active_domain, make_user, hook, message, emit, sender_for, http_receiver
+):
+    mallory = make_user("mallory")
+    theirs = active_domain("other.example", key=mallory.api_key)
+    for path in ("/a", "/b", "/c"):
+        hook(domain, "delivered", http_receiver.url(path))
+    hook(theirs, "delivered", http_receiver.url("/theirs"), key=mallory.api_key)
+    for _ in range(4):
+        emit(message(), "delivered")
+    emit(message(theirs), "delivered")
+    first = sender_for(webhooks__concurrency_per_webhook=1, webhooks__concurrency_per_user=2)
+    held = first.claim(10)  # claimed and not yet posted: in flight
+    urls = sorted(p.url.rsplit("/", 1)[1] for p in held)
+    assert len([u for u in urls if u != "theirs"]) == 2  # the user's share, one per webhook
+    assert "theirs" in urls
+    second = sender_for(webhooks__concurrency_per_webhook=2, webhooks__concurrency_per_user=3)
+    more = second.claim_due(10)
+    # The user has two in flight, so one more; the third webhook's, or a second of one.
+    assert len(more) == 1 and not more[0].url.endswith("/theirs")  # theirs: held by first
+
+
+# -- a webhook failing for days is disabled; EnableWebhook -------------------------------------
+
+
+def webhooks_of(api, user, domain):
+    return api("EmailGateway.GetWebhooks", APIKey=user.api_key, DomainID=domain.id)["Webhooks"]
+
+
+def test_a_webhook_failing_for_days_is_disabled_and_enable_webhook_turns_it_on(
+    api, user, domain, hook, message, emit, sender_for, http_receiver, database, clock,
+    postern_log,
+):  # fmt: skip
+    webhook_id = hook(domain, "delivered", http_receiver.url())
+    http_receiver.answer(*[500] * 5)
+    sender = sender_for()  # webhooks.disable_after_days = 3
+    emit(message(), "delivered")
+    assert sender.run_once() == 1
+    (listed,) = webhooks_of(api, user, domain)
+    assert listed["Status"] == "Active" and listed["FailingSince"] is not None
+    clock.advance(days=1)
+    emit(message(), "delivered")
+    assert sender.run_once() == 2  # the first one's retry and the new one: both fail
+    assert webhooks_of(api, user, domain)[0]["Status"] == "Active"
+    clock.advance(days=2, hours=1)
+    emit(message(), "delivered")
+    # Two in flight at most per webhook: the two retries, which disable it; the third
+    # delivery, pending, is failed with it.
+    assert sender.run_once() == 2
+    assert len(http_receiver.wait_for(5)) == 5
+    (listed,) = webhooks_of(api, user, domain)
+    assert listed["Status"] == "Disabled"
+    assert listed["DisabledDate"] is not None
+    assert listed["DisabledReason"].startswith("Every POST failed for 3.0 days")
+    assert [d.status for d in deliveries(database)] == ["failed"] * 3
+    assert any(r.getMessage() == "webhook disabled" for r in postern_log)
+    # Disabled: new events make no deliveries, nothing is posted.
+    emit(message(), "delivered")
+    assert sender.run_once() == 0
+    assert len(deliveries(database)) == 3
+    assert len(http_receiver.requests) == 5
+
+    enabled = api("EmailGateway.EnableWebhook", APIKey=user.api_key, WebhookID=webhook_id)
+    assert enabled["Success"] is True, enabled
+    assert enabled["Webhook"]["Status"] == "Active"
+    (listed,) = webhooks_of(api, user, domain)
+    assert (listed["Status"], listed["FailingSince"], listed["DisabledDate"]) == (
+        "Active",
+        None,
+        None,
+    )
+    emit(message(), "delivered")
+    assert sender.run_once() == 1
+    assert http_receiver.wait_for(6)[-1].json()["event"] == "delivered"
+    assert webhooks_of(api, user, domain)[0]["FailingSince"] is None  # succeeded
+
+
+def test_a_success_ends_the_failing_streak(
+    api, user, domain, hook, message, emit, sender_for, http_receiver, database, clock
+):
+    hook(domain, "delivered", http_receiver.url())
+    http_receiver.answer(500)
+    sender = sender_for()
+    emit(message(), "delivered")
+    assert sender.run_once() == 1
+    clock.advance(days=2)
+    emit(message(), "delivered")
+    assert sender.run_once() == 2  # the retry and the new one succeed
+    assert webhooks_of(api, user, domain)[0]["FailingSince"] is None
+    http_receiver.answer(500)
+    clock.advance(days=2)
+    emit(message(), "delivered")
+    assert sender.run_once() == 1  # fails: a new streak, not four days of one
+    (listed,) = webhooks_of(api, user, domain)
+    assert listed["Status"] == "Active" and listed["FailingSince"] is not None
+
+
+@pytest.mark.parametrize(
+    "rdtype, address",
+    [
+        ("AAAA", "::7f00:1"),
+        ("AAAA", "64:ff9b::7f00:1"),
+        ("AAAA", "2002:7f00:1::"),
+        ("AAAA", "::ffff:127.0.0.1"),
+        ("AAAA", "2001:0:808:808:0:0:80ff:fffe"),  # Teredo, client 127.0.0.1
+        ("A", "10.0.0.1"),
+    ],
+)
+def test_ipv4_carried_in_ipv6_is_refused_at_send_time_and_never_told(
+    domain, hook, message, emit, sender_for, http_receiver, dns_server, database, rdtype, address
+):
+    dns_server.add("hooks.dest.example", rdtype, address)
+    hook(domain, "delivered", f"http://hooks.dest.example:{http_receiver.port}/hook")
+    emit(message(), "delivered")
+    assert sender_for(webhooks__allow_private=False).run_once() == 1
+    (d,) = deliveries(database)
+    assert (d.status, d.attempts) == ("failed", 1)
+    assert d.last_error.startswith("Refused, not retried: hooks.dest.example resolves to an")
+    assert address not in d.last_error
+    assert http_receiver.requests == []
+
+
+def test_a_connection_error_does_not_tell_the_resolved_address(
+    domain, hook, message, emit, sender_for, dns_server, database
+):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dns_server.add("closed.dest.example", "A", "127.0.0.1")
+    hook(domain, "delivered", f"http://closed.dest.example:{port}/hook")
+    emit(message(), "delivered")
+    assert sender_for().run_once() == 1
+    (d,) = deliveries(database)
+    assert d.status == "pending"
+    assert d.last_error == f"ConnectError: cannot connect to closed.dest.example:{port}: " + (
+        "Connection refused"
+    )
+    assert "127.0.0.1" not in d.last_error

@@ -56,6 +56,7 @@ def worker_env(base_config, dns_server, port, **extra):
         POSTERN_DNS_PORT=str(dns_server.port),
         POSTERN_DNS_TIMEOUT="2",
         POSTERN_DELIVERY_MX_PORT=str(port),
+        POSTERN_DELIVERY_ALLOW_PRIVATE_MX="true",  # the SMTP peers are on loopback
         POSTERN_SMTP_HOSTNAME="mx.postern.test",
         POSTERN_DELIVERY_POLL_INTERVAL="0.2",
         **extra,
@@ -195,6 +196,7 @@ def test_serve_delivers_what_the_api_accepts(tmp_path, dns_server, smtp_peer):
         POSTERN_DNS_PORT=str(dns_server.port),
         POSTERN_DNS_TIMEOUT="2",
         POSTERN_DELIVERY_MX_PORT=str(smtp_peer.port),
+        POSTERN_DELIVERY_ALLOW_PRIVATE_MX="true",
         POSTERN_SMTP_HOSTNAME="mx.postern.test",
         POSTERN_DELIVERY_POLL_INTERVAL="0.2",
     )
