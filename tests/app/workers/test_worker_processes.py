@@ -127,7 +127,9 @@ def test_a_killed_worker_loses_nothing(
             base_config,
             dns_server,
             hole.port,
-            POSTERN_DELIVERY_CLAIM_TIMEOUT="3",
+            # The batch deadline is half of it: long enough that a loaded machine builds the
+            # batch and reaches the black hole before it (the survivor waits it out).
+            POSTERN_DELIVERY_CLAIM_TIMEOUT="8",
             POSTERN_DELIVERY_BUILD_PROCESSES="2",
             POSTERN_DELIVERY_BATCH_SIZE="10",  # a full batch: built by the build processes
         )
