@@ -170,13 +170,19 @@ def load_params(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
 MAX_ID = 2**31 - 1
 
 
+def is_ascii_number(text: str, most_digits: int) -> bool:
+    """Whether ``text`` is 1 to ``most_digits`` ASCII digits: ``str.isdigit`` (and ``int``)
+    also take other scripts' digits and superscripts, which ``int`` then may refuse."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
+
+
 def parse_row_id(value: object) -> int | None:
     """A row id from a raw value (a whole number, or its digits as text), or None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and is_ascii_number(value.strip(), 10):
         number = int(value.strip())
     else:
         return None

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from commands.errors import CommandError
+from commands.schema import is_ascii_number
 from models import Domain
 from models.domains import ENABLED
 from mta.addresses import belongs, normalise_address
@@ -533,10 +534,10 @@ def send_at(d: Draft) -> None:
     value = d.params.get("SendAt")
     if value in (None, ""):
         return
-    try:
-        stamp = int(str(value).strip())
-    except ValueError:
-        raise fail(38, "SendAt must be a Unix time (seconds)") from None
+    text = str(value).strip()
+    if not is_ascii_number(text.removeprefix("-"), 12):
+        raise fail(38, "SendAt must be a Unix time (seconds)")
+    stamp = int(text)
     try:
         when = datetime.fromtimestamp(stamp, UTC)
     except (OverflowError, OSError, ValueError):
