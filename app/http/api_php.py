@@ -45,4 +45,7 @@ _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 def _format_in(values: MultiDict[str, str]) -> str | None:
     """The ResponseFormat among ``values``, its name in any case."""
-    return next((v for k, v in values.items() if k.lower() == "responseformat"), None)
+    return next(
+        (v for k, v in values.items() if isinstance(k, str) and k.lower() == "responseformat"),
+        None,
+    )

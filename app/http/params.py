@@ -88,6 +88,8 @@ def _multidict(md: MultiDict[str, str]) -> dict[str, object]:
     """Form fields as a dict; PHP-style keys (``To[0][email]``, ``Tags[]``) become nested."""
     out: dict[str, object] = {}
     for key in md:
+        if not isinstance(key, str):
+            continue  # a multipart part without a name (werkzeug reads it as None)
         values = md.getlist(key)
         match = _PATH.match(key)
         if match is None:
@@ -123,7 +125,8 @@ def _listify(value: object) -> object:
     if not isinstance(value, dict):
         return value
     value = {k: _listify(v) for k, v in value.items()}
-    if value and all(k.isdigit() for k in value):
+    # ASCII digits only: str.isdigit also takes "²", which int() refuses.
+    if value and all(len(k) <= 9 and k.isascii() and k.isdigit() for k in value):
         keys = sorted(value, key=int)
         if [int(k) for k in keys] == list(range(len(keys))):
             return [value[k] for k in keys]

@@ -358,3 +358,68 @@ def test_xml_answer_with_user_text_parses(client, user, active_domain):
         },
     )
     etree.fromstring(resp.get_data())
+
+
+# -- found by the fuzz (tests/app/http/test_fuzz_api_php.py) ---------------------------------
+
+
+@pytest.mark.parametrize("command", ["User.APIKey.List", "Nope"])
+def test_a_multipart_part_without_a_name_is_ignored(client, user, command):
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=Command\r\n\r\n{command}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=APIKey\r\n\r\n{user.api_key}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="\n"\r\n\r\nx\r\n'
+        f"--{boundary}\r\nContent-Disposition: form-data\r\n\r\ny\r\n"
+        f"--{boundary}--\r\n"
+    )
+    resp = client.post(
+        "/api.php", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert resp.status_code == (200 if command != "Nope" else 400)
+    assert resp.get_json()["Success"] is (command != "Nope")
+
+
+@pytest.mark.parametrize("index", ["²", "١", "9" * 5000])
+def test_a_form_key_index_of_other_digits_is_a_name(client, user, index):
+    resp = client.post(
+        "/api.php",
+        data={"Command": "User.APIKey.List", "APIKey": user.api_key, f"X[{index}]": "1"},
+    )
+    assert resp.status_code == 200 and resp.get_json()["Success"] is True
+
+
+@pytest.mark.parametrize(
+    ("command", "params", "code"),
+    [
+        ("EmailGateway.AddAPI", {"Description": "\ud800"}, 1),
+        ("EmailGateway.AddAPI", {"Description": "ok", "ListID": ["a"]}, 4),
+        ("EmailGateway.AddAPI", {"Description": "ok", "JourneyID": {"a": 1}}, 4),
+        ("EmailGateway.AddDomain", {"DomainName": "a\udfff.example"}, None),
+        ("Suppression.Browse", {"SearchPattern": ["x"]}, 5),
+        ("Suppression.Browse", {"StartFrom": 10**30}, 3),
+        ("Suppression.Browse", {"StartFrom": 2**31}, 3),
+        ("EmailGateway.GetWebhookDeliveries", {"StartFrom": 10**30}, 5),
+        ("Suppression.Add", {"EmailAddress": "a\ud800@example.com"}, None),
+        ("User.Login", {"Username": "\ud800", "Password": "x"}, None),
+        ("User.APIKey.List", {"APIKey": "\ud800"}, 99998),
+        ("User.APIKey.List", {"APIKey": None, "SessionID": "a\udfff"}, 99998),
+    ],
+)
+def test_values_the_fuzz_found(client, user, active_domain, command, params, code, postern_log):
+    domain = active_domain()
+    body = {"Command": command, "APIKey": user.api_key, "DomainID": domain.id, **params}
+    resp = _post_json(client, "/api.php", json.dumps(body))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    answer = resp.get_json()
+    assert answer["Success"] is False
+    if code is not None:
+        assert answer["ErrorCode"] == code, answer
+    _no_traceback(postern_log)
+
+
+def test_a_sender_key_with_a_lone_surrogate_is_invalid(client, postern_log):
+    resp = _post_json(client, "/api/v1/email", json.dumps({"SenderAPIKey": "ps_\ud800"}))
+    assert resp.status_code == 401
+    assert resp.get_json()["Errors"][0]["Code"] == 13
+    _no_traceback(postern_log)
