@@ -1,7 +1,8 @@
 """A fuzz of /api.php: every registered command, with random parameter names (the command's
 own in any letter case, others, unknown ones), random values (text with control characters
 and lone surrogates, huge numbers, floats, NaN, lists, nested objects, nulls, booleans), each
-sent as JSON, as a form, as multipart or in the query string, the answer in JSON or XML.
+sent as JSON (labelled as such or as a form), as a form (labelled or bare), as multipart or
+in the query string, the answer in JSON or XML.
 
 No answer may be a 5xx, every answer must parse (JSON strictly as UTF-8, XML with lxml), and
 nothing may be logged at ERROR or with a traceback. The caller is a real user (an
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from urllib.parse import quote_plus
 
 from hypothesis import HealthCheck, given, settings
@@ -80,6 +82,34 @@ STRINGS = [
     "a[b]",
     "From :",
 ]
+SEND = {
+    "Subject": "Hello",
+    "ContentType": "html",
+    "HTMLContent": "<p>Hello <a href='https://shop.example.com/'>shop</a></p>",
+    "PlainContent": "Hello",
+    "From": {"email": "news@example.com", "name": "News"},
+    "To": [{"email": "rcpt@dest.example", "name": "Rcpt"}],
+    "CC": [{"email": "cc@dest.example"}],
+    "Headers": {"X-Campaign": "spring"},
+    "Tags": ["a", "b"],
+    "TrackLinks": "true",
+    "Attachments": [{"filename": "a.txt", "content": "aGk=", "type": "text/plain"}],
+}
+BASES: dict[str, dict[str, object]] = {
+    "EmailGateway.SendEmail": SEND,
+    "EmailGateway.AddWebhook": {"Event": "delivered,opened", "WebhookURL": "http://127.0.0.1:9/h"},
+    "EmailGateway.UpdateDomain": {"LinkTracking": "true", "Subdomain": "track"},
+    "EmailGateway.AddAPI": {"Description": "app"},
+    "EmailGateway.AddSMTP": {"FromEmail": "news@example.com", "FromName": "News"},
+    "EmailGateway.GetEvents": {"StartDate": "2024-01-01", "Query": "subject:hi", "Event": "sent"},
+    "EmailGateway.AggrEvents": {"AggregatedField": "tag", "StartDate": "2024-01-01"},
+    "EmailGateway.DomainStats": {"StartDate": "2024-01-01", "EndDate": "2024-02-01"},
+    "Suppression.Add": {"EmailAddress": "a@dest.example", "Reason": "asked"},
+    "Suppression.Browse": {"SearchPattern": "a*", "Source": "manual"},
+    "User.APIKey.Create": {"Description": "more"},
+    "User.Create": {"Username": "someone", "Password": "a long enough password"},
+    "User.Login": {"Username": "fuzz", "Password": "correct horse battery"},
+}
 ODD = "\ud800\udfff\x00\x01\x0b\x1f\x7f\u2028\ufffe\uffff ²١<>&\"'[]{}:;,@.\r\n\tµ😀a1"
 
 text = st.one_of(
@@ -113,17 +143,28 @@ def requests(draw):
         command = draw(st.one_of(text, st.just(command + "x")))
     elif draw(st.booleans()):
         command = draw(_case(command))
-    params: dict[str, object] = {}
+    # Half the time a valid call to start from, so that random values reach the later checks.
+    # ... with valid credentials and DomainID, and a few of its values changed.
+    based = draw(st.booleans())
+    params: dict[str, object] = dict(BASES.get(command, {})) if based else {}
     own = NAMES.get(command, [])
-    for _ in range(draw(st.integers(0, 6))):
+    for _ in range(draw(st.integers(0, 2 if based else 6))):
         name = draw(st.one_of(st.sampled_from(own or COMMON), st.sampled_from(COMMON), text))
         params[draw(_case(name))] = draw(values)
     return {
         "command": command,
         "params": params,
-        "domain": draw(st.sampled_from(["int", "str", "none", "none"])),
-        "auth": draw(st.sampled_from(["key", "key", "session", "both", "none", "bogus"])),
-        "encoding": draw(st.sampled_from(["json", "json", "form", "multipart", "query"])),
+        "domain": draw(st.sampled_from(["int", "str"] + ([] if based else ["none", "none"]))),
+        "auth": draw(
+            st.sampled_from(
+                ["key", "key", "session", "both"] + ([] if based else ["none", "bogus"])
+            )
+        ),
+        "encoding": draw(
+            st.sampled_from(
+                ["json", "json", "json as form", "form", "bare form", "multipart", "query"]
+            )
+        ),
         "xml": draw(st.sampled_from([None, None, "query", "body"])),
     }
 
@@ -171,6 +212,7 @@ class State:
         self.session = None
         self.domain_id = None
         self.requests = 0
+        self.succeeded: Counter[str] = Counter()
 
     def restore(self):
         with self.database.transaction() as s:
@@ -236,18 +278,16 @@ def test_fuzz_api_php(client, database, box, make_user, postern_log):
         elif req["xml"] == "body":
             params["ResponseFormat"] = "XML"
         encoding = req["encoding"]
-        if encoding == "json":
-            resp = client.post(
-                "/api.php" + query, data=json.dumps(params), content_type="application/json"
+        if encoding.startswith("json"):
+            label = (
+                "application/json" if encoding == "json" else "application/x-www-form-urlencoded"
             )
+            resp = client.post("/api.php" + query, data=json.dumps(params), content_type=label)
         else:
             pairs = [p for k, v in params.items() for p in _pairs(str(k), v)]
-            if encoding == "form":
-                resp = client.post(
-                    "/api.php" + query,
-                    data=_urlencoded(pairs),
-                    content_type="application/x-www-form-urlencoded",
-                )
+            if encoding.endswith("form"):  # labelled, or with no Content-Type at all
+                label = "application/x-www-form-urlencoded" if encoding == "form" else None
+                resp = client.post("/api.php" + query, data=_urlencoded(pairs), content_type=label)
             elif encoding == "multipart":
                 form: dict[str, list[str]] = {}
                 for k, v in pairs:
@@ -264,12 +304,16 @@ def test_fuzz_api_php(client, database, box, make_user, postern_log):
         shown = f"{req!r} -> {resp.status_code} {raw[:500]!r}"
         assert resp.status_code < 500, shown
         if raw.startswith(b"<?xml"):
-            etree.fromstring(raw)
+            ok = etree.fromstring(raw).findtext("Success") == "1"
         else:
-            json.loads(raw.decode("utf-8"))
+            ok = json.loads(raw.decode("utf-8")).get("Success") is True
+        state.succeeded[req["command"]] += ok
         bad = [r for r in postern_log if r.levelno >= logging.ERROR or r.exc_info]
         assert not bad, f"{shown}: logged {bad[0].getMessage()}"
 
     one()
-    print(f"\n/api.php fuzz: {state.requests} requests, none answered 5xx")
+    print(
+        f"\n/api.php fuzz: {state.requests} requests, none answered 5xx;"
+        f" {sum(state.succeeded.values())} succeeded: {dict(state.succeeded.most_common())}"
+    )
     assert state.requests >= EXAMPLES
