@@ -42,7 +42,7 @@ def utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+        return scrub(text).encode("utf-8")
 
 
 def to_xml(body: Mapping[str, object]) -> str:
@@ -99,8 +99,7 @@ def _element(name: object) -> tuple[str, str]:
 
 def xml_text(text: str, *, attribute: bool = False) -> str:
     """``text`` escaped for XML character data (or a double-quoted attribute)."""
-    text = escape(_NOT_XML.sub("\ufffd", text), _ATTRIBUTE if attribute else _TEXT)
-    return text
+    return escape(_NOT_XML.sub("\ufffd", text), _ATTRIBUTE if attribute else _TEXT)
 
 
 _TEXT = {"\r": "&#13;"}
