@@ -20,6 +20,13 @@ from typing import TextIO
 
 from sqlalchemy.exc import DBAPIError
 
+# The longest log line written, in characters: a message, a field or a traceback that would
+# make it longer is cut in its middle (its beginning and its end are kept), so no request,
+# however hostile, can write more than this per line.
+MAX_LINE = 8192
+MAX_FIELD = 1024  # the most of one field (the message, an extra value)
+MAX_EXC = 4096  # the most of a traceback
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -73,6 +80,29 @@ def safe_message(record: logging.LogRecord) -> str:
     return record.getMessage()
 
 
+def bounded(text: str, limit: int) -> str:
+    """``text``, cut in its middle to at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    note = f" ...[{len(text) - limit} characters cut]... "
+    keep = max(limit - len(note), 0)
+    return text[: keep // 2] + note + text[len(text) - (keep - keep // 2) :]
+
+
+def _field(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return bounded(str(value), MAX_FIELD)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    return {
+        k: _field(v)
+        for k, v in vars(record).items()
+        if k not in _STANDARD and not k.startswith("_")
+    }
+
+
 class JSONFormatter(logging.Formatter):
     def formatException(self, ei: ExcInfo) -> str:  # noqa: N802 - logging's name
         return safe_exception(ei)
@@ -82,33 +112,46 @@ class JSONFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": safe_message(record),
+            "msg": bounded(safe_message(record), MAX_FIELD),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(_extras(record))
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+            out["exc"] = bounded(self.formatException(record.exc_info), MAX_EXC)
+        line = json.dumps(out)  # ASCII: escapes can make it up to 6 times the characters
+        if len(line) > MAX_LINE:
+            for key in out:
+                if isinstance(out[key], str) and key not in ("ts", "level", "logger"):
+                    out[key] = bounded(str(out[key]), 120)
+            out["truncated"] = True
+            line = json.dumps(out)
+        if len(line) > MAX_LINE:  # many fields: the first ones only
+            keep = ("ts", "level", "logger", "msg", "request_id", "truncated")
+            line = json.dumps({k: v for k, v in out.items() if k in keep})
+        return line
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record (line breaks in fields written as \\n), then the traceback, if
+    any, on the lines after it."""
+
     def formatException(self, ei: ExcInfo) -> str:  # noqa: N802 - logging's name
         return safe_exception(ei)
 
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(
-            f"{k}={v}"
-            for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
+        extra = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = (
             f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: "
-            f"{safe_message(record)}" + (f" {extra}" if extra else "")
+            f"{bounded(safe_message(record), MAX_FIELD)}" + (f" {extra}" if extra else "")
         )
+        line = bounded(_one_line(line), MAX_LINE - MAX_EXC - 1)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + bounded(self.formatException(record.exc_info), MAX_EXC)
         return line
+
+
+def _one_line(text: str) -> str:
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PosternHandler(logging.StreamHandler[TextIO]):

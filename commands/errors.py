@@ -6,6 +6,7 @@ from __future__ import annotations
 AUTH_FAILED = 99998
 NOT_PERMITTED = 99999
 INVALID_JSON = 100000
+BAD_PARAMETERS = 100001  # parameters that cannot be read (a form key nested too deep)
 UNKNOWN_COMMAND = 100003
 TOO_MANY_REQUESTS = 100004  # a user's /api.php commands past ratelimit.user_requests (HTTP 429)
 INTERNAL_ERROR = 100500

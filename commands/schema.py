@@ -59,8 +59,32 @@ class CommandSchema(Schema):
                 value = value.strip()
                 if value == "":
                     continue
+            if canonical not in raw and has_lone_surrogate(value):
+                # Text no encoding can write (a JSON \ud800 escape): the field's invalid
+                # code. Raw fields (the send fields) are checked by their own checks.
+                raise ValidationError({canonical: ["a lone surrogate"]})
             out[canonical] = value
         return out
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether ``value`` (text, or lists and objects of it) holds a code point from U+D800 to
+    U+DFFF, which JSON's ``\\ud800`` escapes can give and no encoding can write."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return False
 
 
 class RawFieldsMeta(SchemaMeta):
@@ -170,13 +194,19 @@ def load_params(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
 MAX_ID = 2**31 - 1
 
 
+def is_ascii_number(text: str, most_digits: int) -> bool:
+    """Whether ``text`` is 1 to ``most_digits`` ASCII digits: ``str.isdigit`` (and ``int``)
+    also take other scripts' digits and superscripts, which ``int`` then may refuse."""
+    return 0 < len(text) <= most_digits and text.isascii() and text.isdigit()
+
+
 def parse_row_id(value: object) -> int | None:
     """A row id from a raw value (a whole number, or its digits as text), or None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and is_ascii_number(value.strip(), 10):
         number = int(value.strip())
     else:
         return None

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from commands.context import Context, format_date
 from commands.errors import CommandError
 from commands.registry import Auth, command
-from commands.schema import CommandSchema, RowID, param
+from commands.schema import MAX_ID, CommandSchema, RowID, param
 from models import Domain, Suppression
 from models.direct import Direct
 
@@ -115,14 +115,14 @@ def _domain_scope(ctx: Context, domain_id: int | None, code: int) -> int:
 
 
 class BrowseSchema(CommandSchema):
-    SearchPattern = fields.String(load_default="")
+    SearchPattern = param(fields.String(load_default=""), invalid=(5, "SearchPattern must be text"))
     Source = param(
         fields.String(validate=validate.OneOf(SOURCES)),
         invalid=(1, "Source must be one of " + ", ".join(SOURCES)),
     )
     DomainID = param(RowID(), invalid=(2, "Domain not found or access denied"))
     StartFrom = param(
-        fields.Integer(load_default=0, validate=validate.Range(min=0)),
+        fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID)),
         invalid=(3, "StartFrom must be a whole number, 0 or more"),
     )
     RetrieveCount = param(

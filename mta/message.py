@@ -47,18 +47,37 @@ RESERVED_HEADERS = frozenset(
         "subject",
         "date",
         "message-id",
-        "dkim-signature",
-        "return-path",
         "mime-version",
         "content-type",
         "content-transfer-encoding",
-        "received",
         "sender",
         "list-unsubscribe",
         "list-unsubscribe-post",
     }
 )
 RESERVED_PREFIX = "x-postern-"
+
+# Headers only the servers a message passes through write: trace fields (RFC 5321 4.4, and
+# what delivery agents add) and authentication results and signatures (RFC 8601, RFC 8617's
+# ARC-*, DKIM). A sender who sets them forges a hop or a verdict: over HTTP each is refused.
+TRACE_HEADERS = frozenset(
+    {
+        "received",
+        "return-path",
+        "received-spf",
+        "delivered-to",
+        "x-original-to",
+        "authentication-results",
+        "dkim-signature",
+        "domainkey-signature",
+    }
+)
+TRACE_PREFIXES = ("arc-",)
+# Over SMTP, a submitting client's own MTA may have added Received lines (kept), and a
+# message built by a mail library may carry Return-Path or delivery headers: those are
+# dropped before signing, as Postfix drops Return-Path. The others are refused.
+DROPPED_AT_SUBMISSION = frozenset({"bcc", "return-path", "delivered-to", "x-original-to"})
+KEPT_AT_SUBMISSION = frozenset({"received"})
 
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # printable ASCII except ":"
 _MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
@@ -104,12 +123,38 @@ def is_reserved(name: str) -> bool:
     return lower in RESERVED_HEADERS or lower.startswith(RESERVED_PREFIX)
 
 
-def header_problem(name: str, value: str) -> str | None:
+def is_trace_header(name: str) -> bool:
+    """Whether ``name`` is a trace or authentication header (TRACE_HEADERS, ARC-*)."""
+    lower = name.strip().lower()
+    return lower in TRACE_HEADERS or lower.startswith(TRACE_PREFIXES)
+
+
+def refused_at_submission(name: str) -> bool:
+    """Whether a message submitted over SMTP may not carry header ``name``: a trace or
+    authentication header other than those kept or dropped."""
+    lower = name.strip().lower()
+    return (
+        is_trace_header(lower)
+        and lower not in DROPPED_AT_SUBMISSION
+        and lower not in KEPT_AT_SUBMISSION
+    )
+
+
+TRACE_PROBLEM = (
+    "only the servers a message passes through write this header (a trace or "
+    "authentication header), so a sender may not set it"
+)
+
+
+def header_problem(name: str, value: str, *, trace_ok: bool = False) -> str | None:
     """Why the custom header ``name: value`` is not acceptable (a sentence that does not
-    repeat the name), or None when it is."""
+    repeat the name), or None when it is. A trace or authentication header is refused
+    unless ``trace_ok`` (the send checks answer those with a code of their own)."""
     problem = _syntax_problem(name, value)
     if problem:
         return problem
+    if is_trace_header(name):
+        return None if trace_ok else TRACE_PROBLEM
     if is_reserved(name):
         return "Postern sets this header itself, so it cannot be given as a custom header"
     return None
@@ -147,6 +192,11 @@ def _syntax_problem(name: str, value: str, longest: int = MAX_LINE) -> str | Non
     if len(name) > 76:
         return "the name is longer than 76 characters"
     if not _FIELD_NAME.fullmatch(name):
+        if name.rstrip(" \t") != name and _FIELD_NAME.fullmatch(name.rstrip(" \t")):
+            return (
+                "the name ends in white space: a header name is followed by its colon with "
+                "no space (the obsolete `From :` form is refused)"
+            )
         return "the name may only contain printable ASCII characters other than the colon"
     if len(value) > longest:
         return f"the value is longer than {longest} characters"

@@ -49,6 +49,9 @@ DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
     "x-postern-tags",
 )
 
+# Signed once more than they occur: a second one cannot be added without breaking the signature.
+OVERSIGNED = frozenset({"from"})
+
 HEADER_NAME = b"DKIM-Signature"
 _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
@@ -84,7 +87,8 @@ def sign_message(
     """``message`` (CRLF line ends) with one DKIM-Signature per key prepended, in key order.
 
     c=relaxed/relaxed; h= lists those of ``signed_headers`` the message has (each as often
-    as it occurs), From always among them; t= is ``now`` or the current time.
+    as it occurs), From always among them and once more than it occurs (over-signed); t=
+    is ``now`` or the current time.
     """
     if not keys:
         return message
@@ -135,7 +139,9 @@ def relaxed_body(body: bytes) -> bytes:
 
 
 def _included(headers: list[list[bytes]], signed_headers: tuple[str, ...]) -> tuple[bytes, ...]:
-    """The h= list: the wanted headers present in the message, From first."""
+    """The h= list: the wanted headers present in the message, From first, and From once
+    more than it occurs (over-signing, RFC 6376 8.15: the extra entry signs an absent From,
+    so a From added anywhere later breaks the signature)."""
     wanted = dict.fromkeys(["from", *(name.lower() for name in signed_headers)])
     refused = _NEVER_SIGNED.intersection(wanted)
     if refused:
@@ -143,7 +149,11 @@ def _included(headers: list[list[bytes]], signed_headers: tuple[str, ...]) -> tu
     present = [name.decode("ascii").lower() for name, _ in headers]
     if "from" not in present:
         raise ValueError("the message has no From header to sign")
-    return tuple(name.encode("ascii") for name in wanted for _ in range(present.count(name)))
+    return tuple(
+        name.encode("ascii")
+        for name in wanted
+        for _ in range(present.count(name) + (name in OVERSIGNED))
+    )
 
 
 def _signature(

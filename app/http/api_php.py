@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
 
 from app.http import envelope
 from app.http.context import current_gateway
@@ -16,7 +17,7 @@ bp = Blueprint("api_php", __name__)
 
 @bp.route("/api.php", methods=["GET", "POST"])
 def api_php() -> Response:
-    fmt: object = request.args.get("ResponseFormat") or request.args.get("responseformat")
+    fmt: object = _format_in(request.args)
     cmd = None
     try:
         params = read_params(request)
@@ -47,6 +48,19 @@ def api_php() -> Response:
         resp.headers["Retry-After"] = str(decision.retry_after)
         return resp
     except CommandError as exc:
+        if cmd is None and fmt is None and request.mimetype in _FORMS:
+            fmt = _format_in(request.form)  # parameters that could not be read: as asked
         code = [exc.code] if cmd is not None and cmd.error_list else exc.code
         return envelope.render(envelope.failure(code, exc.text), fmt, exc.http_status)
     return envelope.render(envelope.success(fields), fmt)
+
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _format_in(values: MultiDict[str, str]) -> str | None:
+    """The ResponseFormat among ``values``, its name in any case."""
+    return next(
+        (v for k, v in values.items() if isinstance(k, str) and k.lower() == "responseformat"),
+        None,
+    )

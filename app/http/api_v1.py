@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from flask import Blueprint, Response, jsonify, request
 
 from app.http.context import current_gateway
+from app.http.envelope import scrub
 from app.http.params import read_params
 from commands import find
 from commands.errors import CommandError
@@ -16,7 +17,8 @@ bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
 
 def errors(code: int, message: str, status: int) -> Response:
-    resp = jsonify({"Errors": [{"Code": code, "Message": message}]})
+    # An error text may echo what was sent: a lone surrogate in it is written as U+FFFD.
+    resp = jsonify({"Errors": [{"Code": code, "Message": scrub(message)}]})
     resp.status_code = status
     return resp
 

@@ -41,6 +41,7 @@ REPLIES = {
     17: "451 4.7.1 Sending limit reached: try again later",
     19: "550 5.1.3 {text}",
     35: "550 5.6.0 {text}",  # a header block the signer could not read
+    41: "550 5.7.1 {text}",  # a trace or authentication header a sender may not set
     12: "550 5.7.1 Account disabled",
 }
 # MAIL FROM in a session whose credential was deleted, reset or disabled after it logged in.

@@ -30,7 +30,13 @@ from models import Database, DKIMKey, Domain, Message
 from models.direct import Direct
 from models.payload import Composed, Payload, Submitted, decode_payload
 from mta import tracking
-from mta.message import Address, Attachment, MessageSpec, build_message
+from mta.message import (
+    DROPPED_AT_SUBMISSION,
+    Address,
+    Attachment,
+    MessageSpec,
+    build_message,
+)
 from mta.signing import SigningKey, sign_message
 from mta.verp import verp_address
 
@@ -107,7 +113,8 @@ def build_and_sign(job: BuildJob) -> bytes:
 
 
 def prepare_raw(data: bytes, job: BuildJob) -> bytes:
-    """A submitted message made ready to sign: CRLF lines, no Bcc, Message-ID and Date."""
+    """A submitted message made ready to sign: CRLF lines, Message-ID and Date, without
+    Bcc, Return-Path, Delivered-To and X-Original-To (``DROPPED_AT_SUBMISSION``)."""
     if data.count(b"\n") != data.count(b"\r\n"):  # a bare LF somewhere
         data = re.sub(rb"\r?\n", b"\r\n", data)
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -118,7 +125,8 @@ def prepare_raw(data: bytes, job: BuildJob) -> bytes:
             if not skipping:
                 lines.append(line)
             continue
-        skipping = line.lower().startswith(b"bcc:")
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        skipping = name in DROPPED_AT_SUBMISSION
         if not skipping:
             lines.append(line)
     names = {ln.split(b":", 1)[0].strip().lower() for ln in lines if b":" in ln}

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from commands.errors import CommandError
+from commands.schema import is_ascii_number
 from models import Event, Message
 
 # Octeth's names for the event types they share; the other types keep Postern's names.
@@ -84,7 +85,7 @@ def parse_span(value: Any) -> Span | None:
         return None
     raw = str(value).strip()
     try:
-        if isinstance(value, int) or raw.isdigit():
+        if isinstance(value, int) or is_ascii_number(raw, 12):
             start = datetime.fromtimestamp(int(raw), UTC)
             return Span(start, start + timedelta(seconds=1))
         if _DAY.match(raw):

@@ -33,6 +33,7 @@ from commands.tenancy import domain_id_param, owned_domain
 from models import Event, EventCount
 
 DEFAULT_DAYS = 30
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SERIES_DAYS = 366
 MAX_TAGS = 100
 
@@ -340,7 +341,10 @@ def domain_stats(
     """Figures for the period, for the period as long before it, and per tag."""
     scope = domain_scope(ctx, DomainID, StartDate, EndDate, STATS_DOMAIN_NOT_FOUND)
     low, high = scope.low, scope.high
-    earlier = Scope(ctx.db, scope.user_id, scope.domain_id, low - (high - low), low)
+    # As long before the period, but not before 1970 (dates go back no further; a period
+    # from 1970 to 9998 would otherwise reach before year 1).
+    earlier_low = low - min(high - low, low - EPOCH) if low > EPOCH else EPOCH
+    earlier = Scope(ctx.db, scope.user_id, scope.domain_id, earlier_low, max(low, EPOCH))
     tagged = {k: v for k, v in scope.figures("tags").items() if k[0] != "[]"}
     by_tag = per_tag(tagged, _add_figures)
     ranked = sorted(by_tag.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:MAX_TAGS]

@@ -136,6 +136,10 @@ def key_view(ctx: Context, row: SenderAPIKey) -> dict[str, Any]:
     }
 
 
+# Octeth's optional ids of a key, kept as text (their first 64 characters).
+OCTETH_IDS = (4, "ListID, SubscriberID, JourneyID and ActionID must be text")
+
+
 class AddAPISchema(CommandSchema):
     Description = param(
         fields.String(required=True, validate=validate.Length(max=255)),
@@ -145,10 +149,10 @@ class AddAPISchema(CommandSchema):
         (2, "Missing or invalid 'DomainID' parameter"),
         (2, "Missing or invalid 'DomainID' parameter"),
     )
-    ListID = fields.String(load_default=None)
-    SubscriberID = fields.String(load_default=None)
-    JourneyID = fields.String(load_default=None)
-    ActionID = fields.String(load_default=None)
+    ListID = param(fields.String(load_default=None), invalid=OCTETH_IDS)
+    SubscriberID = param(fields.String(load_default=None), invalid=OCTETH_IDS)
+    JourneyID = param(fields.String(load_default=None), invalid=OCTETH_IDS)
+    ActionID = param(fields.String(load_default=None), invalid=OCTETH_IDS)
 
 
 _ADD_API_NOT_FOUND = (3, "Unable to retrieve sender domain with provided 'DomainID'")

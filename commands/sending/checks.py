@@ -30,10 +30,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from commands.errors import CommandError
+from commands.schema import is_ascii_number
 from models import Domain
 from models.domains import ENABLED
 from mta.addresses import belongs, normalise_address
-from mta.message import LINE_BREAKS, header_problem, lone_surrogate
+from mta.message import (
+    LINE_BREAKS,
+    TRACE_PROBLEM,
+    header_problem,
+    is_trace_header,
+    lone_surrogate,
+)
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 100
@@ -482,10 +489,17 @@ def headers(d: Draft) -> None:
     for name, raw in value.items():
         if not isinstance(raw, str | int | float) or isinstance(raw, bool):
             raise fail(35, f"Invalid header {shown(str(name))}: the value must be a string")
-        problem = header_problem(str(name), str(raw))
+        problem = header_problem(str(name), str(raw), trace_ok=True)  # 41, after this
         if problem:
             raise fail(35, f"Invalid header {shown(str(name))}: {problem}")
         d.headers[str(name)] = str(raw)
+
+
+@check(41)
+def no_trace_headers(d: Draft) -> None:
+    for name in d.headers:
+        if is_trace_header(name):
+            raise fail(41, f"Invalid header {shown(name)}: {TRACE_PROBLEM}")
 
 
 @check(36)
@@ -533,10 +547,10 @@ def send_at(d: Draft) -> None:
     value = d.params.get("SendAt")
     if value in (None, ""):
         return
-    try:
-        stamp = int(str(value).strip())
-    except ValueError:
-        raise fail(38, "SendAt must be a Unix time (seconds)") from None
+    text = str(value).strip()
+    if not is_ascii_number(text.removeprefix("-"), 12):
+        raise fail(38, "SendAt must be a Unix time (seconds)")
+    stamp = int(text)
     try:
         when = datetime.fromtimestamp(stamp, UTC)
     except (OverflowError, OSError, ValueError):

@@ -37,7 +37,7 @@ from models.direct import Direct
 from models.messages import QUEUED, SUPPRESSED
 from models.payload import Composed, File, Payload, Person, Submitted, encode_payload
 from mta.addresses import belongs, normalise_address
-from mta.message import header_block_problem
+from mta.message import TRACE_PROBLEM, header_block_problem, refused_at_submission
 
 
 def _inserted_id(conn: Connection, delivery: dict[str, Any]) -> int:
@@ -94,6 +94,7 @@ def accept(
 
 
 MALFORMED_HEADER = 35  # the code of an invalid header in a send's Headers
+TRACE_HEADER = 41  # ... and of a trace or authentication header
 
 
 def accept_raw(
@@ -104,8 +105,10 @@ def accept_raw(
     The header block must be one the signer can read (35: every line a header field,
     ``name: value`` with no space before the colon, or the continuation of one); the From
     header must be an address at the domain (3); every recipient must be a valid address
-    (19). The worker adds Message-ID and Date when missing, drops any Bcc
-    header, and DKIM-signs it like any other message.
+    (19). Authentication results, ARC sets, Received-SPF and DKIM or DomainKey signatures
+    are refused (41). The worker adds Message-ID and Date when missing, drops any Bcc,
+    Return-Path, Delivered-To and X-Original-To header, and DKIM-signs it like any other
+    message.
     """
     # The raw header values (compat32): the default policy builds header objects (and new
     # classes) per header, which costs more than the rest of accepting the message. Only
@@ -116,6 +119,9 @@ def accept_raw(
         raise _fail(MALFORMED_HEADER, f"Malformed message header: {problem}")
     end = _HEADER_END.search(data)
     headers = BytesHeaderParser().parsebytes(data[: end.end()] if end else data)
+    for name in headers:  # the field names
+        if refused_at_submission(name):
+            raise _fail(TRACE_HEADER, f"Header {name} refused: {TRACE_PROBLEM}")
     authors = [addr for _name, addr in getaddresses(headers.get_all("From") or []) if addr]
     if not authors or not all(belongs(a, domain.name) for a in authors):
         raise _fail(3, f"From must be an address at {domain.name} (or one of its subdomains)")

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from commands.context import Context, format_date
 from commands.errors import CommandError
 from commands.registry import Auth, command
-from commands.schema import CommandSchema, RowID, param, parse_row_id
+from commands.schema import MAX_ID, CommandSchema, RowID, param, parse_row_id
 from commands.tenancy import domain_id_param, owned_domain
 from core.crypto import new_signing_key
 from core.settings import Config
@@ -271,7 +271,7 @@ class GetWebhookDeliveriesSchema(CommandSchema):
         invalid=(4, "Status must be one of " + ", ".join(DELIVERY_STATUSES)),
     )
     StartFrom = param(
-        fields.Integer(load_default=0, validate=validate.Range(min=0)),
+        fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID)),
         invalid=(5, "StartFrom must be a whole number, 0 or more"),
     )
     RetrieveCount = param(

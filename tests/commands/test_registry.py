@@ -158,3 +158,20 @@ def test_a_subclass_of_a_raw_fields_schema_is_checked_too():
             DomainID = fields.Integer()
 
     assert issubclass(More, RawFieldsSchema)
+
+
+def test_every_field_of_every_command_has_an_error_code():
+    """load_params answers a field's failure with its code: a field without one would be a
+    500 (a send's Raw fields are checked by the send checks instead)."""
+    from marshmallow import fields as mfields
+
+    from commands.gateway import schema_of
+    from commands.registry import all_commands
+
+    for cmd in all_commands():
+        for name, field in schema_of(cmd).fields.items():
+            if type(field) is mfields.Raw:
+                continue
+            assert field.metadata.get("missing") or field.metadata.get("invalid"), (
+                f"{cmd.name}: {name} has no error code"
+            )

@@ -194,8 +194,28 @@ ERRORS = [
     (dict(Headers={"X-A": "a\r\nBcc: x@y"}), 35),
     (dict(Headers={"Bad Name": "x"}), 35),
     (dict(Headers=["X-A"]), 35),
-    (dict(Headers={"DKIM-Signature": "x"}), 35),
     (dict(Headers={"X-Postern-Tags": "x"}), 35),
+    (dict(Headers={"From ": "x@y.example"}), 35),
+    (dict(Headers={"X-A": "x", "Authentication-Results": "mx; dkim=pass"}), 41),
+    (dict(Headers={"X-A": "a\r\n", "Received": "from x"}), 35),
+    *[
+        (dict(Headers={name: "x"}), 41)
+        for name in [
+            "DKIM-Signature",
+            "Authentication-Results",
+            "arc-seal",
+            "ARC-Message-Signature",
+            "ARC-Authentication-Results",
+            "ARC-Anything",
+            "Received",
+            "RECEIVED",
+            "Return-Path",
+            "Received-SPF",
+            "Delivered-To",
+            "X-Original-To",
+            "DomainKey-Signature",
+        ]
+    ],
     (dict(Tags="x" * 200), 36),
     (dict(Tags=5), 36),
     (dict(Tags=[f"t{i}" for i in range(21)]), 36),
@@ -404,7 +424,7 @@ def test_pack_payload_leaves_small_and_precompressed_payloads_as_json():
 # -- the send checks, one per error code, in the documented order -----------------------------
 
 DOCUMENTED_ORDER = [32, 8, 9, 10, 11, 3, 23, 3, 18, 19, 20, 21, 22, 20]
-DOCUMENTED_ORDER += [24, 25, 26, 27, 28, 29, 30, 31, 15, 16, 35, 36, 37, 38, 39, 40]
+DOCUMENTED_ORDER += [24, 25, 26, 27, 28, 29, 30, 31, 15, 16, 35, 41, 36, 37, 38, 39, 40]
 
 
 def test_the_checks_run_in_the_documented_order():
@@ -465,6 +485,7 @@ def test_each_check_answers_its_code_before_the_checks_after_it(make_app, domain
         dict(ReplyTo=two[:1]),
         dict(TemplateID=None),
         dict(TargetListID=None),
+        dict(Headers={"X-A": "b", "ARC-Seal": "i=1; cv=none"}),
         dict(Headers={"X-A": "b"}),
         dict(Tags=["ok"]),
         dict(TrackLinks="false"),
@@ -677,3 +698,18 @@ def test_what_the_checks_accept_can_be_built_and_signed():
             )
             sign_message(build_message(spec), keys)  # raises for a message it cannot take
     assert accepted > 300  # the values are not all refused
+
+
+def test_a_header_name_with_a_space_before_its_colon_is_refused_clearly(send):
+    resp = send(Headers={"From ": "boss@example.com"})
+    assert error_of(resp) == 35
+    assert "`From :` form is refused" in resp.get_json()["Errors"][0]["Message"]
+
+
+def test_a_trace_header_is_refused_with_41_and_says_why(send):
+    resp = send(Headers={"ARC-Seal": "i=1"})
+    assert error_of(resp) == 41
+    assert resp.get_json()["Errors"][0]["Message"] == (
+        "Invalid header ARC-Seal: only the servers a message passes through write this "
+        "header (a trace or authentication header), so a sender may not set it"
+    )

@@ -11,6 +11,7 @@ import pytest
 
 from mta.message import (
     RESERVED_HEADERS,
+    TRACE_HEADERS,
     Address,
     Attachment,
     MessageSpec,
@@ -371,7 +372,13 @@ def test_build_refuses_bad_input(changes):
     [
         ("From", "x@example.com", "Postern sets"),
         ("bcc", "x@example.com", "Postern sets"),
-        ("DKIM-Signature", "v=1", "Postern sets"),
+        ("DKIM-Signature", "v=1", "only the servers"),
+        ("ARC-Seal", "i=1", "only the servers"),
+        ("Received", "from x", "only the servers"),
+        ("Return-Path", "<x@y>", "only the servers"),
+        ("Authentication-Results", "mx; spf=pass", "only the servers"),
+        ("From ", "x@example.com", "`From :` form is refused"),
+        ("From\t", "x@example.com", "`From :` form is refused"),
         ("List-Unsubscribe", "<https://x>", "Postern sets"),
         ("Content-Type", "text/plain", "Postern sets"),
         ("X-Postern-Tags", "a", "Postern sets"),
@@ -418,10 +425,17 @@ def test_header_problem_accepts(name, value):
 
 
 def test_reserved_headers_are_lower_case_and_complete():
-    assert all(name == name.lower() for name in RESERVED_HEADERS)
-    assert {"from", "bcc", "dkim-signature", "list-unsubscribe-post", "received"} <= (
-        RESERVED_HEADERS
+    assert all(name == name.lower() for name in RESERVED_HEADERS | TRACE_HEADERS)
+    assert {"from", "bcc", "list-unsubscribe-post", "mime-version"} <= RESERVED_HEADERS
+    assert {"dkim-signature", "received", "return-path", "authentication-results"} <= (
+        TRACE_HEADERS
     )
+
+
+def test_trace_headers_are_refused_unless_asked_for():
+    assert header_problem("ARC-Seal", "i=1", trace_ok=True) is None
+    assert header_problem("X-Ok", "v", trace_ok=True) is None
+    assert header_problem("From", "x@example.com", trace_ok=True)  # still Postern's
 
 
 # -- html_to_text ----------------------------------------------------------------------------

@@ -157,6 +157,7 @@ def test_signature_tags(keyring):
         h = [x.strip() for x in sig[b"h"].split(b":")]
         assert h == [
             b"from",
+            b"from",
             b"to",
             b"cc",
             b"subject",
@@ -180,7 +181,31 @@ def test_h_lists_present_headers_from_always(keyring):
     )
     signed = sign_message(message, [keyring.keys["ed"]], signed_headers=("to", "subject"), now=NOW)
     (sig,) = signatures(signed)
-    assert [x.strip() for x in sig[b"h"].split(b":")] == [b"from", b"to", b"to"]
+    assert [x.strip() for x in sig[b"h"].split(b":")] == [b"from", b"from", b"to", b"to"]
+
+
+@pytest.mark.parametrize("selector", ["rsa2048", "ed"])
+@pytest.mark.parametrize(
+    "where",
+    ["before the From", "after the From", "at the end of the header"],
+)
+def test_from_is_over_signed_so_no_from_can_be_added(keyring, dns, selector, where):
+    """h= lists From once more than the message has it: the signature verifies (dkimpy), and
+    a second From added anywhere breaks it (with From signed once, a From added above the
+    original one was not covered: dkimpy signs the last From, the original)."""
+    signed = sign_message(MESSAGES["non-ascii text"], [keyring.keys[selector]], now=NOW)
+    (sig,) = signatures(signed)
+    assert [x.strip() for x in sig[b"h"].split(b":")].count(b"from") == 2
+    assert verifies(signed, dns)
+    evil = b"From: ceo@example.com\r\n"
+    start = signed.index(b"\r\nFrom:") + 2
+    at = {
+        "before the From": start,
+        "after the From": signed.index(b"\r\n", start) + 2,
+        "at the end of the header": signed.index(b"\r\n\r\n") + 2,
+    }[where]
+    tampered = signed[:at] + evil + signed[at:]
+    assert not dkim.verify(tampered, dnsfunc=dns)
 
 
 def test_default_time_is_now(keyring):

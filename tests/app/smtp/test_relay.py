@@ -768,3 +768,58 @@ def test_failed_logins_are_counted_where_every_relay_sees_them(relay_for, creden
     clock.freeze(start + timedelta(seconds=900))  # the next window: both may log in again
     assert _auth(second, credential, right, "127.0.0.4") == 235
     assert _auth(second, credential, right, "127.0.0.5") == 235
+
+
+REFUSED_AT_SUBMISSION = [
+    "Authentication-Results",
+    "ARC-Seal",
+    "ARC-Message-Signature",
+    "arc-authentication-results",
+    "Received-SPF",
+    "DKIM-Signature",
+    "DomainKey-Signature",
+]
+
+
+def _submitted(extra: bytes) -> bytes:
+    return (
+        b"From: News <news@example.com>\r\nTo: rcpt@dest.example\r\n" + extra + b"Subject: Hi\r\n"
+        b"\r\nHello\r\n"
+    )
+
+
+def test_trace_and_authentication_headers_are_refused_at_data(relay, credential, database):
+    """A submitted message may not carry verdicts or signatures of other servers: 550 5.7.1
+    at the end of DATA, and the session goes on."""
+    with _login(relay, credential) as c:
+        for name in REFUSED_AT_SUBMISSION:
+            raw = _submitted(name.encode() + b": mx.example; dkim=pass\r\n")
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                c.sendmail("news@example.com", ["rcpt@dest.example"], raw)
+            assert refused.value.smtp_code == 550, name
+            assert refused.value.smtp_error.startswith(b"5.7.1 Header " + name.encode()), (
+                refused.value.smtp_error
+            )
+        assert c.sendmail("news@example.com", ["rcpt@dest.example"], _submitted(b"")) == {}
+    assert [d.recipient for d in queued(database)] == ["rcpt@dest.example"]
+
+
+def test_received_is_kept_and_return_path_and_delivery_headers_are_dropped(
+    relay, credential, database, signing_domain, deliver_queued, smtp_peer, dns_server
+):
+    extra = (
+        b"Received: from app.internal by mta.internal; Tue, 1 Apr 2025 12:00:00 +0000\r\n"
+        b"Return-Path: <bounces@elsewhere.example>\r\n"
+        b"Delivered-To: someone@elsewhere.example\r\n"
+        b"X-Original-To: someone@elsewhere.example\r\n"
+        b"Bcc: hidden@dest.example\r\n"
+    )
+    with _login(relay, credential) as c:
+        assert c.sendmail("news@example.com", ["rcpt@dest.example"], _submitted(extra)) == {}
+    assert deliver_queued() == 1
+    received = smtp_peer.messages[0].data
+    head = received.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"\r\nreceived: from app.internal" in head
+    for gone in (b"return-path:", b"delivered-to:", b"x-original-to:", b"bcc:"):
+        assert gone not in head
+    assert dkim.verify(received, dnsfunc=dns_txt(dns_server))
