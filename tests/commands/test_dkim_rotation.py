@@ -247,3 +247,18 @@ def test_errors(api, user):
 )
 def test_next_selector(selector, used, expected):
     assert next_selector(selector, used) == expected
+
+
+def test_the_webhook_worker_runs_the_rotation_housekeeping(
+    api, user, domain, dns_server, database, base_config, clock
+):
+    from app.workers.webhooks import WebhookSender
+
+    domain_id = domain[0]
+    records = {r["Host"]: r for r in rotate(api, user, domain_id)["Domain"]["DNSRecords"]}
+    dns_server.add(f"key2._domainkey.{RP}", "TXT", records[f"key2._domainkey.{RP}"]["Value"])
+    sender = WebhookSender(base_config, database, SecretBox(SECRET_KEY.encode()), clock=clock)
+    sender.dkim_housekeeping()  # activates key2
+    clock.advance(days=8)
+    sender.dkim_housekeeping()  # retires key1
+    assert set(dkim_records(api, user, domain_id)) == {f"key2._domainkey.{RP}"}
