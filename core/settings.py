@@ -155,6 +155,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("domains", "dkim_rsa_bits", int, 2048, _one_of_int(1024, 2048, 3072, 4096)),
     Setting("domains", "dkim_ed25519", bool, False),
     Setting("domains", "dkim_ed25519_selector", str, "key2", _subdomain_label),
+    Setting("domains", "dkim_retire_after_days", int, 7, _not_negative),
+    Setting("domains", "dkim_rotate_days", int, 0, _not_negative),
     Setting("domains", "spf_value", str, "v=spf1 a:{hostname} ~all"),
     Setting("dns", "nameservers", list[str], [], None),
     Setting("dns", "port", int, 53, _port),
@@ -350,6 +352,8 @@ class DomainsSettings(Section):
     dkim_rsa_bits: int
     dkim_ed25519: bool
     dkim_ed25519_selector: str
+    dkim_retire_after_days: int
+    dkim_rotate_days: int
     spf_value: str
 
 

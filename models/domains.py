@@ -14,6 +14,14 @@ from models.base import NEVER_REUSED, Base, UTCDateTime
 PENDING = "Pending"
 ENABLED = "Enabled"
 
+# DKIMKey.status values: a rotation's new key is "pending" (published, not signing) until
+# its record verifies; then it is "active" (signing) and the key it replaces "retiring"
+# (still published, not signing) until ``retire_at``; then "retired" (its private key erased).
+KEY_PENDING = "pending"
+KEY_ACTIVE = "active"
+KEY_RETIRING = "retiring"
+KEY_RETIRED = "retired"
+
 
 class Domain(Base):
     __tablename__ = "domains"
@@ -60,6 +68,10 @@ class DKIMKey(Base):
     # The p= value published in DNS (base64).
     public_key: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=KEY_ACTIVE, server_default=KEY_ACTIVE)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     domain: Mapped[Domain] = relationship(back_populates="dkim_keys")
 

@@ -21,6 +21,7 @@ import httpx
 
 from app.workers.runner import Runner, new_worker_id
 from app.workers.webhook_client import Refused, response_snippet, webhook_client
+from commands.domains.rotation import housekeeping as dkim_housekeeping
 from commands.housekeeping import sweep
 from commands.webhooks.fanout import fan_out
 from commands.webhooks.payload import signature_headers
@@ -42,7 +43,8 @@ log = logging.getLogger("postern.webhooks")
 
 CLAIM_MARGIN = 60  # seconds a claim outlasts the POSTs it was made for
 # Seconds between deletions of old finished deliveries, and of expired sessions and
-# idempotency records (commands/housekeeping.py).
+# idempotency records (commands/housekeeping.py), and of DKIM key rotation's steps
+# (commands/domains/rotation.py).
 PRUNE_EVERY = 3600
 
 
@@ -84,6 +86,14 @@ class WebhookSender:
         return prune_deliveries(
             self.db, now=self.clock(), keep_days=self.config.webhooks.keep_days, chunk=chunk
         )
+
+    def dkim_housekeeping(self) -> None:
+        """DKIM key rotation's periodic steps (commands/domains/rotation.py); a failure is
+        logged, and the next run tries again."""
+        try:
+            dkim_housekeeping(self.db, self.box, self.config, self.clock())
+        except Exception:  # noqa: BLE001 - the webhooks go on
+            log.exception("DKIM key housekeeping failed")
 
     def claim_due(self, limit: int) -> list[Post | Attempt]:
         """Take up to ``limit`` due deliveries (see ``claim``)."""
@@ -191,6 +201,7 @@ class WebhookSender:
                 self._next_prune = time.monotonic() + PRUNE_EVERY
                 self.prune()
                 sweep(self.db, self.config, self.clock())
+                self.dkim_housekeeping()
         except Exception:  # noqa: BLE001 - deliveries already made are still posted
             log.exception("webhook fan-out failed", extra={"worker": self.worker_id})
         return self.claim_due(limit)

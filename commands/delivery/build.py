@@ -28,6 +28,7 @@ from commands.delivery.queue import Claimed
 from core.crypto import SecretBox
 from models import Database, DKIMKey, Domain, Message
 from models.direct import Direct
+from models.domains import KEY_ACTIVE
 from models.payload import Composed, Payload, Submitted, decode_payload
 from mta import tracking
 from mta.message import (
@@ -148,7 +149,7 @@ _MESSAGES = Direct(
         Message.id.in_(bindparam("ids", expanding=True))
     )
 )
-# A domain's row once per key (once with no key), in one statement: both read at one time.
+# A domain's row once per active key (once with none), in one statement: both read at one time.
 _DOMAIN_KEYS = Direct(
     select(
         Domain.id,
@@ -162,7 +163,9 @@ _DOMAIN_KEYS = Direct(
         DKIMKey.algorithm,
         DKIMKey.private_key_encrypted.label("private_key"),
     )
-    .outerjoin(DKIMKey, DKIMKey.domain_id == Domain.id)
+    # The active keys only: a rotation's pending key is not published yet, perhaps, and a
+    # retiring one is published only for mail signed with it before.
+    .outerjoin(DKIMKey, (DKIMKey.domain_id == Domain.id) & (DKIMKey.status == KEY_ACTIVE))
     .where(Domain.id.in_(bindparam("ids", expanding=True)))
     .order_by(Domain.id, DKIMKey.id)
 )

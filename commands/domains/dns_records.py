@@ -19,6 +19,7 @@ from dns.rdtypes.txtbase import TXTBase
 from commands.domains.dkim import txt_value
 from core.settings import Config
 from models import Domain
+from models.domains import KEY_ACTIVE, KEY_RETIRED
 
 OWNERSHIP_PREFIX = "postern-verification="
 
@@ -30,15 +31,21 @@ class Record:
     value: str
     purpose: str  # ownership, spf, dkim, dmarc, return-path, tracking
     required: bool
+    # A DKIM record's key: "active" (signing), "pending" (a rotation's new key, signing once
+    # its record verifies), "retiring" (replaced, still published until it is retired).
+    key_status: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "Host": self.host,
             "Type": self.type,
             "Value": self.value,
             "Purpose": self.purpose,
             "Required": self.required,
         }
+        if self.key_status:
+            out["KeyStatus"] = self.key_status.capitalize()
+        return out
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Result:
             "Purpose": self.record.purpose,
             "Required": self.record.required,
         }
+        if self.record.key_status:
+            out["KeyStatus"] = self.record.key_status.capitalize()
         if not self.verified:
             out["Found"] = self.found
         if self.error:
@@ -81,8 +90,19 @@ def required_records(domain: Domain, config: Config) -> list[Record]:
         Record(rp, "TXT", config.domains.spf_value.replace("{hostname}", hostname), "spf", True),
     ]
     for key in domain.dkim_keys:
+        if key.status == KEY_RETIRED:
+            continue
+        # Only the signing keys' records are required: a rotation's new record, not yet
+        # published, or an old one taken down early never makes the domain unverified.
         records.append(
-            Record(f"{key.selector}._domainkey.{rp}", "TXT", txt_value(key), "dkim", True)
+            Record(
+                f"{key.selector}._domainkey.{rp}",
+                "TXT",
+                txt_value(key),
+                "dkim",
+                key.status == KEY_ACTIVE,
+                key.status,
+            )
         )
     records.append(Record(f"_dmarc.{domain.name}", "TXT", "v=DMARC1; p=none", "dmarc", False))
     records.append(Record(rp, "MX", f"10 {hostname}", "return-path", False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import idna
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
 from commands.delivery.queue import fail_pending, fail_pending_in_batches
-from commands.domains import dkim
+from commands.domains import dkim, rotation
 from commands.domains.dns_records import (
     check_records,
     make_resolver,
@@ -31,7 +32,7 @@ from core.crypto import new_signing_key
 from core.settings import sqlite_in_memory
 from models import Domain
 from models.database import UnitOfWork
-from models.domains import ENABLED, PENDING
+from models.domains import ENABLED, KEY_ACTIVE, PENDING
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _LABEL_ANY_CASE = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
@@ -85,7 +86,19 @@ def domain_view(ctx: Context, domain: Domain) -> dict[str, Any]:
         "Subdomain": domain.subdomain,
         "ReturnPathHost": return_path_host(domain),
         "TrackingHost": tracking_host(domain),
-        "DKIMSelectors": [k.selector for k in domain.dkim_keys],
+        "DKIMSelectors": [k.selector for k in domain.dkim_keys if k.status == KEY_ACTIVE],
+        "DKIMKeys": [
+            {
+                "Selector": k.selector,
+                "Algorithm": k.algorithm,
+                "Status": k.status.capitalize(),
+                "CreationDate": format_date(k.created_at),
+                "ActivationDate": format_date(k.activated_at),
+                "RetireDate": format_date(k.retire_at),
+                "RetiredDate": format_date(k.retired_at),
+            }
+            for k in domain.dkim_keys
+        ],
         "CreationDate": format_date(domain.created_at),
         "VerifiedDate": format_date(domain.verified_at),
         "LastCheckDate": format_date(domain.last_checked_at),
@@ -127,6 +140,8 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
         signing_key_encrypted=ctx.box.encrypt(new_signing_key()),
         created_at=ctx.now,
     )
+    for key in keys:
+        key.created_at = key.activated_at = ctx.now
     domain.dkim_keys.extend(keys)
     ctx.db.add(domain)
     ctx.db.flush()
@@ -300,8 +315,13 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
     )
     domain.last_checked_at = ctx.now
     if not unknown:
+        # A rotation's pending or retiring DKIM record does not decide DKIMStatus.
         domain.last_check = json.dumps(
-            {r.record.purpose: r.verified for r in results if not r.error}
+            {
+                r.record.purpose: r.verified
+                for r in results
+                if not r.error and (r.record.required or r.record.purpose != "dkim")
+            }
         )
         if all_verified and not taken:
             domain.verified_at = domain.verified_at or ctx.now
@@ -310,10 +330,22 @@ def verify_domain(ctx: Context, DomainID: int) -> dict[str, Any]:
             domain.verified_at = None
             if ctx.config.domains.require_verification:
                 domain.status = PENDING
+    activated = []
+    if rotation.in_progress(domain):
+        verified = {
+            r.record.host: (None if r.error else r.verified)
+            for r in results
+            if r.record.purpose == "dkim"
+        }
+        if rotation.pending_verified(domain, verified):
+            grace = timedelta(days=ctx.config.domains.dkim_retire_after_days)
+            activated = rotation.activate(domain, ctx.now, grace)
     out: dict[str, Any] = {
         "Domain": {"DomainID": str(domain.id), "DomainName": domain.name, "Status": domain.status},
         "DNSVerificationResults": [r.as_dict() for r in results],
     }
+    if activated:
+        out["DKIMKeyActivated"] = activated
     if unknown:
         timed_out = any(r.error == "timeout" for r in required)
         out["Note"] = (
@@ -351,4 +383,43 @@ def clear_domain_queue(ctx: Context, DomainID: int) -> dict[str, Any]:
         "ClearedCount": fail_pending_in_batches(
             ctx.database, domain.id, domain.user_id, reason, ctx.now
         )
+    }
+
+
+_ROTATE_NOT_FOUND = (2, "Unable to retrieve sender domain information")
+_ROTATE_IN_PROGRESS = (
+    3,
+    "A DKIM key rotation is already in progress for this domain: publish the new record "
+    "and verify the domain first",
+)
+
+
+class RotateDKIMKeySchema(CommandSchema):
+    DomainID = domain_id_param((1, "Missing required parameter: DomainID"), _ROTATE_NOT_FOUND)
+
+
+@command("EmailGateway.RotateDKIMKey", schema=RotateDKIMKeySchema, auth=Auth.USER)
+def rotate_dkim_key(ctx: Context, DomainID: int) -> dict[str, Any]:
+    """Start a DKIM key rotation: a new key beside each signing one, at a new selector,
+    published but not signing until VerifyDomain finds its record (commands/domains/
+    rotation.py). The keys are made with no transaction open, as AddDomain's are."""
+    with ctx.read() as s:
+        read_ctx = Context(
+            work=UnitOfWork.of(s), config=ctx.config, box=ctx.box, now=ctx.now, user=ctx.user
+        )
+        domain = owned_domain(read_ctx, DomainID, _ROTATE_NOT_FOUND)
+        if rotation.in_progress(domain):
+            raise CommandError(*_ROTATE_IN_PROGRESS)
+        planned = rotation.plan(domain)
+    keys = rotation.make_keys(ctx.box, ctx.config, planned)
+    domain = owned_domain(ctx, DomainID, _ROTATE_NOT_FOUND)
+    if rotation.in_progress(domain):
+        raise CommandError(*_ROTATE_IN_PROGRESS)
+    if rotation.plan(domain) != planned:
+        raise CommandError(11, "The domain's keys changed meanwhile; try again")
+    rotation.start(domain, keys, ctx.now, "command")
+    ctx.db.flush()
+    return {
+        "Domain": domain_view(ctx, domain),
+        "NewDKIMSelectors": [k.selector for k in keys],
     }

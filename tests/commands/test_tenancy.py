@@ -74,6 +74,7 @@ ID_COMMANDS = [
     ("EmailGateway.GetDomain", "DomainID", {}),
     ("EmailGateway.UpdateDomain", "DomainID", {"LinkTracking": "1", "Subdomain": "evil"}),
     ("EmailGateway.VerifyDomain", "DomainID", {}),
+    ("EmailGateway.RotateDKIMKey", "DomainID", {}),
     ("EmailGateway.DeleteDomain", "DomainID", {}),
     ("EmailGateway.AddAPI", "DomainID", {"Description": "x"}),
     ("EmailGateway.GetAPIs", "DomainID", {}),
