@@ -1,6 +1,6 @@
 """dkim_keys: status, activated_at, retire_at, retired_at (DKIM key rotation)
 
-Revision ID: 0013
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-07 19:50:00
 """
@@ -10,7 +10,7 @@ from alembic import op
 
 import models.base
 
-revision = "0013"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
