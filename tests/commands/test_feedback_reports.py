@@ -99,3 +99,32 @@ def test_a_legacy_report_to_another_tenants_return_path_changes_nothing(
     to = "fbl@sl.bob.example"
     assert mail_to(relay, to, corpus(name, message_id, to))[0] == 250
     assert outcome(database) == ([], [])
+
+
+def test_new_event_types_in_the_event_log_statistics_and_webhooks(
+    relay,  # noqa: F811
+    delivered,  # noqa: F811
+    database,
+    api,
+    user,
+):
+    d, message_id = delivered
+    return_path = f"b-{d.token}@sl.example.com"
+    for name in ("arf-not-spam.eml", "arf-auth-failure.eml"):
+        assert mail_to(relay, return_path, corpus(name, message_id, return_path))[0] == 250
+    for kind in ("not_spam", "NOT_SPAM", "auth_failure"):
+        body = api(
+            "EmailGateway.GetEvents", APIKey=user.api_key, StartFrom=0, RetrieveCount=10, Event=kind
+        )
+        assert body["TotalRecords"] == 1, body
+        assert body["Events"][0]["event_type"] == kind.lower()
+    stats = api("EmailGateway.DomainStats", APIKey=user.api_key, DomainID=d.domain_id)["Stats"]
+    assert (stats["NotSpam"], stats["AuthFailures"], stats["Complained"]) == (1, 1, 0)
+    added = api(
+        "EmailGateway.AddWebhook",
+        APIKey=user.api_key,
+        DomainID=d.domain_id,
+        Event="not_spam,auth_failure,complaint",
+        WebhookURL="https://hooks.example.net/postern",
+    )
+    assert added["Success"] is True, added
