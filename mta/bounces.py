@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
+from mta import feedback
 from mta.verp import verp_token
 
 MAX_BYTES = 4 * 1024 * 1024  # of the raw message; the rest (usually the returned original) is cut
@@ -114,6 +115,10 @@ def _parse(raw: bytes) -> Report | None:
         report = _dsn(msg, parts, dsn_parts)
         if report is not None:
             return report
+    if report_type != "delivery-status" and not dsn_parts:
+        legacy = _legacy_complaint(msg, parts)
+        if legacy is not None:
+            return legacy
     return _plain_bounce(msg, parts, report_type == "delivery-status")
 
 
@@ -505,9 +510,61 @@ def _complaint(parts: Parts, arf_part: Message) -> Report:
     original = _original_headers(parts)
     recipient = _address_field(_first(fields, "original-rcpt-to"))
     if recipient is None:
+        recipient = _address_field(_hdr(original, feedback.JMRP_HEADER))
+    if recipient is None:
         recipient = _first_address(_hdr(original, "to"))
-    feedback_type = (_first(fields, "feedback-type") or "").lower().split(" ", 1)[0] or None
-    human = [_text(p) for ctype, p in parts if ctype == "text/plain"]
+    feedback_type = feedback.normalize_type(_first(fields, "feedback-type"))
+    return _feedback_report(
+        parts,
+        original,
+        recipient,
+        feedback_type,
+        remote_mta=_host_field(_first(fields, "reporting-mta")),
+        envelope_from=_address_field(_first(fields, "original-mail-from")),
+        user_agent=_first(fields, "user-agent"),
+    )
+
+
+def _legacy_complaint(msg: Message, parts: Parts) -> Report | None:
+    """A provider's feedback loop report without a message/feedback-report part: the original
+    forwarded as an attachment (Microsoft JMRP, the old Yahoo / AOL formats). Never a
+    message that looks like a bounce."""
+    original = _original_headers(parts)
+    text = _human_text(parts)
+    if not feedback.legacy_signal(original, _hdr(msg, "subject"), text):
+        return None
+    jmrp = original is not None and original.get(feedback.JMRP_HEADER) is not None
+    if not jmrp and _looks_bounced(msg, _split_original(text)[0], False):
+        return None
+    recipient = _address_field(_hdr(original, feedback.JMRP_HEADER)) or _first_address(
+        _hdr(original, "to")
+    )
+    return _feedback_report(
+        parts,
+        original,
+        recipient,
+        "abuse",  # a provider's spam report
+        remote_mta=None,
+        envelope_from=_address_field(_hdr(original, "return-path")),
+        user_agent=None,
+    )
+
+
+def _feedback_report(
+    parts: Parts,
+    original: Message | None,
+    recipient: str | None,
+    feedback_type: str | None,
+    *,
+    remote_mta: str | None,
+    envelope_from: str | None,
+    user_agent: str | None,
+) -> Report:
+    human = [
+        _text(p)
+        for ctype, p in parts
+        if ctype == "text/plain" and p.get_content_disposition() != "attachment"
+    ]
     diagnostic = _collapse(human[0]) if human else ""
     return Report(
         kind="complaint",
@@ -517,14 +574,14 @@ def _complaint(parts: Parts, arf_part: Message) -> Report:
                 action="delivered",  # the message was delivered; the recipient complained
                 status=None,
                 diagnostic=(diagnostic or f"feedback-type: {feedback_type}")[:MAX_DIAGNOSTIC],
-                remote_mta=_host_field(_first(fields, "reporting-mta")),
+                remote_mta=remote_mta,
                 smtp_code=None,
             )
         ],
         original_message_id=_message_id(_hdr(original, "message-id")),
-        original_envelope_from=_address_field(_first(fields, "original-mail-from")),
+        original_envelope_from=envelope_from,
         feedback_type=feedback_type,
-        user_agent=_first(fields, "user-agent"),
+        user_agent=user_agent,
     )
 
 

@@ -14,10 +14,13 @@ from commands.events import writer as events
 from commands.suppression import suppress
 from models import Delivery, Domain, Message
 from models.messages import BOUNCED
+from mta import feedback
 from mta.bounces import Report
 from mta.verp import verp_token
 
 COMPLAINED = "complained"
+NOT_SPAM = "not_spam"
+AUTH_FAILURE = "auth_failure"
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Outcome:
     bounced: int = 0
     deferred: int = 0
     complained: int = 0
+    not_spam: int = 0
+    unsubscribed: int = 0
+    auth_failures: int = 0
     unmatched: int = 0
 
 
@@ -144,26 +150,7 @@ def apply_report(db: Session, report: Report, recipients: list[str], now: dateti
         }
         if report.kind == "complaint":
             details["feedback_type"] = report.feedback_type
-            written.append(
-                events.event_values(
-                    COMPLAINED,
-                    message,
-                    delivery.id,
-                    delivery.recipient,
-                    now,
-                    text=text,
-                    details=details,
-                )
-            )
-            suppress(
-                db,
-                delivery.user_id,
-                delivery.recipient,
-                "complaint",
-                f"Complaint ({report.feedback_type or 'abuse'})",
-                now,
-            )
-            out.complained += 1
+            _feedback(db, written, out, report, message, delivery, text, details, now)
         elif status.hard:
             delivery.status = BOUNCED
             delivery.due_at = None
@@ -200,3 +187,67 @@ def apply_report(db: Session, report: Report, recipients: list[str], now: dateti
             out.deferred += 1
     events.write(db.connection(), written)
     return out
+
+
+def _feedback(
+    db: Session,
+    written: list[dict[str, Any]],
+    out: Outcome,
+    report: Report,
+    message: Message,
+    delivery: Delivery,
+    text: str | None,
+    details: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Act on a feedback report by its type: a complaint suppresses the address for all the
+    user's domains (``complained``); ``not-spam`` and ``auth-failure`` are only recorded
+    (``not_spam``, ``auth_failure``); ``opt-out`` unsubscribes the address from the sending
+    domain, as an unsubscribe link does (``unsubscribed``, once)."""
+    action = feedback.action_of(report.feedback_type)
+    if action == feedback.OPT_OUT:
+        added = suppress(
+            db,
+            delivery.user_id,
+            delivery.recipient,
+            "unsubscribe",
+            "Unsubscribed (feedback report)",
+            now,
+            domain_id=delivery.domain_id,
+        )
+        if added:
+            written.append(
+                events.event_values(
+                    events.UNSUBSCRIBED,
+                    message,
+                    delivery.id,
+                    delivery.recipient,
+                    now,
+                    text=text,
+                    details={**details, "method": "feedback-report"},
+                )
+            )
+        out.unsubscribed += 1
+        return
+    kind = {feedback.NOT_SPAM: NOT_SPAM, feedback.AUTH_FAILURE: AUTH_FAILURE}.get(
+        action, COMPLAINED
+    )
+    written.append(
+        events.event_values(
+            kind, message, delivery.id, delivery.recipient, now, text=text, details=details
+        )
+    )
+    if kind == NOT_SPAM:
+        out.not_spam += 1
+    elif kind == AUTH_FAILURE:
+        out.auth_failures += 1
+    else:
+        suppress(
+            db,
+            delivery.user_id,
+            delivery.recipient,
+            "complaint",
+            f"Complaint ({report.feedback_type or 'abuse'})",
+            now,
+        )
+        out.complained += 1

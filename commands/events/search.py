@@ -34,6 +34,8 @@ EVENT_TYPES = (
     "failed",
     "held",
     "suppressed",
+    "not_spam",
+    "auth_failure",
     *OCTETH_NAMES,
 )
 # Any accepted spelling (either vocabulary, any letter case) -> the stored type.

@@ -46,6 +46,8 @@ COUNTED = {
     "clicked": "Clicked",
     "unsubscribed": "Unsubscribed",
     "complained": "Complained",
+    "not_spam": "NotSpam",
+    "auth_failure": "AuthFailures",
 }
 UNIQUE = {"opened": "UniqueOpened", "clicked": "UniqueClicked"}
 STAT_KEYS = (*COUNTED.values(), *UNIQUE.values())

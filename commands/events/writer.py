@@ -25,7 +25,8 @@ BOUNCED = "bounced"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
 HELD = "held"  # parked after repeated unexpected failures (commands/delivery/outcomes.py)
-# ...and by tracking (commands.tracking); commands.delivery.inbox writes "complained".
+# ...and by tracking (commands.tracking); commands.delivery.inbox writes "complained",
+# "not_spam" and "auth_failure" (and "unsubscribed" for an opt-out feedback report).
 OPENED = "opened"
 CLICKED = "clicked"
 UNSUBSCRIBED = "unsubscribed"

@@ -28,6 +28,9 @@ EVENTS = {
     "click": "clicked",
     "unsubscribe": "unsubscribed",
     "complaint": "complained",
+    # Postern's own (no other name): feedback reports of types not-spam and auth-failure.
+    "not_spam": "not_spam",
+    "auth_failure": "auth_failure",
 }
 ALL_EVENTS = set(EVENTS) | set(EVENTS.values())
 

@@ -12,7 +12,16 @@ from typing import Any
 from models import Event
 
 # Event types a webhook can subscribe to, as written in the event log.
-WEBHOOK_EVENTS = ("delivered", "bounced", "opened", "clicked", "unsubscribed", "complained")
+WEBHOOK_EVENTS = (
+    "delivered",
+    "bounced",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "complained",
+    "not_spam",
+    "auth_failure",
+)
 
 # Keys of Event.details passed on to receivers (clicks and opens, unsubscribes, complaints).
 _PASSED_DETAILS = ("url", "ip", "user_agent", "feedback_type")

@@ -219,6 +219,8 @@ def test_a_new_users_tour(
             "Clicked": 1,
             "Unsubscribed": 1,
             "Complained": 0,
+            "NotSpam": 0,
+            "AuthFailures": 0,
             "UniqueOpened": 1,
             "UniqueClicked": 1,
         }
