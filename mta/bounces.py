@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
+from mta.classify import HARD, IGNORE, SOFT, classify
 from mta.verp import verp_token
 
 MAX_BYTES = 4 * 1024 * 1024  # of the raw message; the rest (usually the returned original) is cut
@@ -53,16 +54,22 @@ class RecipientStatus:
     smtp_code: int | None  # the 3-digit SMTP reply code, when the diagnostic has one
 
     @property
+    def bounce_class(self) -> str:
+        """What the failure means (mta/classify.py): "hard", "soft", "block", "message", or
+        "ignore" for anything but a failure (a delay notice, a delivery, a complaint)."""
+        if self.action != "failed":
+            return IGNORE
+        return classify(self.status, self.smtp_code, self.diagnostic)
+
+    @property
     def hard(self) -> bool:
-        """A permanent failure: action failed with a 5.x.x status (or, lacking one, a 5xx code)."""
-        return self.action == "failed" and _class(self.status, self.smtp_code) == "5"
+        """The address or domain does not exist: a failure of class "hard"."""
+        return self.bounce_class == HARD
 
     @property
     def soft(self) -> bool:
-        """A temporary problem: action delayed, or failed with a 4.x.x status / 4xx code."""
-        if self.action == "delayed":
-            return True
-        return self.action == "failed" and _class(self.status, self.smtp_code) == "4"
+        """A temporary problem: action delayed, or a failure of class "soft"."""
+        return self.action == "delayed" or self.bounce_class == SOFT
 
 
 @dataclass(frozen=True)
