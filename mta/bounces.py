@@ -332,8 +332,9 @@ def _message_id(value: str | None) -> str | None:
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _STATUS_45 = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_CODE = re.compile(r"(?<![^\s;:('\"])([245]\d\d)(?=[\s\-'\")]|$)")
-_CODE_45 = re.compile(r"(?<![^\s;:('\"])([45]\d\d)(?=[\s\-'\")]|$)")
+# A code may be followed by ":" ("554: delivery error", Yahoo's plain bounces).
+_CODE = re.compile(r"(?<![^\s;:('\"])([245]\d\d)(?=[\s\-'\"):]|$)")
+_CODE_45 = re.compile(r"(?<![^\s;:('\"])([45]\d\d)(?=[\s\-'\"):]|$)")
 _CODE_THEN_STATUS = re.compile(
     r"(?<![^\s;:('\"])([245]\d\d)[ \t-]+([245]\.\d{1,3}\.\d{1,3})(?![\d.])"
 )
@@ -718,7 +719,10 @@ def _plain_status(address: str | None, segment: str, whole: str | None) -> Recip
         recipient=address,
         action=action,
         status=status,
-        diagnostic=_plain_diagnostic(source),
+        # Without a code anywhere, the recipient's own lines say most ("mailbox is full").
+        diagnostic=_plain_diagnostic(
+            source if _has_failure_code(source) or not segment.strip() else segment
+        ),
         remote_mta=host.group(1).lower() if host else None,
         smtp_code=code,
     )
