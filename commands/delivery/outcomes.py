@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
-from commands.suppression import suppress_bounce
+from commands.suppression import suppress_bounce, suppress_soft_bounces
 from models import Database, Delivery, Event, Message
 from models.direct import Direct
 from models.messages import BOUNCED, DEFERRED, DELIVERED, FAILED, HELD, SENDING
@@ -196,8 +196,8 @@ def apply_failure(
     times = [*earlier, now]
     first = min(_aware(t) for t in times)
     if len(times) >= soft.limit and (_aware(now) - first) >= timedelta(days=soft.days):
-        reason = f"{len(times)} soft bounces since {first.date().isoformat()}, the last: "
-        suppress_bounce(db, user_id, recipient, code, enhanced, reason + (text or ""), now)
+        last = f"{code or ''} {enhanced or ''} {text or ''}".strip()
+        suppress_soft_bounces(db, user_id, recipient, len(times), first, last, now)
     return BOUNCED
 
 
