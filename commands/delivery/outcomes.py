@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
@@ -123,7 +123,7 @@ def _soft_bounces_before(
     rows = db.execute(
         select(Event.created_at, Event.details).where(
             Event.user_id == user_id,
-            Event.recipient_lower == func.lower(recipient),
+            Event.recipient_lower == recipient.lower(),
             Event.type == events.BOUNCED,
             Event.created_at >= since,
         )
@@ -192,8 +192,16 @@ def apply_failure(
     if klass != SOFT:
         return FAILED
     since = now - timedelta(days=soft.window_days())
-    earlier = _soft_bounces_before(db, user_id, recipient, since)
-    times = [*earlier, now]
+    times = _soft_bounces_before(db, user_id, recipient, since)
+    # ...and those not written yet (this one, and the batch's before it).
+    times += [
+        row["created_at"]
+        for row in written
+        if row["type"] == events.BOUNCED
+        and row["user_id"] == user_id
+        and row["recipient_lower"] == recipient.lower()
+        and json.loads(row["details"]).get("bounce_class") == SOFT
+    ]
     first = min(_aware(t) for t in times)
     if len(times) >= soft.limit and (_aware(now) - first) >= timedelta(days=soft.days):
         last = f"{code or ''} {enhanced or ''} {text or ''}".strip()

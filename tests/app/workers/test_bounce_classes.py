@@ -7,7 +7,10 @@ from sqlalchemy import select
 
 from commands.webhooks.payload import event_body
 from models import Event, Suppression
+from tests.app.smtp.test_relay import relay, relay_for  # noqa: F401 - fixtures
 from tests.app.workers import test_delivery as base
+from tests.commands import test_inbox
+from tests.mta.test_bounce_corpus import CORPUS
 
 deliveries = base.deliveries
 smtp_peer, mx, worker_for, domain, send = (
@@ -181,3 +184,39 @@ def test_a_new_user_finds_a_full_mailbox_and_a_block_leave_the_address_sendable(
     assert deliveries(database, third)[0].status == "delivered"
     stats = api("EmailGateway.DomainStats", APIKey=domain.user_key, DomainID=domain.id)["Stats"]
     assert (stats["Bounced"], stats["Blocked"], stats["Delivered"]) == (1, 1, 1)
+
+
+def test_soft_bounces_of_one_batch_count_together(send, mx, worker_for, database):
+    mx.fail_rcpt("rcpt@dest.example", 552, "5.2.2 Mailbox full")
+    send()
+    send()
+    worker_for(mx, delivery__soft_bounce_limit=2, delivery__soft_bounce_days=0).run_once()
+    assert suppressed(database) == [("rcpt@dest.example", "bounce")]
+
+
+def test_the_soft_rule_counts_answers_and_bounces_mailed_back_alike(
+    send,
+    mx,
+    worker_for,
+    database,
+    clock,
+    relay,  # noqa: F811
+):
+    mx.fail_rcpt("rcpt@dest.example", 552, "5.2.2 Mailbox full", times=2)
+    for _ in range(2):
+        send()
+        worker_for(mx).run_once()
+        clock.advance(days=2)
+    assert suppressed(database) == []
+    message_id = send()
+    worker_for(mx).run_once()
+    [d] = deliveries(database, message_id)
+    assert d.status == "delivered"
+    raw = (CORPUS / "postfix_mailbox_full.eml").read_bytes()
+    verp = f"b-{d.token}@sl.example.com"
+    raw = raw.replace(b"@VERP@", verp.encode())
+    raw = raw.replace(b"@MESSAGE_ID@", f"<{message_id}@example.com>".encode())
+    code, _ = test_inbox.mail_to(relay, verp, raw.replace(b"\n", b"\r\n"))
+    assert code == 250
+    assert deliveries(database, message_id)[0].status == "bounced"
+    assert suppressed(database) == [("rcpt@dest.example", "bounce")]  # 3 over 4 days
