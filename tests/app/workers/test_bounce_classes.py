@@ -5,6 +5,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from commands.webhooks.handlers import event_name, parse_events
 from commands.webhooks.payload import event_body
 from models import Event, Suppression
 from tests.app.smtp.test_relay import relay, relay_for  # noqa: F401 - fixtures
@@ -220,3 +221,10 @@ def test_the_soft_rule_counts_answers_and_bounces_mailed_back_alike(
     assert code == 250
     assert deliveries(database, message_id)[0].status == "bounced"
     assert suppressed(database) == [("rcpt@dest.example", "bounce")]  # 3 over 4 days
+
+
+def test_webhooks_can_subscribe_to_blocks():
+    assert parse_events("block,bounce") == ["block", "bounce"]
+    assert parse_events(["blocked"]) == ["blocked"]
+    assert event_name("delivery,block", "blocked") == "block"
+    assert event_name("bounce", "blocked") is None  # a block is not a bounce
