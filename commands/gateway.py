@@ -13,6 +13,7 @@ from commands import idempotency, registry
 from commands.auth import Caller, SenderCaller, authenticate
 from commands.context import Context
 from commands.delivery.inbox import Outcome, apply_report, is_return_path_host
+from commands.delivery.outcomes import SoftRule
 from commands.errors import AUTH_FAILED, CommandError, NotPermitted
 from commands.keys.sender_keys import (
     INVALID_ACCOUNT,
@@ -404,7 +405,9 @@ class Gateway:
         if report is None:
             return None
         with self.db.transaction() as session:
-            return apply_report(session, report, recipients, self.clock())
+            c = self.config.delivery
+            soft = SoftRule(c.soft_bounce_limit, c.soft_bounce_days)
+            return apply_report(session, report, recipients, self.clock(), soft)
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""

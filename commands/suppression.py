@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from commands.context import Context, format_date
 from commands.errors import CommandError
 from commands.registry import Auth, command
-from commands.schema import MAX_ID, CommandSchema, RowID, param
+from commands.schema import MAX_ID, CommandSchema, Flag, RowID, param
 from models import Domain, Suppression
 from models.direct import Direct
+from mta.classify import HARD, classify
 
 ALL_DOMAINS = 0
 SOURCES = ("bounce", "complaint", "unsubscribe", "manual")
@@ -92,6 +93,24 @@ def suppress_bounce(
     """Suppress a hard-bounced address for all the user's domains, with the SMTP reply as
     the reason (part of the hard-bounce rule, commands/delivery/outcomes.py)."""
     reason = f"{code or ''} {enhanced or ''} {text or ''}".strip()
+    return suppress(db, user_id, recipient, "bounce", reason, now)
+
+
+SOFT_RULE_REASON = "Soft bounces repeated"  # how a suppression by the soft-bounce rule starts
+
+
+def suppress_soft_bounces(
+    db: Session,
+    user_id: int,
+    recipient: str,
+    count: int,
+    since: datetime,
+    last: str,
+    now: datetime,
+) -> bool:
+    """Suppress an address whose soft bounces repeated over days (the soft-bounce rule,
+    commands/delivery/outcomes.py), for all the user's domains; ``last`` is the last reply."""
+    reason = f"{SOFT_RULE_REASON}: {count} since {since.date().isoformat()}, the last: {last}"
     return suppress(db, user_id, recipient, "bounce", reason, now)
 
 
@@ -230,3 +249,43 @@ def remove(ctx: Context, EmailAddress: str, DomainID: int | None = None) -> dict
     if not deleted:
         raise CommandError(2, "Email address is not in the suppression list")
     return {"Deleted": deleted}
+
+
+REVIEW_LISTED = 1000  # entries ReviewBounces lists (it lifts them all)
+
+
+class ReviewBouncesSchema(CommandSchema):
+    DomainID = param(RowID(), invalid=(1, "Domain not found or access denied"))
+    Lift = param(Flag(load_default=False), invalid=(2, "Lift must be true or false"))
+
+
+@command("Suppression.ReviewBounces", schema=ReviewBouncesSchema, auth=Auth.USER)
+def review_bounces(ctx: Context, Lift: bool, DomainID: int | None = None) -> dict[str, Any]:
+    """The bounce suppressions whose recorded reply classifies now as something other than
+    an address that does not exist (a full mailbox, a block, the message itself): made
+    before bounces were classified. ``Lift`` removes them. Suppressions made by the
+    soft-bounce rule are kept out: they were meant."""
+    query = select(Suppression).where(
+        Suppression.user_id == ctx.current_user.id, Suppression.source == "bounce"
+    )
+    if DomainID is not None:
+        scope = _domain_scope(ctx, DomainID, 1)
+        query = query.where(Suppression.domain_id.in_((ALL_DOMAINS, scope)))
+    ids: list[int] = []
+    entries: list[dict[str, Any]] = []
+    for row in ctx.db.scalars(query.order_by(Suppression.id).execution_options(yield_per=500)):
+        if row.reason.startswith(SOFT_RULE_REASON):
+            continue
+        klass = classify(None, None, row.reason)
+        if klass == HARD:
+            continue
+        ids.append(row.id)
+        if len(entries) < REVIEW_LISTED:
+            entries.append({**entry_view(row), "BounceClass": klass})
+    lifted = 0
+    if Lift:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            result = ctx.db.execute(delete(Suppression).where(Suppression.id.in_(chunk)))
+            lifted += cast(CursorResult[Any], result).rowcount
+    return {"TotalRecords": len(ids), "Entries": entries, "Lifted": lifted}

@@ -194,6 +194,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("delivery", "max_age", int, 259_200, _positive),
     Setting("delivery", "retry_base", int, 60, _positive),
     Setting("delivery", "retry_max", int, 21_600, _positive),
+    Setting("delivery", "soft_bounce_limit", int, 3, _positive),
+    Setting("delivery", "soft_bounce_days", int, 3, _not_negative),
     Setting("delivery", "timeout", float, 60.0, _positive),
     Setting("delivery", "poll_interval", float, 1.0, _positive),
     Setting("webhooks", "allow_private", bool, False),
@@ -419,6 +421,8 @@ class DeliverySettings(Section):
     max_age: int
     retry_base: int
     retry_max: int
+    soft_bounce_limit: int
+    soft_bounce_days: int
     timeout: float
     poll_interval: float
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from mta import feedback
+from mta.classify import HARD, IGNORE, SOFT, classify
 from mta.verp import verp_token
 
 MAX_BYTES = 4 * 1024 * 1024  # of the raw message; the rest (usually the returned original) is cut
@@ -54,16 +55,22 @@ class RecipientStatus:
     smtp_code: int | None  # the 3-digit SMTP reply code, when the diagnostic has one
 
     @property
+    def bounce_class(self) -> str:
+        """What the failure means (mta/classify.py): "hard", "soft", "block", "message", or
+        "ignore" for anything but a failure (a delay notice, a delivery, a complaint)."""
+        if self.action != "failed":
+            return IGNORE
+        return classify(self.status, self.smtp_code, self.diagnostic)
+
+    @property
     def hard(self) -> bool:
-        """A permanent failure: action failed with a 5.x.x status (or, lacking one, a 5xx code)."""
-        return self.action == "failed" and _class(self.status, self.smtp_code) == "5"
+        """The address or domain does not exist: a failure of class "hard"."""
+        return self.bounce_class == HARD
 
     @property
     def soft(self) -> bool:
-        """A temporary problem: action delayed, or failed with a 4.x.x status / 4xx code."""
-        if self.action == "delayed":
-            return True
-        return self.action == "failed" and _class(self.status, self.smtp_code) == "4"
+        """A temporary problem: action delayed, or a failure of class "soft"."""
+        return self.action == "delayed" or self.bounce_class == SOFT
 
 
 @dataclass(frozen=True)
@@ -330,8 +337,9 @@ def _message_id(value: str | None) -> str | None:
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _STATUS_45 = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_CODE = re.compile(r"(?<![^\s;:('\"])([245]\d\d)(?=[\s\-'\")]|$)")
-_CODE_45 = re.compile(r"(?<![^\s;:('\"])([45]\d\d)(?=[\s\-'\")]|$)")
+# A code may be followed by ":" ("554: delivery error", Yahoo's plain bounces).
+_CODE = re.compile(r"(?<![^\s;:('\"])([245]\d\d)(?=[\s\-'\"):]|$)")
+_CODE_45 = re.compile(r"(?<![^\s;:('\"])([45]\d\d)(?=[\s\-'\"):]|$)")
 _CODE_THEN_STATUS = re.compile(
     r"(?<![^\s;:('\"])([245]\d\d)[ \t-]+([245]\.\d{1,3}\.\d{1,3})(?![\d.])"
 )
@@ -768,7 +776,10 @@ def _plain_status(address: str | None, segment: str, whole: str | None) -> Recip
         recipient=address,
         action=action,
         status=status,
-        diagnostic=_plain_diagnostic(source),
+        # Without a code anywhere, the recipient's own lines say most ("mailbox is full").
+        diagnostic=_plain_diagnostic(
+            source if _has_failure_code(source) or not segment.strip() else segment
+        ),
         remote_mta=host.group(1).lower() if host else None,
         smtp_code=code,
     )

@@ -34,7 +34,14 @@ from commands.delivery.build import (
     build_and_sign,
     prepare_batch,
 )
-from commands.delivery.outcomes import ERROR_CODE, Result, Retry, record_outcomes, retry_delay
+from commands.delivery.outcomes import (
+    ERROR_CODE,
+    Result,
+    Retry,
+    SoftRule,
+    record_outcomes,
+    retry_delay,
+)
 from commands.delivery.queue import Claimed, claim_batch
 from commands.domains.dns_records import make_resolver, tracking_host
 from core.clock import utcnow
@@ -199,7 +206,8 @@ class Worker:
     def commit(self, results: Sequence[Result]) -> None:
         c = self.config.delivery
         retry = Retry(c.max_age, c.retry_base, c.retry_max)
-        record_outcomes(self.db, self.worker_id, results, self.clock(), retry)
+        soft = SoftRule(c.soft_bounce_limit, c.soft_bounce_days)
+        record_outcomes(self.db, self.worker_id, results, self.clock(), retry, soft)
 
     # -- running --------------------------------------------------------------------------
 

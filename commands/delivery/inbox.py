@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from commands.delivery.outcomes import hard_bounce
+from commands.delivery.outcomes import SoftRule, apply_failure
 from commands.events import writer as events
 from commands.suppression import suppress
 from models import Delivery, Domain, Message
-from models.messages import BOUNCED
 from mta import feedback
 from mta.bounces import Report
+from mta.classify import HARD, IGNORE, SOFT
 from mta.verp import verp_token
 
 COMPLAINED = "complained"
@@ -27,6 +27,7 @@ AUTH_FAILURE = "auth_failure"
 class Outcome:
     bounced: int = 0
     deferred: int = 0
+    failed: int = 0  # failures of class block or message (no suppression)
     complained: int = 0
     not_spam: int = 0
     unsubscribed: int = 0
@@ -103,7 +104,13 @@ def _by_message_id(
     return rows[0] if len(rows) == 1 else None
 
 
-def apply_report(db: Session, report: Report, recipients: list[str], now: datetime) -> Outcome:
+def apply_report(
+    db: Session,
+    report: Report,
+    recipients: list[str],
+    now: datetime,
+    soft: SoftRule,
+) -> Outcome:
     """Record what a parsed report says about the deliveries it names.
 
     ``recipients`` are the envelope recipients the report was mailed to (return paths).
@@ -151,12 +158,8 @@ def apply_report(db: Session, report: Report, recipients: list[str], now: dateti
         if report.kind == "complaint":
             details["feedback_type"] = report.feedback_type
             _feedback(db, written, out, report, message, delivery, text, details, now)
-        elif status.hard:
-            delivery.status = BOUNCED
-            delivery.due_at = None
-            delivery.last_code, delivery.last_enhanced, delivery.last_text = code, enhanced, text
-            delivery.updated_at = now
-            hard_bounce(
+        elif (klass := status.bounce_class) != IGNORE:
+            delivery.status = apply_failure(
                 db,
                 written,
                 message,
@@ -164,13 +167,21 @@ def apply_report(db: Session, report: Report, recipients: list[str], now: dateti
                 delivery.user_id,
                 delivery.recipient,
                 now,
+                klass=klass,
                 code=code,
                 enhanced=enhanced,
                 text=text,
                 details=details,
+                soft=soft,
             )
-            out.bounced += 1
-        elif status.soft:
+            delivery.due_at = None
+            delivery.last_code, delivery.last_enhanced, delivery.last_text = code, enhanced, text
+            delivery.updated_at = now
+            if klass in (HARD, SOFT):
+                out.bounced += 1
+            else:
+                out.failed += 1
+        elif status.action == "delayed":
             written.append(
                 events.event_values(
                     events.DEFERRED,
@@ -181,7 +192,11 @@ def apply_report(db: Session, report: Report, recipients: list[str], now: dateti
                     code=code,
                     enhanced=enhanced,
                     text=text,
-                    details={**details, "note": "delay reported by the receiving side"},
+                    details={
+                        **details,
+                        "note": "delay reported by the receiving side",
+                        "bounce_class": IGNORE,
+                    },
                 )
             )
             out.deferred += 1

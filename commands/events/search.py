@@ -32,6 +32,7 @@ EVENT_TYPES = (
     "rejected",
     "deferred",
     "failed",
+    "blocked",
     "held",
     "suppressed",
     "not_spam",

@@ -42,6 +42,7 @@ COUNTED = {
     "accepted": "Sent",
     "delivered": "Delivered",
     "bounced": "Bounced",
+    "blocked": "Blocked",
     "opened": "Opened",
     "clicked": "Clicked",
     "unsubscribed": "Unsubscribed",

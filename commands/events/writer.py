@@ -23,6 +23,7 @@ DEFERRED = "deferred"
 DELIVERED = "delivered"
 BOUNCED = "bounced"
 FAILED = "failed"
+BLOCKED = "blocked"  # failed: the receiver refused the sender (a "block" class failure)
 SUPPRESSED = "suppressed"
 HELD = "held"  # parked after repeated unexpected failures (commands/delivery/outcomes.py)
 # ...and by tracking (commands.tracking); commands.delivery.inbox writes "complained",

@@ -24,6 +24,7 @@ from mta.ipcheck import is_public
 EVENTS = {
     "delivery": "delivered",
     "bounce": "bounced",
+    "block": "blocked",
     "open": "opened",
     "click": "clicked",
     "unsubscribe": "unsubscribed",

@@ -15,6 +15,7 @@ from models import Event
 WEBHOOK_EVENTS = (
     "delivered",
     "bounced",
+    "blocked",
     "opened",
     "clicked",
     "unsubscribed",
@@ -24,7 +25,7 @@ WEBHOOK_EVENTS = (
 )
 
 # Keys of Event.details passed on to receivers (clicks and opens, unsubscribes, complaints).
-_PASSED_DETAILS = ("url", "ip", "user_agent", "feedback_type")
+_PASSED_DETAILS = ("url", "ip", "user_agent", "feedback_type", "bounce_class")
 
 USER_AGENT = "Postern-Webhooks/1"
 
@@ -37,7 +38,7 @@ def event_body(event: Event, name: str) -> bytes:
     created = event.created_at.astimezone(UTC)
     stored = json.loads(event.details or "{}")
     details: dict[str, Any] = {}
-    if event.type in ("delivered", "bounced"):
+    if event.type in ("delivered", "bounced", "blocked"):
         details = {
             "smtp_code": event.smtp_code,
             "enhanced_code": event.enhanced_code,

@@ -420,8 +420,8 @@ def test_aggregate_errors_and_tenancy(api, aggr, data):
 
 def stats(**figures):
     keys = (
-        "Sent Delivered Bounced Opened Clicked Unsubscribed Complained NotSpam AuthFailures"
-        " UniqueOpened UniqueClicked"
+        "Sent Delivered Bounced Blocked Opened Clicked Unsubscribed Complained NotSpam"
+        " AuthFailures UniqueOpened UniqueClicked"
     )
     return {k: figures.get(k, 0) for k in keys.split()}
 

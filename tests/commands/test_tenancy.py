@@ -108,6 +108,7 @@ ID_COMMANDS = [
     ("Suppression.Browse", "DomainID", {}),
     ("Suppression.Check", "DomainID", {"EmailAddress": "gone@dest.example"}),
     ("Suppression.Delete", "DomainID", {"EmailAddress": "gone@dest.example"}),
+    ("Suppression.ReviewBounces", "DomainID", {"Lift": "1"}),
     ("User.APIKey.Delete", "APIKeyID", {}),
     # Commands whose second id is aimed at the victim while the first is the caller's own.
     ("EmailGateway.ReleaseHeldMessages", "MessageID", {"DomainID": MINE}),

@@ -215,6 +215,7 @@ def test_a_new_users_tour(
             "Sent": 1,
             "Delivered": 1,
             "Bounced": 0,
+            "Blocked": 0,
             "Opened": 1,
             "Clicked": 1,
             "Unsubscribed": 1,

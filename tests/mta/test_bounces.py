@@ -777,7 +777,7 @@ def test_field_blocks_from_raw_text():
         None,
         "mx.example.com",
     )
-    assert r.hard
+    assert r.soft and not r.hard  # a full mailbox is soft (X.2.2), not a dead address
 
 
 def test_dsn_without_diagnostic_code_uses_the_human_text():

@@ -214,11 +214,14 @@ def test_hard_bounce_suppresses_the_address(send, mx, worker_for, database, clie
     assert resp.get_json()["Errors"][0]["Code"] == 14
 
 
-def test_data_rejection_bounces(send, mx, worker_for, database):
+def test_data_rejection_as_spam_fails_without_suppressing(send, mx, worker_for, database):
     mx.fail_data(554, "5.7.1 Message refused as spam")
     message_id = send()
     worker_for(mx).run_once()
-    assert deliveries(database, message_id)[0].status == "bounced"
+    assert deliveries(database, message_id)[0].status == "failed"  # a block, not a bounce
+    assert event_types(database, message_id)[-1] == "blocked"
+    with database.transaction(readonly=True) as s:
+        assert s.scalars(select(Suppression)).all() == []
 
 
 def test_null_mx_and_missing_domain_bounce(send, dns_server, worker_for, database, smtp_peer):
