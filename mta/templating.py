@@ -39,6 +39,7 @@ from jinja2.sandbox import SandboxedEnvironment
 MAX_OUTPUT = 10 * 1024 * 1024  # characters one rendering may produce
 MAX_SOURCE = 1024 * 1024  # characters of one template
 CACHE_SIZE = 512  # compiled templates kept
+MAX_DEPTH = 16  # ifs and expressions within one another (Python compiles at most 20 blocks)
 
 _DOLLARS = re.compile(r"\$\$([A-Za-z_][A-Za-z0-9_]*)\$\$")
 _MARKERS = ("{{", "{%", "{#", "$$")
@@ -228,6 +229,8 @@ def is_template(text: str | None) -> bool:
 
 def _refuse(node: nodes.Node) -> None:
     line = getattr(node, "lineno", 0) or 0
+    if isinstance(node, nodes.And | nodes.Or | nodes.Not):  # expressions Jinja files as arithmetic
+        return
     for kind, why in _REFUSED_WORDS.items():
         if isinstance(node, kind):
             raise TemplateError(line, why)
@@ -250,10 +253,22 @@ def _refuse(node: nodes.Node) -> None:
         raise TemplateError(line, "only text, numbers, true, false and none are allowed")
 
 
-def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
-    yield node
-    for child in node.iter_child_nodes():
-        yield from _walk(child)
+def _walk(tree: nodes.Node) -> Iterator[nodes.Node]:
+    """Every node of ``tree``; TemplateError past ``MAX_DEPTH`` (nested ifs and expressions),
+    which would otherwise fail deep in the compiler."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            line = getattr(node, "lineno", 0) or 0
+            raise TemplateError(line, f"nested more than {MAX_DEPTH} deep")
+        yield node
+        more = 1 if isinstance(node, nodes.If | nodes.Expr) else 0
+        chained = {id(n) for n in node.elif_} if isinstance(node, nodes.If) else set()
+        stack.extend(
+            (child, depth if id(child) in chained else depth + more)  # elif: not nested
+            for child in node.iter_child_nodes()
+        )
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -266,12 +281,14 @@ def _compiled(text: str, html: bool) -> Template:
         tree = env.parse(source)
     except JinjaSyntaxError as exc:
         raise TemplateError(exc.lineno or 0, _syntax_message(exc)) from None
+    except RecursionError:
+        raise TemplateError(0, f"nested more than {MAX_DEPTH} deep") from None
     for node in _walk(tree):
         _refuse(node)
     try:
         return env.from_string(tree)
-    except JinjaSyntaxError as exc:  # pragma: no cover - parsed already
-        raise TemplateError(exc.lineno or 0, _syntax_message(exc)) from None
+    except (JinjaSyntaxError, SyntaxError, RecursionError) as exc:  # pragma: no cover - checked
+        raise TemplateError(0, f"cannot be compiled: {exc}") from None
 
 
 def _syntax_message(exc: JinjaSyntaxError) -> str:
