@@ -104,28 +104,28 @@ def encode_payload(payload: Payload) -> str:
             {"v": VERSION, **raw_entry(payload.data), "track_links": None, "track_opens": None}
         )
     stored: dict[str, Any] = {
-            "v": VERSION,
-            "from": _person(payload.sender),
-            "to": [_person(p) for p in payload.to],
-            "cc": [_person(p) for p in payload.cc],
-            "reply_to": [_person(p) for p in payload.reply_to],
-            "subject": payload.subject,
-            "html": payload.html,
-            "text": payload.text,
-            "headers": payload.headers,
-            "attachments": [
-                {
-                    "filename": f.filename,
-                    "content": f.content,
-                    "type": f.type,
-                    "disposition": f.disposition,
-                    "contentid": f.contentid,
-                }
-                for f in payload.attachments
-            ],
-            "track_links": payload.track_links,
-            "track_opens": payload.track_opens,
-        }
+        "v": VERSION,
+        "from": _person(payload.sender),
+        "to": [_person(p) for p in payload.to],
+        "cc": [_person(p) for p in payload.cc],
+        "reply_to": [_person(p) for p in payload.reply_to],
+        "subject": payload.subject,
+        "html": payload.html,
+        "text": payload.text,
+        "headers": payload.headers,
+        "attachments": [
+            {
+                "filename": f.filename,
+                "content": f.content,
+                "type": f.type,
+                "disposition": f.disposition,
+                "contentid": f.contentid,
+            }
+            for f in payload.attachments
+        ],
+        "track_links": payload.track_links,
+        "track_opens": payload.track_opens,
+    }
     if payload.personalization is not None:
         stored["v"] = PERSONALIZED_VERSION
         stored["personalization"] = {

@@ -26,7 +26,7 @@ A placeholder with no value renders empty. With ``html=True`` values are HTML-es
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -89,7 +89,7 @@ def default_filter(value: Any, fallback: Any = "") -> Any:
 
 
 # PHP date() letters, as Twig's date filter reads them.
-_PHP = {
+_PHP: dict[str, Callable[[datetime], str]] = {
     "d": lambda t: f"{t.day:02d}",
     "D": lambda t: t.strftime("%a"),
     "j": lambda t: str(t.day),
@@ -240,13 +240,13 @@ def _refuse(node: nodes.Node) -> None:
         raise TemplateError(line, "assignments are not allowed")
     if isinstance(node, nodes.Filter | nodes.Test):
         allowed = FILTERS if isinstance(node, nodes.Filter) else TESTS
-        kind = "filter" if isinstance(node, nodes.Filter) else "test"
+        what = "filter" if isinstance(node, nodes.Filter) else "test"
         if node.name not in allowed:
             raise TemplateError(
-                line, f"unknown {kind} {node.name!r} (allowed: {', '.join(sorted(allowed))})"
+                line, f"unknown {what} {node.name!r} (allowed: {', '.join(sorted(allowed))})"
             )
         if node.kwargs or node.dyn_args or node.dyn_kwargs:
-            raise TemplateError(line, f"the {kind} {node.name!r} takes plain arguments only")
+            raise TemplateError(line, f"the {what} {node.name!r} takes plain arguments only")
     if isinstance(node, nodes.Const) and not isinstance(
         node.value, str | int | float | bool | type(None)
     ):
@@ -319,9 +319,7 @@ def render(text: str, values: Mapping[str, Any], *, html: bool) -> str:
         for piece in template.generate(dict(values)):
             size += len(piece)
             if size > MAX_OUTPUT:
-                raise TemplateError(
-                    0, f"the rendered text is longer than {MAX_OUTPUT} characters"
-                )
+                raise TemplateError(0, f"the rendered text is longer than {MAX_OUTPUT} characters")
             out.append(piece)
     except TemplateError:
         raise

@@ -60,7 +60,9 @@ def test_an_update_with_a_syntax_error_changes_nothing(api, user):
     tid = api("EmailGateway.CreateTemplate", APIKey=k, Name="n", PlainContent="a")["TemplateID"]
     body = api("EmailGateway.UpdateTemplate", APIKey=k, TemplateID=tid, PlainContent="{% set x %}")
     assert body["ErrorCode"] == 6
-    assert api("EmailGateway.GetTemplate", APIKey=k, TemplateID=tid)["Template"]["PlainContent"] == "a"
+    assert (
+        api("EmailGateway.GetTemplate", APIKey=k, TemplateID=tid)["Template"]["PlainContent"] == "a"
+    )
 
 
 def test_missing_template_id(api, user):
@@ -90,11 +92,17 @@ def test_v1_templates_belong_to_the_keys_user(client, active_domain, api, user, 
     other = make_user("other")
     theirs = api("EmailGateway.CreateTemplate", APIKey=other.api_key, Name="t", PlainContent="x")
     for method in ("put", "delete"):
-        a = getattr(client, method)("/api/v1/templates", headers=auth, json={"TemplateID": theirs["TemplateID"]})
+        a = getattr(client, method)(
+            "/api/v1/templates", headers=auth, json={"TemplateID": theirs["TemplateID"]}
+        )
         b = getattr(client, method)("/api/v1/templates", headers=auth, json={"TemplateID": 987654})
-        assert (a.status_code, a.get_json()) == (b.status_code, b.get_json()) == (
-            404,
-            {"Errors": [{"Code": 2, "Message": "Template not found"}]},
+        assert (
+            (a.status_code, a.get_json())
+            == (b.status_code, b.get_json())
+            == (
+                404,
+                {"Errors": [{"Code": 2, "Message": "Template not found"}]},
+            )
         )
     resp = client.delete("/api/v1/templates", headers=auth, json={"TemplateID": tid})
     assert resp.status_code == 200

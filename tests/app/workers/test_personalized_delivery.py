@@ -20,10 +20,20 @@ HTML = (
     "{% if plan == 'gold' %}<p>Gold member</p>{% elif plan %}<p>Plan {{ plan }}</p>"
     "{% else %}<p>No plan</p>{% endif %}<p>Code $$code$$</p>"
 )
-PLAIN = "Hello {{ name|default('friend') }}, your code is $$code$$ (since {{ since|date('d/m/Y') }})"
+PLAIN = (
+    "Hello {{ name|default('friend') }}, your code is $$code$$ (since {{ since|date('d/m/Y') }})"
+)
 TO = [
-    {"email": "ann@dest.example", "name": "Ann", "Personalization": {"name": "<Ann & Co>", "plan": "gold"}},
-    {"email": "bob@dest.example", "name": "Bob", "Personalization": {"plan": "silver", "code": "B-2"}},
+    {
+        "email": "ann@dest.example",
+        "name": "Ann",
+        "Personalization": {"name": "<Ann & Co>", "plan": "gold"},
+    },
+    {
+        "email": "bob@dest.example",
+        "name": "Bob",
+        "Personalization": {"plan": "silver", "code": "B-2"},
+    },
 ]
 
 
@@ -126,7 +136,9 @@ def test_fields_given_override_the_templates(client, domain, template, mx, worke
 
 def test_another_users_template_is_error_15(client, domain, make_user, api):
     other = make_user("other")
-    theirs = api("EmailGateway.CreateTemplate", APIKey=other.api_key, Name="t", Subject="s", PlainContent="x")
+    theirs = api(
+        "EmailGateway.CreateTemplate", APIKey=other.api_key, Name="t", Subject="s", PlainContent="x"
+    )
     for template_id in (theirs["TemplateID"], 987654, "abc"):
         resp = client.post(
             "/api/v1/email",
@@ -147,10 +159,22 @@ def test_another_users_template_is_error_15(client, domain, make_user, api):
         ({"Personalization": "x"}, 42, "must be an object"),
         ({"Personalization": {"a": {"b": 1}}}, 42, "Personalization.a must be text"),
         ({"Personalization": {"a-b": 1}}, 42, "is not a name"),
-        ({"To": [{"email": "a@dest.example", "Personalization": [1]}]}, 42, "To[0].Personalization"),
+        (
+            {"To": [{"email": "a@dest.example", "Personalization": [1]}]},
+            42,
+            "To[0].Personalization",
+        ),
         ({"Personalization": {"a": 1}, "PlainContent": "x\n{{ a.__class__ }}"}, 43, "line 2"),
-        ({"Personalization": {"a": 1}, "PlainContent": "{% for x in a %}{% endfor %}"}, 43, "loops"),
-        ({"Personalization": {"a": "x"}, "PlainContent": "{% if a > 1 %}{% endif %}"}, 43, "a@dest.example"),
+        (
+            {"Personalization": {"a": 1}, "PlainContent": "{% for x in a %}{% endfor %}"},
+            43,
+            "loops",
+        ),
+        (
+            {"Personalization": {"a": "x"}, "PlainContent": "{% if a > 1 %}{% endif %}"},
+            43,
+            "a@dest.example",
+        ),
     ],
 )
 def test_personalization_and_template_errors(client, domain, extra, code, words):
@@ -162,13 +186,17 @@ def test_personalization_and_template_errors(client, domain, extra, code, words)
         "To": [{"email": "a@dest.example"}],
         **extra,
     }
-    resp = client.post("/api/v1/email", headers={"Authorization": f"Bearer {domain.key}"}, json=body)
+    resp = client.post(
+        "/api/v1/email", headers={"Authorization": f"Bearer {domain.key}"}, json=body
+    )
     assert resp.status_code == 400
     error = resp.get_json()["Errors"][0]
     assert error["Code"] == code and words in error["Message"], error
 
 
-def test_a_send_without_personalization_keeps_its_braces(client, domain, mx, worker_for, dns_server):
+def test_a_send_without_personalization_keeps_its_braces(
+    client, domain, mx, worker_for, dns_server
+):
     """Without TemplateID or Personalization, nothing is a template: sent as given."""
     resp = client.post(
         "/api/v1/email",
