@@ -3,7 +3,16 @@
 Importing this package registers every command (each feature package imports its handlers).
 """
 
-from commands import domains, events, keys, sending, suppression, users, webhooks  # noqa: F401
+from commands import (  # noqa: F401
+    domains,
+    events,
+    keys,
+    sending,
+    suppression,
+    templates,
+    users,
+    webhooks,
+)
 from commands.errors import CommandError
 from commands.gateway import Gateway
 from commands.registry import Auth, all_commands, command, find

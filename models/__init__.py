@@ -6,6 +6,7 @@ from models.domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCrede
 from models.event_counts import EventCount
 from models.idempotency import IdempotencyRecord
 from models.messages import Delivery, Event, Message, Suppression
+from models.templates import Template
 from models.users import User, UserAPIKey, UserSession
 from models.webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
 
@@ -23,6 +24,7 @@ __all__ = [
     "RateCounter",
     "SenderAPIKey",
     "SMTPCredential",
+    "Template",
     "Webhook",
     "WebhookAttempt",
     "WebhookCursor",

@@ -8,7 +8,11 @@ it and every form kept before:
 - version 1, plain JSON with no ``v`` key: the send's parts, or ``raw`` (the submitted
   message in base64) or ``rawz`` (zlib, then base64);
 - any version, its JSON compressed as ``{"jz": ...}`` when larger than ``PACK_ABOVE``;
-- version 2: version 1's keys with ``"v": 2``.
+- version 2: version 1's keys with ``"v": 2``;
+- version 3: version 2's keys and ``personalization`` (the subject and parts are templates,
+  rendered for each recipient when the message is built). Only a personalized send is
+  written as version 3, so a worker that predates it refuses it rather than sending the
+  templates as they are; every other payload is written exactly as before.
 
 Beneath them, ``pack_payload`` and ``unpack_payload`` are the JSON-level forms (compression),
 kept for what reads or writes payloads as plain dicts.
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VERSION = 2
+PERSONALIZED_VERSION = 3
 PACK_ABOVE = 1024  # bytes of JSON: a smaller payload is kept as it is
 
 
@@ -46,6 +51,19 @@ class File:
 
 
 @dataclass(frozen=True)
+class Personalization:
+    """The values of a personalized send: the message's own, and each recipient's (by
+    address, in lower case), which override them."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    recipients: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values_for(self, recipient: str) -> dict[str, Any]:
+        own = self.recipients.get(recipient.lower())
+        return {**self.values, **own} if own else self.values
+
+
+@dataclass(frozen=True)
 class Composed:
     """A message given as parts (the HTTP sends): the worker builds it."""
 
@@ -60,6 +78,8 @@ class Composed:
     attachments: tuple[File, ...] = ()
     track_links: bool | None = None  # None: the domain's setting
     track_opens: bool | None = None
+    # Set: subject, html and text are templates (mta.templating), rendered per recipient.
+    personalization: Personalization | None = None
 
 
 @dataclass(frozen=True)
@@ -83,31 +103,36 @@ def encode_payload(payload: Payload) -> str:
         return json.dumps(
             {"v": VERSION, **raw_entry(payload.data), "track_links": None, "track_opens": None}
         )
-    return pack_payload(
-        {
-            "v": VERSION,
-            "from": _person(payload.sender),
-            "to": [_person(p) for p in payload.to],
-            "cc": [_person(p) for p in payload.cc],
-            "reply_to": [_person(p) for p in payload.reply_to],
-            "subject": payload.subject,
-            "html": payload.html,
-            "text": payload.text,
-            "headers": payload.headers,
-            "attachments": [
-                {
-                    "filename": f.filename,
-                    "content": f.content,
-                    "type": f.type,
-                    "disposition": f.disposition,
-                    "contentid": f.contentid,
-                }
-                for f in payload.attachments
-            ],
-            "track_links": payload.track_links,
-            "track_opens": payload.track_opens,
+    stored: dict[str, Any] = {
+        "v": VERSION,
+        "from": _person(payload.sender),
+        "to": [_person(p) for p in payload.to],
+        "cc": [_person(p) for p in payload.cc],
+        "reply_to": [_person(p) for p in payload.reply_to],
+        "subject": payload.subject,
+        "html": payload.html,
+        "text": payload.text,
+        "headers": payload.headers,
+        "attachments": [
+            {
+                "filename": f.filename,
+                "content": f.content,
+                "type": f.type,
+                "disposition": f.disposition,
+                "contentid": f.contentid,
+            }
+            for f in payload.attachments
+        ],
+        "track_links": payload.track_links,
+        "track_opens": payload.track_opens,
+    }
+    if payload.personalization is not None:
+        stored["v"] = PERSONALIZED_VERSION
+        stored["personalization"] = {
+            "values": payload.personalization.values,
+            "recipients": payload.personalization.recipients,
         }
-    )
+    return pack_payload(stored)
 
 
 def decode_payload(text: str) -> Payload:
@@ -119,7 +144,7 @@ def decode_payload(text: str) -> Payload:
     if not isinstance(stored, dict):
         raise PayloadError("unreadable payload: not a JSON object")
     version = stored.get("v", 1)
-    if version not in (1, 2):
+    if version not in (1, 2, PERSONALIZED_VERSION):
         raise PayloadError(f"payload version {version} is newer than this Postern reads")
     try:
         raw = raw_message(stored)
@@ -146,9 +171,19 @@ def decode_payload(text: str) -> Payload:
             ),
             track_links=stored.get("track_links"),
             track_opens=stored.get("track_opens"),
+            personalization=_read_personalization(stored.get("personalization")),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise PayloadError(f"unreadable payload: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_personalization(entry: Any) -> Personalization | None:
+    if entry is None:
+        return None
+    return Personalization(
+        dict(entry.get("values") or {}),
+        {str(k): dict(v) for k, v in (entry.get("recipients") or {}).items()},
+    )
 
 
 def _person(p: Person) -> dict[str, str]:

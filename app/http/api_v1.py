@@ -100,3 +100,19 @@ def events() -> Response:
         "v1.Events.List",
         limited_text="Too many requests. Please wait for {seconds} seconds before trying again.",
     )
+
+
+@bp.route("/templates", methods=["GET", "POST", "PUT", "DELETE"])
+def templates() -> Response:
+    """The key's user's templates: GET lists them (or answers one, given TemplateID), POST
+    makes one, PUT changes one, DELETE deletes one."""
+    if request.method == "GET":
+        one = any(k.lower() == "templateid" for k in request.args)
+        return run_v1("v1.Templates.Get" if one else "v1.Templates.List")
+    return run_v1(
+        {
+            "POST": "v1.Templates.Create",
+            "PUT": "v1.Templates.Update",
+            "DELETE": "v1.Templates.Delete",
+        }[request.method]
+    )

@@ -85,9 +85,110 @@ _SEND_FIELDS: Schema = {
                 },
             },
         },
+        "TemplateID": {
+            "type": ["integer", "string"],
+            "description": "one of the key's user's templates; the fields given override its",
+        },
+        "Personalization": {
+            "type": "object",
+            "description": "the template's values; a To entry may carry its own",
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        },
         "SenderAPIKey": {"type": "string", "description": "instead of the Bearer header"},
     },
 }
+
+_TEMPLATE_SUMMARY: Schema = {
+    "type": "object",
+    "required": ["TemplateID", "TemplateHash", "Name", "Subject"],
+    "properties": {
+        "TemplateID": {"type": "integer"},
+        "TemplateHash": {"type": "string", "minLength": 16},
+        "Name": {"type": "string"},
+        "Subject": {"type": "string"},
+        "CreatedAt": {"type": ["string", "null"]},
+        "UpdatedAt": {"type": ["string", "null"]},
+    },
+}
+_TEMPLATE: Schema = {
+    **_TEMPLATE_SUMMARY,
+    "properties": {
+        **_TEMPLATE_SUMMARY["properties"],
+        "HTMLContent": {"type": ["string", "null"]},
+        "PlainContent": {"type": ["string", "null"]},
+    },
+}
+_TEMPLATE_FIELDS: Schema = {
+    "Name": {"type": "string", "maxLength": 255},
+    "Subject": {"type": "string"},
+    "HTMLContent": {"type": "string"},
+    "PlainContent": {"type": "string"},
+}
+_TEMPLATE_ID: Schema = {"type": ["integer", "string"]}
+_NO_TEMPLATE = _errors("No such template of the key's user (code 2)")
+
+
+def _template_body(required: list[str], properties: Schema) -> Schema:
+    return {
+        "required": True,
+        "content": {
+            JSON: {"schema": {"type": "object", "required": required, "properties": properties}}
+        },
+    }
+
+
+def _templates_path() -> Schema:
+    one = _json(
+        {"type": "object", "required": ["Template"], "properties": {"Template": _TEMPLATE}},
+        "The template",
+    )
+    return {
+        "get": _v1(
+            "The key's user's templates (without their parts), or one given TemplateID",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {
+                        "Templates": {"type": "array", "items": _TEMPLATE_SUMMARY},
+                        "Template": _TEMPLATE,
+                    },
+                },
+                "The templates, or the one asked for",
+            ),
+            parameters=[_query("TemplateID", _TEMPLATE_ID)],
+            responses={"404": _NO_TEMPLATE},
+        ),
+        "post": _v1(
+            "Make a template (checked: a syntax error is refused with its line, code 6)",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["TemplateID", "TemplateHash"],
+                    "properties": {
+                        "TemplateID": {"type": "integer"},
+                        "TemplateHash": {"type": "string"},
+                    },
+                },
+                "The new template's id and hash",
+            ),
+            requestBody=_template_body(["Name"], _TEMPLATE_FIELDS),
+        ),
+        "put": _v1(
+            "Change a template's name or parts (those given)",
+            one,
+            requestBody=_template_body(
+                ["TemplateID"], {"TemplateID": _TEMPLATE_ID, **_TEMPLATE_FIELDS}
+            ),
+            responses={"404": _NO_TEMPLATE},
+        ),
+        "delete": _v1(
+            "Delete a template",
+            _json({"type": "object"}, "Deleted"),
+            requestBody=_template_body(["TemplateID"], {"TemplateID": _TEMPLATE_ID}),
+            responses={"404": _NO_TEMPLATE},
+        ),
+    }
+
 
 _SEND_EXAMPLES: Schema = {
     "plain": {
@@ -229,6 +330,7 @@ def document() -> Schema:
                     ],
                 )
             },
+            "/api/v1/templates": _templates_path(),
             "/api/v1/webhooks": {
                 "get": _v1(
                     "The key's domain's webhooks",

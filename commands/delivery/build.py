@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, select
 
 from commands.delivery.outcomes import Result
 from commands.delivery.queue import Claimed
+from commands.templates.render import personalized
 from core.crypto import SecretBox
 from models import Database, DKIMKey, Domain, Message
 from models.direct import Direct
@@ -54,6 +55,7 @@ class BuildJob:
     created_at: datetime
     keys: tuple[tuple[str, str, bytes], ...]  # (selector, algorithm, private PEM)
     track: tracking.Tracking | None = None  # set: the message to one recipient, tracked
+    recipient: str = ""  # whom a personalized message is rendered for
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Prepared:
     """A claimed delivery ready to send: its envelope and how to build its message.
 
     Deliveries of one untracked message share one ``job`` (one build serves them all); a
-    tracked message has a job per delivery (its links differ)."""
+    tracked or personalized message has a job per delivery (its links or its text differ)."""
 
     delivery_id: int
     recipient_domain: str
@@ -88,6 +90,7 @@ def build_and_sign(job: BuildJob) -> bytes:
     p = job.payload
     if isinstance(p, Submitted):  # complete already
         return sign_message(prepare_raw(p.data, job), keys)
+    p = personalized(p, job.recipient)
     html, text = p.html, p.text
     extra: dict[str, str] = {}
     if job.track is not None:
@@ -223,7 +226,10 @@ def prepare_batch(
             continue
         payload = cast(Payload, payload)
         track = _tracking(payload, domain, c.token, box.tracking_key, urls)
-        job = shared.get(c.message_id) if track is None else None
+        own = track is not None or (
+            isinstance(payload, Composed) and payload.personalization is not None
+        )
+        job = None if own else shared.get(c.message_id)
         if job is None:
             job = BuildJob(
                 payload,
@@ -234,8 +240,9 @@ def prepare_batch(
                 message["created_at"],
                 tuple(cast(list[tuple[str, str, bytes]], domain_keys)),
                 track,
+                c.recipient if own else "",
             )
-            if track is None:
+            if not own:
                 shared[c.message_id] = job
         mail_from = verp_address(c.token, domain["subdomain"], domain["name"])
         ready.append(Prepared(c.delivery_id, c.recipient_domain, mail_from, c.recipient, job))

@@ -2,12 +2,13 @@
 
 The first check that fails answers. The order (after authentication: /api/v1 1, 13, 12;
 /api.php 99998, then DomainID 2):
-  32 domain not activated;
+  32 domain not activated; 15 TemplateID (not one of the user's templates);
   8 Subject; 9 ContentType; 10 HTMLContent; 11 PlainContent;
   3 From missing or malformed, 23 From address (or name) invalid, 3 From not at the domain;
   18/19/20 To (20: none); 21/22 CC; 20 more To and CC than sending.max_recipients;
   24/25/26/27 BCC; 28/29/30/31 ReplyTo;
-  15 TemplateID; 16 TargetListID;
+  16 TargetListID; 42 Personalization; 43 the subject and parts as templates (a
+  personalized send: a syntax error, or what cannot be rendered for a recipient);
   35 Headers; 36 Tags; 37 TrackLinks/TrackOpens; 38 SendAt; 39 Attachments;
   40 message larger than sending.max_message_bytes;
 then, once the database is read (commands.sending.handlers.store): 14 every recipient
@@ -24,6 +25,7 @@ import base64
 import binascii
 import json
 import mimetypes
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,8 +33,11 @@ from typing import Any, NamedTuple, Protocol
 
 from commands.errors import CommandError
 from commands.schema import is_ascii_number
+from commands.templates.render import one_line
+from commands.templates.store import Parts, syntax_problem
 from models import Domain
 from models.domains import ENABLED
+from models.payload import Personalization
 from mta.addresses import belongs, normalise_address
 from mta.message import (
     LINE_BREAKS,
@@ -41,9 +46,13 @@ from mta.message import (
     is_trace_header,
     lone_surrogate,
 )
+from mta.templating import TemplateError, render
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 100
+MAX_VALUES = 100  # names in one Personalization object
+MAX_VALUES_BYTES = 65536  # characters of one Personalization object's names and values
+VALUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 class SendingLimits(Protocol):
@@ -90,6 +99,7 @@ class Accepted:
     send_at: datetime | None
     attachments: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
+    personalization: Personalization | None = None  # set: subject and parts are templates
 
 
 @dataclass
@@ -116,6 +126,7 @@ class Draft:
     domain: Domain
     limits: SendingLimits
     now: datetime
+    template: Parts | None = None  # the TemplateID's template, when it is the user's
     subject: str = ""
     content_type: str = ""
     html: str | None = None
@@ -135,6 +146,7 @@ class Draft:
     attachments: list[dict[str, Any]] = field(default_factory=list)
     attachment_bytes: int = 0
     size: int = 0
+    personalization: Personalization | None = None
 
     def accepted(self) -> Accepted:
         recipients: list[Recipient] = []
@@ -159,6 +171,7 @@ class Draft:
             send_at=self.send_at,
             attachments=self.attachments,
             size=self.size,
+            personalization=self.personalization,
         )
 
 
@@ -182,10 +195,17 @@ def check(code: int) -> Callable[[Callable[[Draft], None]], Callable[[Draft], No
 
 
 def check_send(
-    params: Mapping[str, Any], domain: Domain, config: Settings, now: datetime
+    params: Mapping[str, Any],
+    domain: Domain,
+    config: Settings,
+    now: datetime,
+    template: Parts | None = None,
 ) -> Accepted:
-    """Run every check in order on a send's parameters; CommandError for the first failure."""
-    draft = Draft(params, domain, config.sending, now)
+    """Run every check in order on a send's parameters; CommandError for the first failure.
+
+    ``template`` is the parts of the send's ``TemplateID`` when that is one of the user's
+    templates (read by the caller); the send's own Subject and parts override its."""
+    draft = Draft(params, domain, config.sending, now, template)
     for c in CHECKS:
         c.run(draft)
     return draft.accepted()
@@ -220,9 +240,21 @@ def domain_active(d: Draft) -> None:
         raise fail(32, "Domain is not activated")
 
 
+def _given(value: Any) -> bool:
+    return value not in (None, "")
+
+
+@check(15)
+def template_found(d: Draft) -> None:
+    if _given(d.params.get("TemplateID")) and d.template is None:
+        raise fail(15, "Invalid TemplateID")
+
+
 @check(8)
 def subject(d: Draft) -> None:
     subject = d.params.get("Subject")
+    if d.template is not None and (not isinstance(subject, str) or not subject.strip()):
+        subject = d.template.subject
     if not isinstance(subject, str) or not subject.strip():
         raise fail(8, "Missing Subject")
     if "\r" in subject or "\n" in subject or len(subject) > 998:
@@ -236,6 +268,8 @@ def subject(d: Draft) -> None:
 @check(9)
 def content_type(d: Draft) -> None:
     content_type = d.params.get("ContentType")
+    if d.template is not None and (not isinstance(content_type, str) or not content_type.strip()):
+        content_type = "html" if d.template.html is not None else "plain"
     if not isinstance(content_type, str) or not content_type.strip():
         raise fail(9, "Missing ContentType")
     d.content_type = content_type.strip().lower()
@@ -260,6 +294,8 @@ def _encoded_size(value: str | None, code: int, what: str) -> int:
 @check(10)
 def html_content(d: Draft) -> None:
     html = _content(d.params.get("HTMLContent"))
+    if html is None and d.template is not None:
+        html = d.template.html
     if d.content_type == "html" and html is None:
         raise fail(10, "Missing HTMLContent")
     d.html = html
@@ -269,6 +305,8 @@ def html_content(d: Draft) -> None:
 @check(11)
 def plain_content(d: Draft) -> None:
     text = _content(d.params.get("PlainContent"))
+    if text is None and d.template is not None:
+        text = d.template.text
     if d.content_type == "plain" and text is None:
         raise fail(11, "Missing PlainContent")
     d.text = text
@@ -464,16 +502,107 @@ def not_too_many_reply_to(d: Draft) -> None:
 # -- what Postern does not offer -------------------------------------------------------------
 
 
-@check(15)
-def no_template(d: Draft) -> None:
-    if d.params.get("TemplateID") not in (None, ""):
-        raise fail(15, "Invalid TemplateID")
-
-
 @check(16)
 def no_target_list(d: Draft) -> None:
     if d.params.get("TargetListID") not in (None, ""):
         raise fail(16, "Invalid TargetListID")
+
+
+# -- personalization -------------------------------------------------------------------------
+
+
+def read_values(value: Any, where: str) -> dict[str, Any]:
+    """A Personalization object: names (as template names are written) and values (text,
+    numbers, true, false or null), at most ``MAX_VALUES`` of them and ``MAX_VALUES_BYTES``
+    characters in all; CommandError 42 otherwise."""
+    value = maybe_json(value)
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise fail(42, f"{where} must be an object of names and values")
+    if len(value) > MAX_VALUES:
+        raise fail(42, f"{where} has more than {MAX_VALUES} values")
+    values: dict[str, Any] = {}
+    size = 0
+    for name, item in value.items():
+        name = str(name)
+        if not VALUE_NAME.fullmatch(name):
+            raise fail(
+                42,
+                f"{where}: {shown(name)[:100]!r} is not a name (letters, digits and _, "
+                "not beginning with a digit, at most 100)",
+            )
+        if isinstance(item, str):
+            at = lone_surrogate(item)
+            if at is not None:
+                raise fail(42, not_text(f"{where}.{name}", at))
+        elif item is not None and not isinstance(item, bool | int | float):
+            raise fail(42, f"{where}.{name} must be text, a number, true, false or null")
+        size += len(name) + len(str(item))
+        values[name] = item
+    if size > MAX_VALUES_BYTES:
+        raise fail(42, f"{where} is larger than {MAX_VALUES_BYTES} characters")
+    return values
+
+
+def _recipient_values(to: Any) -> dict[str, dict[str, Any]]:
+    """Each To entry's own Personalization, by its address in lower case (the first entry of
+    an address given twice); the entries were checked by 18 and 19."""
+    entries = maybe_json(to)
+    if not isinstance(entries, list):
+        entries = [entries]
+    found: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        lowered = {str(k).lower(): v for k, v in entry.items()}
+        address = normalise_address(str(lowered.get("email") or ""))
+        values = read_values(lowered.get("personalization"), f"To[{i}].Personalization")
+        if address is not None and values and address.lower() not in found:
+            found[address.lower()] = values
+    return found
+
+
+@check(42)
+def personalization(d: Draft) -> None:
+    values = read_values(d.params.get("Personalization"), "Personalization")
+    recipients = _recipient_values(d.params.get("To"))
+    if values or recipients or _given(d.params.get("TemplateID")):
+        d.personalization = Personalization(values, recipients)
+
+
+@check(43)
+def templates_render(d: Draft) -> None:
+    """A personalized send's subject and parts are templates: each must be valid, and each
+    recipient's message must render (within sending.max_message_bytes, checked by 40)."""
+    p = d.personalization
+    if p is None:
+        return
+    parts = (("Subject", d.subject), ("HTMLContent", d.html), ("PlainContent", d.text))
+    for part, text in parts:
+        problem = syntax_problem(part, text)
+        if problem is not None:
+            raise fail(43, problem.text)
+    largest = 0
+    for people in (d.to, d.cc, d.bcc):
+        for person in people.entries:
+            values = p.values_for(person["email"])
+            size = 0
+            for part, text in parts:
+                if text is None:
+                    continue
+                try:
+                    out = render(text, values, html=part == "HTMLContent")
+                except TemplateError as exc:
+                    where = f" at line {exc.line}" if exc.line else ""
+                    raise fail(
+                        43, f"{part}{where} cannot be rendered for {person['email']}: {exc.message}"
+                    ) from None
+                if part == "Subject":
+                    out = one_line(out)
+                size += len(out.encode("utf-8", "surrogatepass"))
+            largest = max(largest, size)
+    d.content_bytes = max(d.content_bytes, largest - len(d.subject))
 
 
 # -- options ---------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from commands.context import Context
 from commands.errors import CommandError
 from commands.events import writer as events
 from commands.registry import Auth, command
-from commands.schema import CommandSchema, RawFieldsSchema
+from commands.schema import CommandSchema, RawFieldsSchema, parse_row_id
 from commands.sending.checks import MAX_TAGS, Recipient, check_send
 from commands.suppression import suppressed_among
+from commands.templates.store import Parts, parts_of
+from commands.templates.store import find as find_template
 from commands.tenancy import domain_id_param, owned_domain
 from core.settings import Config
 from models import Delivery, Domain, Message, User
@@ -64,7 +66,7 @@ def accept(
     sender_key_id: int | None = None,
 ) -> dict[str, Any]:
     """Check a send, then store the message, a delivery and an event per recipient."""
-    send = check_send(params, domain, ctx.config, ctx.now)
+    send = check_send(params, domain, ctx.config, ctx.now, _template(ctx, domain, params))
     payload = Composed(
         sender=Person(send.sender["email"], send.sender.get("name", "")),
         to=tuple(Person(r.email, r.name) for r in send.recipients if r.kind == "to"),
@@ -77,6 +79,7 @@ def accept(
         attachments=tuple(File(**a) for a in send.attachments),
         track_links=send.track_links,
         track_opens=send.track_opens,
+        personalization=send.personalization,
     )
     return store(
         ctx,
@@ -91,6 +94,17 @@ def accept(
         send_at=send.send_at,
         sender_key_id=sender_key_id,
     )
+
+
+def _template(ctx: Context, domain: Domain, params: dict[str, Any]) -> Parts | None:
+    """The parts of the send's TemplateID when it is one of the domain's user's templates
+    (read in a read transaction of its own, before the write transaction)."""
+    template_id = parse_row_id(params.get("TemplateID"))
+    if template_id is None:
+        return None
+    with ctx.read() as s:
+        row = find_template(s, domain.user_id, template_id)
+        return parts_of(row) if row is not None else None
 
 
 MALFORMED_HEADER = 35  # the code of an invalid header in a send's Headers
@@ -317,6 +331,7 @@ class SendFields:
     SendAt = fields.Raw()
     TemplateID = fields.Raw()
     TargetListID = fields.Raw()
+    Personalization = fields.Raw()
 
 
 class SendSchema(SendFields, RawFieldsSchema):

@@ -423,8 +423,8 @@ def test_pack_payload_leaves_small_and_precompressed_payloads_as_json():
 
 # -- the send checks, one per error code, in the documented order -----------------------------
 
-DOCUMENTED_ORDER = [32, 8, 9, 10, 11, 3, 23, 3, 18, 19, 20, 21, 22, 20]
-DOCUMENTED_ORDER += [24, 25, 26, 27, 28, 29, 30, 31, 15, 16, 35, 41, 36, 37, 38, 39, 40]
+DOCUMENTED_ORDER = [32, 15, 8, 9, 10, 11, 3, 23, 3, 18, 19, 20, 21, 22, 20]
+DOCUMENTED_ORDER += [24, 25, 26, 27, 28, 29, 30, 31, 16, 42, 43, 35, 41, 36, 37, 38, 39, 40]
 
 
 def test_the_checks_run_in_the_documented_order():
@@ -455,6 +455,7 @@ def test_each_check_answers_its_code_before_the_checks_after_it(make_app, domain
         "ReplyTo": {"email": "a@b.example"},
         "TemplateID": "1",
         "TargetListID": 2,
+        "Personalization": ["not", "an", "object"],
         "Headers": {"X-A": "a\x0cb"},
         "Tags": 5,
         "TrackLinks": "maybe",
@@ -462,6 +463,7 @@ def test_each_check_answers_its_code_before_the_checks_after_it(make_app, domain
         "Attachments": [{"filename": "\ud800.txt", "content": B64}],
     }
     mends = [
+        dict(TemplateID=None),
         dict(Subject="Hello"),
         dict(ContentType="html"),
         dict(HtmlContent="<p>Hello</p>"),
@@ -483,8 +485,9 @@ def test_each_check_answers_its_code_before_the_checks_after_it(make_app, domain
         dict(ReplyTo=[{"email": "bad"}]),
         dict(ReplyTo=two),
         dict(ReplyTo=two[:1]),
-        dict(TemplateID=None),
         dict(TargetListID=None),
+        dict(Personalization={"name": "Ann"}, HtmlContent="<p>Hello {{ name </p>"),
+        dict(HtmlContent="<p>Hello {{ name }}</p>"),
         dict(Headers={"X-A": "b", "ARC-Seal": "i=1; cv=none"}),
         dict(Headers={"X-A": "b"}),
         dict(Tags=["ok"]),

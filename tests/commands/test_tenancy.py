@@ -26,6 +26,9 @@ def victim(api, make_user, add_domain, database):
         Event="open",
         WebhookURL="http://127.0.0.1:9/h",
     )["NewWebhookID"]
+    template_id = api(
+        "EmailGateway.CreateTemplate", APIKey=k, Name="t", Subject="Hi", PlainContent="{{ a }}"
+    )["TemplateID"]
     user_key_id = api("User.APIKey.Create", APIKey=k, Description="second")["NewAPIKeyID"]
     with database.transaction() as s:
         s.get(Domain, int(domain_id)).status = ENABLED
@@ -51,6 +54,7 @@ def victim(api, make_user, add_domain, database):
         "WebhookID": hook_id,
         "APIKeyID": user_key_id,
         "MessageID": sent["MessageID"],
+        "TemplateID": template_id,
     }
 
 
@@ -66,6 +70,8 @@ def snapshot(api, victim):
         api("Suppression.Browse", APIKey=k),
         api("EmailGateway.GetEvents", APIKey=k, DomainID=d),
         api("EmailGateway.GetWebhookDeliveries", APIKey=k, DomainID=d),
+        api("EmailGateway.GetTemplates", APIKey=k),
+        api("EmailGateway.GetTemplate", APIKey=k, TemplateID=victim["TemplateID"]),
     )
 
 
@@ -110,6 +116,21 @@ ID_COMMANDS = [
     ("Suppression.Delete", "DomainID", {"EmailAddress": "gone@dest.example"}),
     ("Suppression.ReviewBounces", "DomainID", {"Lift": "1"}),
     ("User.APIKey.Delete", "APIKeyID", {}),
+    ("EmailGateway.GetTemplate", "TemplateID", {}),
+    ("EmailGateway.UpdateTemplate", "TemplateID", {"Name": "evil", "PlainContent": "x"}),
+    ("EmailGateway.DeleteTemplate", "TemplateID", {}),
+    (
+        "EmailGateway.SendEmail",
+        "TemplateID",
+        {
+            "DomainID": MINE,
+            "Subject": "x",
+            "ContentType": "plain",
+            "PlainContent": "x",
+            "From": {"email": "me@mine.example"},
+            "To": [{"email": "buyer@dest.example"}],
+        },
+    ),
     # Commands whose second id is aimed at the victim while the first is the caller's own.
     ("EmailGateway.ReleaseHeldMessages", "MessageID", {"DomainID": MINE}),
     ("EmailGateway.GetWebhookDeliveries", "WebhookID", {"DomainID": MINE}),

@@ -33,6 +33,7 @@ COUNTED = [
     "events",
     "suppressions",
     "webhook_deliveries",
+    "templates",
     "webhook_attempts",
     "idempotency_keys",
 ]

@@ -88,3 +88,21 @@ def test_unreadable_payloads_are_refused_with_payload_error():
     for stored in ('{"v": 99, "rawz": ""}', '{"subject": "no sender"}', "[1]", '{"jz": "?"}'):
         with pytest.raises(PayloadError):
             decode_payload(stored)
+
+
+def test_a_personalized_payload_is_version_3_and_round_trips():
+    from dataclasses import replace
+
+    from models.payload import Personalization
+
+    plain = Composed(sender=Person("a@example.com"), to=(Person("b@dest.example"),), text="x")
+    assert json.loads(encode_payload(plain))["v"] == 2  # as before
+    assert "personalization" not in json.loads(encode_payload(plain))
+    p = Personalization({"name": "Ann", "n": 3}, {"b@dest.example": {"name": "Bob"}})
+    personal = replace(plain, text="Hi {{ name }}", personalization=p)
+    stored = json.loads(encode_payload(personal))
+    assert stored["v"] == 3
+    back = decode_payload(encode_payload(personal))
+    assert back == personal
+    assert back.personalization.values_for("B@dest.example") == {"name": "Bob", "n": 3}
+    assert back.personalization.values_for("c@dest.example") == {"name": "Ann", "n": 3}
