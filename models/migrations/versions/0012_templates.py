@@ -1,6 +1,6 @@
 """templates: a user's stored templates (TemplateID, TemplateHash, name, subject, parts)
 
-Revision ID: 0014
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-07 20:00:00
 """
@@ -11,7 +11,7 @@ from sqlalchemy.dialects import mysql
 
 from models.base import UTCDateTime
 
-revision = "0014"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
