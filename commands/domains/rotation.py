@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from commands.domains import dkim
 from commands.domains.dns_records import check_records, make_resolver, required_records
+from commands.events import writer as events
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database, DKIMKey, Domain
@@ -84,14 +85,12 @@ def start(domain: Domain, keys: list[DKIMKey], now: datetime, how: str) -> None:
         key.status = KEY_PENDING
         key.created_at = now
         domain.dkim_keys.append(key)
+    selectors = [k.selector for k in keys]
     log.info(
         "DKIM key rotation started",
-        extra={
-            "domain_id": domain.id,
-            "selectors": [k.selector for k in keys],
-            "by": how,
-        },
+        extra={"domain_id": domain.id, "selectors": selectors, "by": how},
     )
+    _event(domain, events.DKIM_ROTATING, now, {"selectors": selectors, "by": how})
 
 
 def activate(domain: Domain, now: datetime, grace: timedelta) -> list[str]:
@@ -109,6 +108,13 @@ def activate(domain: Domain, now: datetime, grace: timedelta) -> list[str]:
         key.activated_at = now
     selectors = [k.selector for k in pending]
     log.info("DKIM key activated", extra={"domain_id": domain.id, "selectors": selectors})
+    retiring = [k.selector for k in domain.dkim_keys if k.status == KEY_RETIRING]
+    _event(
+        domain,
+        events.DKIM_ACTIVATED,
+        now,
+        {"selectors": selectors, "retiring": retiring, "retire_at": (now + grace).isoformat()},
+    )
     return selectors
 
 
@@ -135,7 +141,20 @@ def retire_due(s: Session, now: datetime, limit: int = BATCH) -> int:
         key.retired_at = now
         key.private_key_encrypted = ""  # never signs again: nothing to keep
         log.info("DKIM key retired", extra={"domain_id": key.domain_id, "selector": key.selector})
+        _event(key.domain, events.DKIM_RETIRED, now, {"selectors": [key.selector]})
     return len(keys)
+
+
+def _event(domain: Domain, kind: str, now: datetime, details: dict[str, object]) -> None:
+    """Record a step of the rotation as an event of the domain, in the domain's session
+    (its transaction: the event is kept only if the step is)."""
+    s = object_session(domain)
+    if s is None:  # pragma: no cover - the steps work on rows of a session
+        raise RuntimeError("a rotation step on a domain outside a session")
+    row = events.domain_event_values(
+        kind, domain.user_id, domain.id, domain.name, now, details=details
+    )
+    events.write(s.connection(), [row])
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def event_view(row: Event, message: Headers | None) -> dict[str, Any]:
                 "subject": message.subject if message else None,
                 "from": message.from_email if message else None,
                 "to": row.recipient,
-                "message-id": f"<{row.message_id}@{row.domain_name}>",
+                "message-id": (f"<{row.message_id}@{row.domain_name}>" if row.message_id else None),
             }
         },
     }

@@ -37,6 +37,11 @@ EVENT_TYPES = (
     "suppressed",
     "not_spam",
     "auth_failure",
+    # A domain's own events (no message): commands/events/writer.py DOMAIN_EVENTS.
+    "dkim_rotating",
+    "dkim_activated",
+    "dkim_retired",
+    "webhook_disabled",
     *OCTETH_NAMES,
 )
 # Any accepted spelling (either vocabulary, any letter case) -> the stored type.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -31,6 +32,14 @@ HELD = "held"  # parked after repeated unexpected failures (commands/delivery/ou
 OPENED = "opened"
 CLICKED = "clicked"
 UNSUBSCRIBED = "unsubscribed"
+# Events of a domain rather than of a message (no message, delivery or recipient): the
+# steps of a DKIM key rotation (commands/domains/rotation.py) and a webhook disabled after
+# days of failures (commands/webhooks/queue.py). GetEvents lists them; no webhook gets them.
+DKIM_ROTATING = "dkim_rotating"
+DKIM_ACTIVATED = "dkim_activated"
+DKIM_RETIRED = "dkim_retired"
+WEBHOOK_DISABLED = "webhook_disabled"
+DOMAIN_EVENTS = (DKIM_ROTATING, DKIM_ACTIVATED, DKIM_RETIRED, WEBHOOK_DISABLED)
 
 
 class MessageColumns(Protocol):
@@ -78,6 +87,33 @@ def event_values(
         "smtp_text": text,
         "details": json.dumps(details or {}),
     }
+
+
+def domain_event_values(
+    kind: str,
+    user_id: int,
+    domain_id: int,
+    domain_name: str,
+    now: datetime,
+    *,
+    text: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An event of a domain (one of ``DOMAIN_EVENTS``): its message id and recipient are
+    empty."""
+    domain = _NoMessage("", user_id, domain_id, domain_name, "[]")
+    return event_values(kind, domain, None, "", now, text=text, details=details)
+
+
+@dataclass(frozen=True)
+class _NoMessage:
+    """What a domain's event takes in place of a message's columns."""
+
+    id: str
+    user_id: int
+    domain_id: int
+    domain_name: str
+    tags: str
 
 
 _INSERT_EVENT = Direct(insert(Event))

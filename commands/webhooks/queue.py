@@ -20,6 +20,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from commands.events import writer as events
 from commands.webhooks.payload import event_body
 from core.crypto import SecretBox
 from models import Database, Domain, Event, Webhook, WebhookAttempt, WebhookDelivery
@@ -447,7 +448,23 @@ def disable_webhook(
         )
     )
     failed = int(cast(CursorResult[Any], result).rowcount or 0)
-    domain_id = s.scalar(select(Webhook.domain_id).where(Webhook.id == webhook_id))
+    domain = s.execute(
+        select(Domain.id, Domain.user_id, Domain.name)
+        .join(Webhook, Webhook.domain_id == Domain.id)
+        .where(Webhook.id == webhook_id)
+    ).one_or_none()
+    domain_id = domain.id if domain is not None else None
+    if domain is not None:
+        row = events.domain_event_values(
+            events.WEBHOOK_DISABLED,
+            domain.user_id,
+            domain.id,
+            domain.name,
+            now,
+            text=reason,
+            details={"webhook_id": webhook_id, "pending_failed": failed},
+        )
+        events.write(s.connection(), [row])
     log.warning(
         "webhook disabled",
         extra={

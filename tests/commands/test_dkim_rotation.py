@@ -178,6 +178,22 @@ def test_rotation_end_to_end(
     ]
     for r in postern_log:
         assert "PRIVATE KEY" not in str(r.__dict__)
+    # ...and each is an event of the domain in its event log, oldest first.
+    log = api(
+        "EmailGateway.GetEvents",
+        APIKey=user.api_key,
+        DomainID=domain_id,
+        StartFrom=0,
+        RetrieveCount=100,
+        Event="dkim_rotating,dkim_activated,dkim_retired",
+    )
+    steps = [(e["event_type"], e["details"]["selectors"]) for e in reversed(log["Events"])]
+    assert steps == [
+        ("dkim_rotating", ["key2"]),
+        ("dkim_activated", ["key2"]),
+        ("dkim_retired", ["key1"]),
+    ]
+    assert all(e["message_id"] == "" and e["recipient"] == "" for e in log["Events"])
 
     # The next rotation takes a selector never used: key3.
     assert rotate(api, user, domain_id)["NewDKIMSelectors"] == ["key3"]

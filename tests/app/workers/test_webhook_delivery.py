@@ -676,6 +676,16 @@ def test_a_webhook_failing_for_days_is_disabled_and_enable_webhook_turns_it_on(
     assert listed["DisabledReason"].startswith("Every POST failed for 3.0 days")
     assert [d.status for d in deliveries(database)] == ["failed"] * 3
     assert any(r.getMessage() == "webhook disabled" for r in postern_log)
+    # ...and an event of the domain in its event log.
+    [event] = api(
+        "EmailGateway.GetEvents",
+        APIKey=user.api_key,
+        StartFrom=0,
+        RetrieveCount=10,
+        Event="webhook_disabled",
+    )["Events"]
+    assert event["delivery_status"]["text"].startswith("Every POST failed for 3.0 days")
+    assert event["details"]["webhook_id"] == int(listed["WebhookID"])
     # Disabled: new events make no deliveries, nothing is posted.
     emit(message(), "delivered")
     assert sender.run_once() == 0
