@@ -4,6 +4,7 @@ import asyncio
 import base64
 import contextlib
 import email.policy
+import errno
 import json
 import random
 import shutil
@@ -40,18 +41,29 @@ def relay_for(base_config, database, clock, tmp_path):
     started = []
 
     def start(**changes):
-        ports = [free_port() for _ in range(3)]
-        config = base_config.replace(
-            smtp__ports=ports,
-            smtp__tls_cert=str(tmp_path / "c.pem"),
-            smtp__tls_key=str(tmp_path / "k.pem"),
-            **changes,
-        )
         from mta.tls import ensure_self_signed
 
         ensure_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", "mx.postern.test")
-        relay = Relay(Gateway(config, database, clock=clock))
-        relay.start()
+        for attempt in range(5):
+            # A free port may be taken by another socket before the relay binds it (an
+            # outgoing connection's ephemeral port, another test run): try other ports.
+            ports = [free_port() for _ in range(3)]
+            config = base_config.replace(
+                smtp__ports=ports,
+                smtp__tls_cert=str(tmp_path / "c.pem"),
+                smtp__tls_key=str(tmp_path / "k.pem"),
+                **changes,
+            )
+            relay = Relay(Gateway(config, database, clock=clock))
+            try:
+                relay.start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == 4:
+                    raise
+                relay.stop()
+                relay.gateway.close()
+                continue
+            break
         started.append(relay)
         relay.ports = dict(zip(("inbound", "submission", "tls"), ports, strict=True))
         return relay
