@@ -280,7 +280,7 @@ def _fm_message(description: str) -> Schema:
     )
 
 
-_FM_PERSON = {
+_FM_PERSON: dict[str, Any] = {
     "type": "object",
     "required": ["email"],
     "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
