@@ -14,6 +14,7 @@ the database: the sender's domain, the template, suppressions and the quota.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,34 @@ def _header_name_problem(name: str) -> str | None:
     return None
 
 
+# The field a send check's failure is about, by its code (commands/sending/checks.py).
+_FIELD_OF_CODE = {
+    8: "subject",
+    9: "contents",
+    10: "contents",
+    11: "contents",
+    35: "headers",
+    39: "attachments",
+    40: "contents",
+    41: "headers",
+    42: "recipients",
+    43: "contents",
+}
+
+
+def _named(exc: CommandError) -> str:
+    """A send check's failure as a batch answers it: the field it is about, then its text
+    (a recipient's values named as the batch names them)."""
+    text = _RECIPIENT_VALUES.sub(r"recipients[\1].personalization", exc.text)
+    field = _FIELD_OF_CODE.get(exc.code, "from" if exc.code < 8 else "")
+    if text.startswith("recipients["):
+        return text
+    return f"{field}: {text}" if field else text
+
+
+_RECIPIENT_VALUES = re.compile(r"To\[(\d+)\]\.Personalization")
+
+
 def _domain_for(ctx: Context, sender_email: str) -> Domain | None:
     """The domain the batch is sent from: the sender key's, else the user's enabled domain
     the From address belongs to (the most specific one)."""
@@ -175,7 +204,7 @@ def accept_batch(
             octeth, domain, _batch_settings(ctx.config), ctx.now, template, personalize=True
         )
     except CommandError as exc:
-        raise BatchRefused([exc.text]) from None
+        raise BatchRefused([_named(exc)]) from None
 
     user = ctx.current_user
     quota = quota_of(ctx.config, user)

@@ -261,3 +261,32 @@ def test_freshmails_python_client(live, domain):
     with pytest.raises(ClientException) as unauthorised:
         freshmail_sender("wrong", live).send(bag)
     assert "Unauthorized user" in str(unauthorised.value)
+
+
+def test_deeper_checks_name_their_field(client, domain):
+    resp = client.post(
+        ROUTE,
+        headers=bearer(domain.key),
+        json=body(
+            recipients=[
+                {"email": "a@dest.example"},
+                {"email": "b@dest.example", "personalization": {"a-b": 1}},
+            ]
+        ),
+    )
+    assert resp.status_code == 400
+    (error,) = resp.get_json()["errors"]
+    assert error.startswith("recipients[1].personalization: "), error
+    resp = client.post(ROUTE, headers=bearer(domain.key), json=body(subject="a\nb"))
+    assert resp.status_code == 400
+    assert resp.get_json()["errors"][0].startswith("subject: "), resp.get_json()
+
+
+def test_the_rate_limit_answers_429(make_app, active_domain):
+    call = make_app(ratelimit__requests=1)
+    d = active_domain()
+    first = call.client.post(ROUTE, headers=bearer(d.key), json=body())
+    second = call.client.post(ROUTE, headers=bearer(d.key), json=body())
+    assert first.status_code == 201
+    assert second.status_code == 429 and "message" in second.get_json()
+    assert int(second.headers["Retry-After"]) > 0
