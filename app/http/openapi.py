@@ -273,6 +273,108 @@ def _v1(summary: str, ok: Schema, **more: Any) -> Schema:
     return {"summary": summary, "security": [{"bearerAuth": []}], "responses": responses, **more}
 
 
+def _fm_message(description: str) -> Schema:
+    return _json(
+        {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+        description,
+    )
+
+
+_FM_PERSON: dict[str, Any] = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
+}
+
+
+def _freshmail() -> Schema:
+    """FreshMail's transactional v3 send (docs/api.md, "FreshMail v3")."""
+    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    return {
+        "summary": "FreshMail v3: one personalized message per recipient",
+        "security": [{"bearerAuth": []}],
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["recipients", "from"],
+                        "properties": {
+                            "recipients": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 100,
+                                "items": {
+                                    **_FM_PERSON,
+                                    "properties": {
+                                        **_FM_PERSON["properties"],
+                                        "personalization": {"type": "object"},
+                                        "headers": string_map,
+                                    },
+                                },
+                            },
+                            "from": _FM_PERSON,
+                            "subject": {"type": "string"},
+                            "templateHash": {"type": "string"},
+                            "contents": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type", "body"],
+                                    "properties": {
+                                        "type": {"enum": ["text/html", "text/plain"]},
+                                        "body": {"type": "string"},
+                                    },
+                                },
+                            },
+                            "headers": string_map,
+                            "attachments": {
+                                "type": "array",
+                                "maxItems": 10,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name", "content"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "content": {"type": "string"},
+                                    },
+                                },
+                            },
+                            "replyTo": _FM_PERSON,
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "201": _json(
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["email", "id"],
+                        "properties": {"email": {"type": "string"}, "id": {"type": "string"}},
+                    },
+                },
+                "Accepted: each recipient's message id",
+            ),
+            "400": _json(
+                {
+                    "type": "object",
+                    "required": ["errors"],
+                    "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
+                },
+                "Every problem of the request, each naming its field",
+            ),
+            "401": _fm_message("Unauthorized user. Access denied"),
+            "413": _fm_message("Request body too large"),
+            "429": _fm_message("Too many requests"),
+        },
+    }
+
+
 def document() -> Schema:
     """The OpenAPI 3.1 document."""
     return {
@@ -331,6 +433,8 @@ def document() -> Schema:
                 )
             },
             "/api/v1/templates": _templates_path(),
+            "/v3/messaging/emails": {"post": _freshmail()},
+            "/v3/messaging/emails/": {"post": _freshmail()},
             "/api/v1/webhooks": {
                 "get": _v1(
                     "The key's domain's webhooks",

@@ -1,3 +1,6 @@
 """Accepting mail (the send checks, storing a message and its deliveries) and the queue."""
 
-from commands.sending import handlers  # noqa: F401  (registers the commands)
+from commands.sending import (
+    batch,  # noqa: F401  (registers the batch commands)
+    handlers,  # noqa: F401  (registers the commands)
+)

@@ -147,6 +147,7 @@ class Draft:
     attachment_bytes: int = 0
     size: int = 0
     personalization: Personalization | None = None
+    personalize: bool = False  # the subject and parts are templates whatever the values
 
     def accepted(self) -> Accepted:
         recipients: list[Recipient] = []
@@ -200,6 +201,8 @@ def check_send(
     config: Settings,
     now: datetime,
     template: Parts | None = None,
+    *,
+    personalize: bool = False,
 ) -> Accepted:
     """Run every check in order on a send's parameters; CommandError for the first failure.
 
@@ -567,7 +570,7 @@ def _recipient_values(to: Any) -> dict[str, dict[str, Any]]:
 def personalization(d: Draft) -> None:
     values = read_values(d.params.get("Personalization"), "Personalization")
     recipients = _recipient_values(d.params.get("To"))
-    if values or recipients or _given(d.params.get("TemplateID")):
+    if values or recipients or d.personalize or _given(d.params.get("TemplateID")):
         d.personalization = Personalization(values, recipients)
 
 

@@ -57,6 +57,28 @@ def quota_of(config: Config, user: User) -> int:
     return user.send_quota if user.send_quota is not None else config.sending.quota
 
 
+def used_in_period(ctx: Context, user_id: int) -> int:
+    """The user's deliveries in the current quota period (suppressed ones not counted).
+
+    Counting them can take a while: in a read transaction of its own, before the write
+    transaction (on SQLite that holds the single write lock)."""
+    period = ctx.config.sending.quota_period
+    start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
+    with ctx.read() as s:
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(
+                    Delivery.user_id == user_id,
+                    Delivery.created_at >= start,
+                    Delivery.status != SUPPRESSED,
+                )
+            )
+            or 0
+        )
+
+
 def accept(
     ctx: Context,
     domain: Domain,
@@ -197,25 +219,7 @@ def store(
     """Suppression and quota checks, then the message, its deliveries and their events."""
     user = ctx.current_user  # the domain's owner: keys, credentials and DomainID are checked
     quota = quota_of(ctx.config, user)
-    used = 0
-    if quota:
-        # Counting the period's deliveries can take a while: in a read transaction of its
-        # own, before the write transaction (on SQLite that holds the single write lock).
-        period = ctx.config.sending.quota_period
-        start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
-        with ctx.read() as s:
-            used = (
-                s.scalar(
-                    select(func.count())
-                    .select_from(Delivery)
-                    .where(
-                        Delivery.user_id == user.id,
-                        Delivery.created_at >= start,
-                        Delivery.status != SUPPRESSED,
-                    )
-                )
-                or 0
-            )
+    used = used_in_period(ctx, user.id) if quota else 0
     # Everything that needs no database is done before the write transaction begins (on
     # SQLite, whichever process holds it holds up every other writer).
     message = {
