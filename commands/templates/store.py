@@ -49,11 +49,24 @@ def syntax_problem(part: str, text: str | None) -> CommandError | None:
     return None
 
 
+def storable(text: str) -> bool:
+    """Whether every database can keep ``text``: no NUL (PostgreSQL refuses it in text) and
+    no lone surrogate (no UTF-8 for it)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_parts(name: str | None, parts: Parts) -> None:
     """The checks of a template being saved, in their documented order (3, 4, 5, 6)."""
-    if name is not None and (not name.strip() or len(name) > 255):
+    if name is not None and (not name.strip() or len(name) > 255 or not storable(name)):
         raise CommandError(*BAD_NAME)
-    if len(parts.subject) > 998 or "\r" in parts.subject or "\n" in parts.subject:
+    subject = parts.subject
+    if len(subject) > 998 or "\r" in subject or "\n" in subject or not storable(subject):
         raise CommandError(BAD_SUBJECT, "Subject must be one line of at most 998 characters")
     if parts.html is None and parts.text is None:
         raise CommandError(*NO_CONTENT)
@@ -64,6 +77,10 @@ def check_parts(name: str | None, parts: Parts) -> None:
     ):
         if text is not None and len(text) > MAX_SOURCE:
             raise CommandError(SYNTAX, f"{part} is longer than {MAX_SOURCE} characters")
+        if text is not None and not storable(text):
+            raise CommandError(
+                SYNTAX, f"{part} holds a NUL character or a lone surrogate, which cannot be stored"
+            )
         problem = syntax_problem(part, text)
         if problem is not None:
             raise problem

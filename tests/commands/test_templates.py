@@ -45,6 +45,12 @@ def test_create_get_update_delete(api, user):
         ({"Name": "n", "PlainContent": "{{ 'a' * 100000000 }}"}, 6, "arithmetic"),
         ({"Name": "n", "PlainContent": "ok\n{% if x %}"}, 6, "PlainContent at line 2"),
         ({"Name": "n", "Subject": "{{ x|upper }}", "PlainContent": "x"}, 6, "filter 'upper'"),
+        # Seen (schemathesis, PostgreSQL): a NUL in a part was a 500; nor can a lone
+        # surrogate be stored anywhere.
+        ({"Name": "n", "PlainContent": "\x00a"}, 6, "NUL"),
+        ({"Name": "n", "HTMLContent": "a\udb6a"}, 6, "must be text"),
+        ({"Name": "n\x00", "PlainContent": "x"}, 3, "Name"),
+        ({"Name": "n", "Subject": "\ud800", "PlainContent": "x"}, 4, "Subject"),
     ],
 )
 def test_a_template_that_is_not_right_is_refused_and_not_stored(api, user, params, code, words):
@@ -107,3 +113,15 @@ def test_v1_templates_belong_to_the_keys_user(client, active_domain, api, user, 
     resp = client.delete("/api/v1/templates", headers=auth, json={"TemplateID": tid})
     assert resp.status_code == 200
     assert client.get("/api/v1/templates", headers=auth).get_json() == {"Templates": []}
+
+
+def test_v1_template_with_a_nul_is_refused(client, active_domain):
+    """Seen: schemathesis on PostgreSQL, POST /api/v1/templates with a NUL: HTTP 500."""
+    domain = active_domain()
+    resp = client.post(
+        "/api/v1/templates",
+        headers={"Authorization": f"Bearer {domain.key}"},
+        json={"Name": "\u008d\u00f5hy", "Subject": "", "PlainContent": "\u0000\u00be\u0007"},
+    )
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["Errors"][0]["Code"] == 6
