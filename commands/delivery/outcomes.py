@@ -9,7 +9,7 @@ until EmailGateway.ReleaseHeldMessages makes it due again.
 
 A permanent failure (a 5xx answer, or a bounce mailed back) is classified by mta/classify.py
 and follows the failure rule (``apply_failure``), the same in the worker and the inbox:
-``hard`` is bounced and suppressed (``hard_bounce``); ``soft`` is bounced and suppressed
+``hard`` is bounced and suppressed; ``soft`` is bounced and suppressed
 only after ``delivery.soft_bounce_limit`` soft bounces spanning at least
 ``delivery.soft_bounce_days`` days (``SoftRule``); ``block`` is failed with a ``blocked``
 event and never suppressed; ``message`` is failed (a ``failed`` event), never suppressed.
@@ -65,39 +65,6 @@ def retry_delay(attempts: int, base: float, cap: float) -> float:
     """Exponential backoff with +-20% jitter: base, 2 base, 4 base ... at most cap."""
     delay: float = min(cap, base * float(2 ** max(0, attempts - 1)))
     return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
-
-
-def hard_bounce(
-    db: Session,
-    written: list[dict[str, Any]],
-    message: events.MessageColumns,
-    delivery_id: int,
-    user_id: int,
-    recipient: str,
-    now: datetime,
-    *,
-    code: int | None,
-    enhanced: str | None,
-    text: str | None,
-    details: dict[str, Any],
-) -> None:
-    """The hard-bounce rule, the same for an MX host's 5xx and a bounce mailed back: a
-    ``bounced`` event (added to ``written``, which the caller writes with its other events
-    through the event writer) and the address suppressed for all the user's domains."""
-    written.append(
-        events.event_values(
-            events.BOUNCED,
-            message,
-            delivery_id,
-            recipient,
-            now,
-            code=code,
-            enhanced=enhanced,
-            text=text,
-            details=details,
-        )
-    )
-    suppress_bounce(db, user_id, recipient, code, enhanced, text, now)
 
 
 @dataclass(frozen=True)
@@ -160,22 +127,9 @@ def apply_failure(
     for, and the delivery's new status (BOUNCED or FAILED). ``bounce_class`` goes in the
     event's details."""
     details = {**details, "bounce_class": klass}
-    if klass == HARD:
-        hard_bounce(
-            db,
-            written,
-            message,
-            delivery_id,
-            user_id,
-            recipient,
-            now,
-            code=code,
-            enhanced=enhanced,
-            text=text,
-            details=details,
-        )
-        return BOUNCED
-    kind = {SOFT: events.BOUNCED, BLOCK: events.BLOCKED}.get(klass, events.FAILED)
+    kind = {HARD: events.BOUNCED, SOFT: events.BOUNCED, BLOCK: events.BLOCKED}.get(
+        klass, events.FAILED
+    )
     written.append(
         events.event_values(
             kind,
@@ -189,6 +143,9 @@ def apply_failure(
             details=details,
         )
     )
+    if klass == HARD:  # the address is dead: suppressed for all the user's domains
+        suppress_bounce(db, user_id, recipient, code, enhanced, text, now)
+        return BOUNCED
     if klass != SOFT:
         return FAILED
     since = now - timedelta(days=soft.window_days())

@@ -88,40 +88,23 @@ def _delete(ctx: Context, TemplateID: int) -> dict[str, Any]:
     return {}
 
 
-for prefix, auth, transport in (
-    ("EmailGateway.", Auth.USER, "api.php"),
-    ("v1.Templates.", Auth.SENDER, "v1"),
-):
-    v1 = transport == "v1"
+# Each command as /api.php names it and as /api/v1/templates (a sender key) does: its
+# schema, handler and whether it only reads.
+_COMMANDS = (
+    ("CreateTemplate", "Create", CreateTemplateSchema, _create, False),
+    ("GetTemplates", "List", CommandSchema, _get_all, True),
+    ("GetTemplate", "Get", TemplateIDSchema, _get, True),
+    ("UpdateTemplate", "Update", UpdateTemplateSchema, _update, False),
+    ("DeleteTemplate", "Delete", TemplateIDSchema, _delete, False),
+)
+for octeth_name, v1_name, schema, handler, readonly in _COMMANDS:
+    command("EmailGateway." + octeth_name, schema=schema, auth=Auth.USER, readonly=readonly)(
+        handler
+    )
     command(
-        prefix + ("Create" if v1 else "CreateTemplate"),
-        schema=CreateTemplateSchema,
-        auth=auth,
-        transport=transport,
-    )(_create)
-    command(
-        prefix + ("List" if v1 else "GetTemplates"),
-        schema=CommandSchema,
-        auth=auth,
-        transport=transport,
-        readonly=True,
-    )(_get_all)
-    command(
-        prefix + ("Get" if v1 else "GetTemplate"),
-        schema=TemplateIDSchema,
-        auth=auth,
-        transport=transport,
-        readonly=True,
-    )(_get)
-    command(
-        prefix + ("Update" if v1 else "UpdateTemplate"),
-        schema=UpdateTemplateSchema,
-        auth=auth,
-        transport=transport,
-    )(_update)
-    command(
-        prefix + ("Delete" if v1 else "DeleteTemplate"),
-        schema=TemplateIDSchema,
-        auth=auth,
-        transport=transport,
-    )(_delete)
+        "v1.Templates." + v1_name,
+        schema=schema,
+        auth=Auth.SENDER,
+        transport="v1",
+        readonly=readonly,
+    )(handler)
