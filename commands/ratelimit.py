@@ -25,7 +25,12 @@ Where the counts are kept, by ``ratelimit.storage``, for HTTP and SMTP alike:
 - a ``redis://`` (or ``rediss://``) URL: Redis, one key per bucket and window
   (``postern:rl:<bucket>:<window start>``), counted by SET NX and INCR in one MULTI when the
   request is counted (before the command runs: Redis cannot take part in the database's
-  transaction), and expiring by itself two periods after it was made.
+  transaction), and expiring by itself two periods after it was made. While Redis cannot
+  be reached (refused, timed out, or answering with an error), each limiter counts in the
+  database's ``rate_counters`` as ``"database"`` does, and logs a warning at most once a
+  minute: the limits keep holding, and no request fails because Redis is down. Counts made
+  then stay in the database; once Redis answers again, counting goes back there (a client
+  may then get up to twice its limit in the window the outage ended in).
 
 Windows are fixed and aligned to multiples of the period in Unix seconds of the gateway's
 clock (``Gateway.clock``), not the machine's nor Redis's: with the default 60 s, a window
@@ -40,6 +45,7 @@ import itertools
 import logging
 import math
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -367,7 +373,18 @@ class RedisLimiter(RateLimiter):
 
     KEY_PREFIX = "postern:rl:"
 
-    def __init__(self, url: str, requests: int, period: int, clock: Clock = utcnow, **options: Any):
+    WARN_EVERY = 60.0  # seconds between two warnings that Redis cannot be reached
+
+    def __init__(
+        self,
+        url: str,
+        requests: int,
+        period: int,
+        clock: Clock = utcnow,
+        *,
+        fallback: RateLimiter | None = None,
+        **options: Any,
+    ):
         super().__init__(requests, period, clock)
         # Imported here: a database-backed deployment never loads the redis modules.
         import redis
@@ -375,6 +392,24 @@ class RedisLimiter(RateLimiter):
         self.url = url
         options = {"socket_connect_timeout": 5, "socket_timeout": 5, **options}
         self._redis: redis.Redis = redis.Redis.from_url(url, **options)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        # Counts while Redis cannot be reached (the database's, from make_limiter).
+        self.fallback = fallback
+        self._warned = -math.inf
+
+    def _unreachable(self, exc: Exception) -> RateLimiter:
+        """The fallback limiter, after a warning (at most one a WARN_EVERY); or ``exc``
+        raised again when there is none."""
+        if self.fallback is None:
+            raise exc
+        now = time.monotonic()
+        if now - self._warned >= self.WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "rate limit store unreachable; counting in the database",
+                extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
+            )
+        return self.fallback
 
     def _key(self, bucket: str, start: int) -> str:
         return f"{self.KEY_PREFIX}{bucket}:{start}"
@@ -384,27 +419,41 @@ class RedisLimiter(RateLimiter):
         now = self.now()
         start = self.window(now)
         key = self._key(bucket, start)
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, 0, ex=2 * self.period, nx=True)
-            pipe.incr(key)
-            _, hits = pipe.execute()
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, 0, ex=2 * self.period, nx=True)
+                pipe.incr(key)
+                _, hits = pipe.execute()
+        except self._errors as exc:
+            decision = self._unreachable(exc).hit(bucket)
+            if not decision.allowed:  # known to ``refusal`` as any refusal of this limiter
+                self._refuse(bucket, start, now)
+            return decision
         return self._decide(bucket, int(hits), start, now)
 
     def _stored_hits(self, bucket: str, start: int) -> int:
-        # redis-py types its answers for its async client too: this one is bytes or None.
-        value = cast("bytes | None", self._redis.get(self._key(bucket, start)))
+        try:
+            # redis-py types its answers for its async client too: this one is bytes or None.
+            value = cast("bytes | None", self._redis.get(self._key(bucket, start)))
+        except self._errors as exc:
+            return self._unreachable(exc).stored_hits(bucket, start)
         return int(value) if value is not None else 0
 
     def clear(self, bucket: str) -> None:
+        if self.fallback is not None:
+            self.fallback.clear(bucket)  # what was counted there while Redis was away
         prefix = f"{self.KEY_PREFIX}{bucket}:"
         pattern = _glob_escape(prefix) + "*"
-        keys = [
-            key
-            for key in self._redis.scan_iter(match=pattern, count=1000)
-            if key.decode()[len(prefix) :].lstrip("-").isdigit()  # not a longer bucket's
-        ]
-        if keys:
-            self._redis.delete(*keys)
+        try:
+            keys = [
+                key
+                for key in self._redis.scan_iter(match=pattern, count=1000)
+                if key.decode()[len(prefix) :].lstrip("-").isdigit()  # not a longer bucket's
+            ]
+            if keys:
+                self._redis.delete(*keys)
+        except self._errors as exc:
+            self._unreachable(exc)
         super().clear(bucket)
 
     def close(self) -> None:
@@ -468,10 +517,12 @@ def make_limiter(
     rl = config.ratelimit
     requests = rl.requests if requests is None else requests
     period = rl.period if period is None else period
+    counters = counters_database(db, config.database.pool_size)
+    in_database = DatabaseLimiter(db, requests, period, clock, counters=counters, scopes=scopes)
     if rl.storage == "database":
-        counters = counters_database(db, config.database.pool_size)
-        return DatabaseLimiter(db, requests, period, clock, counters=counters, scopes=scopes)
-    return RedisLimiter(rl.storage, requests, period, clock)
+        return in_database
+    # While Redis cannot be reached, the database counts.
+    return RedisLimiter(rl.storage, requests, period, clock, fallback=in_database)
 
 
 # A throttle key: what is counted (``"user"``, ``"ip"``) and its value.

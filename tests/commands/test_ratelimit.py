@@ -562,3 +562,67 @@ def test_http_and_smtp_limits_are_counted_in_one_store(
             relay.limiter.clear(name)
         relay.limiter.close()
         api_gateway.limiter.close()
+
+
+# -- Redis out of reach: the database counts meanwhile
+
+
+@pytest.fixture
+def unreachable_redis():
+    """A redis:// URL on a loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def test_with_redis_unreachable_the_database_counts_and_a_warning_is_logged_once(
+    base_config, database, clock, at, unreachable_redis, postern_log
+):
+    limiter = make_limiter(
+        base_config.replace(ratelimit__storage=unreachable_redis, ratelimit__requests=2),
+        database,
+        clock,
+    )
+    name = bucket()
+    try:
+        assert isinstance(limiter, RedisLimiter)
+        at(5)
+        decisions = [limiter.hit(name) for _ in range(3)]
+        assert [d.allowed for d in decisions] == [True, True, False]
+        assert decisions[2].retry_after == 55
+        assert stored(database, name) == 3
+        assert limiter.refusal(name) is not None  # read from the database too
+        warnings = [r for r in postern_log if "unreachable" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+        limiter.clear(name)
+        assert stored(database, name) == 0
+        assert limiter.hit(name).allowed
+    finally:
+        limiter.clear(name)
+        limiter.close()
+
+
+def test_with_redis_unreachable_sends_are_accepted_and_limited_not_failed(
+    make_app, active_domain, unreachable_redis, clock
+):
+    clock.freeze()
+    domain = active_domain()
+    http = make_app(ratelimit__storage=unreachable_redis, ratelimit__requests=2).client
+    statuses = [
+        http.post(
+            "/api/v1/email",
+            json={
+                "Subject": "Hi",
+                "ContentType": "html",
+                "HtmlContent": "<p>Hello</p>",
+                "From": {"email": "news@example.com"},
+                "To": [{"email": "rcpt@dest.example"}],
+            },
+            headers={"Authorization": f"Bearer {domain.key}"},
+        ).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
