@@ -8,7 +8,7 @@ from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstra
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
-from models.base import NEVER_REUSED, Base, UTCDateTime
+from models.base import NEVER_REUSED, Base, BigID, UTCDateTime
 
 # Domain.status values
 PENDING = "Pending"
@@ -140,5 +140,5 @@ class RateCounter(Base):
     __tablename__ = "rate_counters"
 
     bucket: Mapped[str] = mapped_column(String(100), primary_key=True)
-    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)  # Unix seconds
+    window_start: Mapped[int] = mapped_column(BigID, primary_key=True)  # Unix seconds
     hits: Mapped[int] = mapped_column(Integer, default=0)

@@ -626,3 +626,13 @@ def test_with_redis_unreachable_sends_are_accepted_and_limited_not_failed(
         for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+def test_windows_after_2038_are_counted(database, clock):
+    """Window starts are Unix seconds: past 2038-01-19 they need more than 32 bits."""
+    limiter = DatabaseLimiter(database, 1, PERIOD, clock)
+    name = bucket()
+    clock.freeze(datetime(2040, 2, 29, 12, 0, 30, tzinfo=UTC))
+    assert [limiter.hit(name).allowed for _ in range(2)] == [True, False]
+    assert windows(database, name) == [int(datetime(2040, 2, 29, 12, tzinfo=UTC).timestamp())]
+    limiter.clear(name)

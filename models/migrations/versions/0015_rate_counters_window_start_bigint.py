@@ -1,0 +1,41 @@
+"""rate_counters.window_start as a 64-bit integer (Unix seconds past 2038)
+
+Revision ID: 0015
+Revises: 0012
+Create Date: 2026-12-07 21:50:00
+
+A 32-bit INTEGER on PostgreSQL and MariaDB holds Unix seconds only until 2038-01-19; SQLite's
+INTEGER is 64-bit already (nothing to do there).
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0015"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        return
+    op.alter_column(
+        "rate_counters",
+        "window_start",
+        type_=sa.BigInteger(),
+        existing_type=sa.Integer(),
+        existing_nullable=False,
+    )
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        return
+    op.alter_column(
+        "rate_counters",
+        "window_start",
+        type_=sa.Integer(),
+        existing_type=sa.BigInteger(),
+        existing_nullable=False,
+    )
