@@ -10,7 +10,7 @@ import email.utils
 import html
 import quopri
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 
 from mta import feedback
@@ -83,6 +83,23 @@ class Report:
     original_envelope_from: str | None  # lower-cased, without <>
     feedback_type: str | None  # ARF Feedback-Type, lower-cased ("abuse", "fraud", ...)
     user_agent: str | None  # ARF User-Agent
+    # An auth-failure report's RFC 6591 fields (AUTH_FAILURE_FIELDS: lower-cased names,
+    # values cut to 500 characters); empty for any other report.
+    auth_fields: dict[str, str] = field(default_factory=dict)
+
+
+# The fields of an RFC 6591 authentication failure report kept with it.
+AUTH_FAILURE_FIELDS = (
+    "reported-domain",
+    "source-ip",
+    "auth-failure",
+    "arrival-date",
+    "original-mail-from",
+    "dkim-domain",
+    "dkim-selector",
+    "spf-dns",
+    "authentication-results",
+)
 
 
 def _class(status: str | None, code: int | None) -> str | None:
@@ -522,6 +539,12 @@ def _complaint(parts: Parts, arf_part: Message) -> Report:
     if recipient is None:
         recipient = _first_address(_hdr(original, "to"))
     feedback_type = feedback.normalize_type(_first(fields, "feedback-type"))
+    auth_fields: dict[str, str] = {}
+    if feedback.action_of(feedback_type) == feedback.AUTH_FAILURE:
+        for name in AUTH_FAILURE_FIELDS:
+            value = _first(fields, name)
+            if value:
+                auth_fields[name] = value[:500]
     return _feedback_report(
         parts,
         original,
@@ -530,6 +553,7 @@ def _complaint(parts: Parts, arf_part: Message) -> Report:
         remote_mta=_host_field(_first(fields, "reporting-mta")),
         envelope_from=_address_field(_first(fields, "original-mail-from")),
         user_agent=_first(fields, "user-agent"),
+        auth_fields=auth_fields,
     )
 
 
@@ -567,6 +591,7 @@ def _feedback_report(
     remote_mta: str | None,
     envelope_from: str | None,
     user_agent: str | None,
+    auth_fields: dict[str, str] | None = None,
 ) -> Report:
     human = [
         _text(p)
@@ -590,6 +615,7 @@ def _feedback_report(
         original_envelope_from=envelope_from,
         feedback_type=feedback_type,
         user_agent=user_agent,
+        auth_fields=auth_fields or {},
     )
 
 

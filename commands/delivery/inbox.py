@@ -14,6 +14,7 @@ from commands.events import writer as events
 from commands.suppression import suppress
 from models import Delivery, Domain, Message
 from mta import feedback
+from mta.addresses import belongs
 from mta.bounces import Report
 from mta.classify import HARD, IGNORE, SOFT
 from mta.verp import verp_token
@@ -200,8 +201,60 @@ def apply_report(
                 )
             )
             out.deferred += 1
+    if out.auth_failures == 0 and feedback.action_of(report.feedback_type) == feedback.AUTH_FAILURE:
+        _unmatched_auth_failure(db, written, out, report, hosts, now)
     events.write(db.connection(), written)
     return out
+
+
+def _unmatched_auth_failure(
+    db: Session,
+    written: list[dict[str, Any]],
+    out: Outcome,
+    report: Report,
+    hosts: list[Scope | None],
+    now: datetime,
+) -> None:
+    """An authentication failure report that names no message of Postern's (mail forged in
+    the domain's name, most often) is kept as an event of the domain whose return-path host
+    it was mailed to: one ``auth_failure`` with no message or recipient, its RFC 6591 fields
+    in the details. Mailed to no such host (or to one that two users share), it is dropped:
+    nothing proves whose domain it is about."""
+    scope = next((h for h in hosts if h is not None), None)
+    if scope is None:
+        return
+    domains = db.execute(
+        select(Domain.id, Domain.name).where(
+            Domain.id.in_(scope.domain_ids), Domain.user_id == scope.user_id
+        )
+    ).all()
+    if not domains:
+        return
+    reported = report.auth_fields.get("reported-domain", "").strip().lower().rstrip(".")
+    domain_id, name = next(
+        ((i, n) for i, n in domains if reported and belongs(f"x@{reported}", n)),
+        min(domains),
+    )
+    statuses = report.recipients or []
+    written.append(
+        events.domain_event_values(
+            AUTH_FAILURE,
+            scope.user_id,
+            domain_id,
+            name,
+            now,
+            text=(statuses[0].diagnostic if statuses else None) or None,
+            details={
+                "source": "arf",
+                "feedback_type": report.feedback_type,
+                "original_message_id": report.original_message_id,
+                "original_rcpt_to": statuses[0].recipient if statuses else None,
+                **{k.replace("-", "_"): v for k, v in report.auth_fields.items()},
+            },
+        )
+    )
+    out.auth_failures += 1
+    out.unmatched = max(0, out.unmatched - len(statuses))
 
 
 def _feedback(

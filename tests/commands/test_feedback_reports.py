@@ -128,3 +128,54 @@ def test_new_event_types_in_the_event_log_statistics_and_webhooks(
         WebhookURL="https://hooks.example.net/postern",
     )
     assert added["Success"] is True, added
+
+
+def test_an_auth_failure_about_forged_mail_is_an_event_of_the_domain(
+    relay,  # noqa: F811
+    delivered,  # noqa: F811
+    database,
+    api,
+    user,
+    make_user,
+    active_domain,
+):
+    """A DMARC failure report about mail Postern never sent (its Message-ID is no message of
+    Postern's), mailed to the owner's return-path host: one auth_failure of that domain,
+    with the report's fields; to another tenant's host it is theirs; to no host, nothing."""
+    d, _ = delivered
+    to = "ruf@sl.example.com"
+    assert mail_to(relay, to, corpus("arf-auth-failure.eml", "forged-1", to))[0] == 250
+    [event] = events_of(database, "auth_failure")
+    assert (event.user_id, event.domain_id, event.domain_name) == (
+        d.user_id,
+        d.domain_id,
+        "example.com",
+    )
+    assert (event.message_id, event.delivery_id, event.recipient) == ("", None, "")
+    details = json.loads(event.details)
+    assert details["reported_domain"] == "example.com"
+    assert details["source_ip"] == "127.0.0.1"
+    assert details["auth_failure"] == "dkim"
+    assert details["dkim_selector"] == "postern"
+    assert details["original_message_id"] == "<forged-1@example.com>"
+    assert details["original_rcpt_to"] == "rcpt@dest.example"
+    body = api(
+        "EmailGateway.GetEvents",
+        APIKey=user.api_key,
+        StartFrom=0,
+        RetrieveCount=10,
+        Event="auth_failure",
+    )
+    assert body["TotalRecords"] == 1, body
+    stats = api("EmailGateway.DomainStats", APIKey=user.api_key, DomainID=d.domain_id)["Stats"]
+    assert stats["AuthFailures"] == 1
+
+    bob = make_user("bob")
+    bobs = active_domain("bob.example", key=bob.api_key)
+    to = "ruf@sl.bob.example"
+    assert mail_to(relay, to, corpus("arf-auth-failure.eml", "forged-2", to))[0] == 250
+    mine, theirs = events_of(database, "auth_failure")
+    assert (theirs.user_id, theirs.domain_id) == (bob.id, bobs.id)
+    assert mine.id == event.id
+    listed = api("EmailGateway.GetEvents", APIKey=user.api_key, StartFrom=0, RetrieveCount=10)
+    assert [e["event_type"] for e in listed["Events"]].count("auth_failure") == 1
