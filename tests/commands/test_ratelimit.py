@@ -65,6 +65,21 @@ def stored(database, name: str) -> int:
         return s.scalar(select(func.sum(RateCounter.hits)).where(RateCounter.bucket == name)) or 0
 
 
+def send_one(http, key: str) -> int:
+    """The status of one POST /api/v1/email with ``key``."""
+    return http.post(
+        "/api/v1/email",
+        json={
+            "Subject": "Hi",
+            "ContentType": "html",
+            "HtmlContent": "<p>Hello</p>",
+            "From": {"email": "news@example.com"},
+            "To": [{"email": "rcpt@dest.example"}],
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    ).status_code
+
+
 def hammer(limiter: RateLimiter, name: str, threads=4, each=30):
     """``threads`` threads hitting ``name`` ``each`` times at once; every Decision."""
     start = threading.Barrier(threads)
@@ -522,17 +537,7 @@ def test_http_and_smtp_limits_are_counted_in_one_store(
         relay.limiter.clear(name)
 
     def send():
-        return http.post(
-            "/api/v1/email",
-            json={
-                "Subject": "Hi",
-                "ContentType": "html",
-                "HtmlContent": "<p>Hello</p>",
-                "From": {"email": "news@example.com"},
-                "To": [{"email": "rcpt@dest.example"}],
-            },
-            headers={"Authorization": f"Bearer {domain.key}"},
-        ).status_code
+        return send_one(http, domain.key)
 
     def submit():
         data = b"From: news@example.com\r\nTo: rcpt@dest.example\r\nSubject: Hi\r\n\r\nHello\r\n"
@@ -611,20 +616,7 @@ def test_with_redis_unreachable_sends_are_accepted_and_limited_not_failed(
     clock.freeze()
     domain = active_domain()
     http = make_app(ratelimit__storage=unreachable_redis, ratelimit__requests=2).client
-    statuses = [
-        http.post(
-            "/api/v1/email",
-            json={
-                "Subject": "Hi",
-                "ContentType": "html",
-                "HtmlContent": "<p>Hello</p>",
-                "From": {"email": "news@example.com"},
-                "To": [{"email": "rcpt@dest.example"}],
-            },
-            headers={"Authorization": f"Bearer {domain.key}"},
-        ).status_code
-        for _ in range(3)
-    ]
+    statuses = [send_one(http, domain.key) for _ in range(3)]
     assert statuses == [200, 200, 429]
 
 

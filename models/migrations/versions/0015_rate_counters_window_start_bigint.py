@@ -17,25 +17,17 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
+def _window_start(to: sa.types.TypeEngine[int], was: sa.types.TypeEngine[int]) -> None:
     if op.get_bind().dialect.name == "sqlite":
         return
     op.alter_column(
-        "rate_counters",
-        "window_start",
-        type_=sa.BigInteger(),
-        existing_type=sa.Integer(),
-        existing_nullable=False,
+        "rate_counters", "window_start", type_=to, existing_type=was, existing_nullable=False
     )
+
+
+def upgrade() -> None:
+    _window_start(sa.BigInteger(), sa.Integer())
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        return
-    op.alter_column(
-        "rate_counters",
-        "window_start",
-        type_=sa.Integer(),
-        existing_type=sa.BigInteger(),
-        existing_nullable=False,
-    )
+    _window_start(sa.Integer(), sa.BigInteger())
