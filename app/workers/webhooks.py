@@ -25,7 +25,7 @@ from commands.domains.rotation import housekeeping as dkim_housekeeping
 from commands.housekeeping import sweep
 from commands.webhooks.fanout import fan_out
 from commands.webhooks.payload import signature_headers
-from commands.webhooks.postal import PostalSigner, load_signer
+from commands.webhooks.postal import PostalSigner, SignerCache
 from commands.webhooks.queue import (
     Attempt,
     Post,
@@ -67,7 +67,7 @@ class WebhookSender:
         self._thread: threading.Thread | None = None
         self._aio: tuple[asyncio.Runner, httpx.AsyncClient] | None = None  # while it runs
         self._next_prune = time.monotonic() + PRUNE_EVERY / 10
-        self._postal_signer: PostalSigner | None = None
+        self._postal_keys = SignerCache()
         c = config.webhooks
         self.runner: Runner[Post | Attempt, Attempt] = Runner(
             self,
@@ -98,10 +98,8 @@ class WebhookSender:
             log.exception("DKIM key housekeeping failed")
 
     def postal_signer(self) -> PostalSigner:
-        """The key of Postal-format webhooks: read (or made) at its first need, then kept."""
-        if self._postal_signer is None:
-            self._postal_signer = load_signer(self.db, self.box, self.config)
-        return self._postal_signer
+        """The key of Postal-format webhooks (made at its first need; see SignerCache)."""
+        return self._postal_keys.get(self.db, self.box, self.config)
 
     def claim_due(self, limit: int) -> list[Post | Attempt]:
         """Take up to ``limit`` due deliveries (see ``claim``)."""

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,35 +121,67 @@ class PostalSigner:
 
 def load_signer(db: Database, box: SecretBox, config: Config) -> PostalSigner:
     """The key named by ``webhooks.postal_key_file``, else the one kept in the database,
-    made on first need: two processes making it at once end with one (the row's key is its
-    purpose; the one whose insert fails reads the other's)."""
-    path = config.webhooks.postal_key_file
-    if path:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"webhooks.postal_key_file {path}: not an RSA private key")
-        return PostalSigner(key)
+    made on first need (see ``SignerCache``, which keeps it parsed)."""
+    return SignerCache().get(db, box, config)
+
+
+class SignerCache:
+    """The Postal signing key, parsed once and looked up again cheaply.
+
+    A key file is read once. The database's key row is read on each ``get`` (one primary
+    key lookup) and parsed again only when it changed, so a key replaced in the database
+    (docs/operations.md) is used from then on. With no row, a new key is made: two
+    processes making it at once end with one (the row's key is its purpose; the one whose
+    insert fails reads the other's).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._source: str | None = None  # the key file's path or the stored ciphertext
+        self._signer: PostalSigner | None = None
+
+    def get(self, db: Database, box: SecretBox, config: Config) -> PostalSigner:
+        path = config.webhooks.postal_key_file
+        with self._lock:
+            if path:
+                if self._signer is None or self._source != "file:" + path:
+                    self._signer = PostalSigner(_rsa(Path(path).read_bytes(), path))
+                    self._source = "file:" + path
+                return self._signer
+            stored = _stored_key(db) or _create_key(db, box)
+            if self._signer is None or self._source != stored:
+                pem = box.decrypt(stored).encode("ascii")
+                self._signer = PostalSigner(_rsa(pem, "the stored Postal webhook key"))
+                self._source = stored
+            return self._signer
+
+
+def _rsa(pem: bytes, where: str) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{where}: not an RSA private key")
+    return key
+
+
+def _create_key(db: Database, box: SecretBox) -> str:
+    """A new key written to the database, or the one another process wrote first; its
+    ciphertext."""
+    new = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    pem = new.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    try:
+        with db.transaction() as s:
+            s.add(WebhookSigningKey(purpose=KEY_PURPOSE, key_encrypted=box.encrypt(pem)))
+        log.info("Postal webhook signing key created")
+    except IntegrityError:
+        pass  # another process made it first: its key is the one
     stored = _stored_key(db)
-    if stored is None:
-        new = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-        pem = new.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
-        try:
-            with db.transaction() as s:
-                s.add(WebhookSigningKey(purpose=KEY_PURPOSE, key_encrypted=box.encrypt(pem)))
-            log.info("Postal webhook signing key created")
-        except IntegrityError:
-            pass  # another process made it first: its key is the one
-        stored = _stored_key(db)
-        if stored is None:  # pragma: no cover - written or found above
-            raise RuntimeError("the Postal webhook signing key was neither written nor found")
-    key = serialization.load_pem_private_key(box.decrypt(stored).encode("ascii"), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):  # pragma: no cover - only RSA keys are stored
-        raise ValueError("the stored Postal webhook signing key is not an RSA key")
-    return PostalSigner(key)
+    if stored is None:  # pragma: no cover - written or found above
+        raise RuntimeError("the Postal webhook signing key was neither written nor found")
+    return stored
 
 
 def _stored_key(db: Database) -> str | None:
@@ -224,6 +257,8 @@ def postal_body(event: Event, delivery: Delivery | None, message: Message | None
     else:
         status = _STATUS[event.type]
         host = stored.get("host")
+        # The receiving server's answer as it was given: code and text.
+        output = " ".join(str(part) for part in (event.smtp_code, event.smtp_text) if part)
         details = event.smtp_text or ""
         if event.type == "delivered":
             details = f"Message for {event.recipient} accepted by {host}" if host else details
@@ -231,7 +266,7 @@ def postal_body(event: Event, delivery: Delivery | None, message: Message | None
             "message": msg,
             "status": status,
             "details": details,
-            "output": (event.smtp_text or "")[:512],
+            "output": output[:512],
             "sent_with_ssl": bool(stored.get("tls", False)),
             "timestamp": created,
             "time": stored.get("duration"),

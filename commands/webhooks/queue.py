@@ -153,7 +153,20 @@ def claim_deliveries(
     except Exception:  # noqa: BLE001 - read each delivery's on its own, below
         log.exception("webhook deliveries not read together", extra={"count": len(claimed)})
         sources = None
-    return [prepare(item, sources, db, box, now, postal_signer) for item in claimed]
+    signer = _once(postal_signer) if postal_signer is not None else None
+    return [prepare(item, sources, db, box, now, signer) for item in claimed]
+
+
+def _once(make: Callable[[], PostalSigner]) -> Callable[[], PostalSigner]:
+    """``make``, called at most once (the key is looked up once for a claim)."""
+    made: list[PostalSigner] = []
+
+    def get() -> PostalSigner:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 def claim(
