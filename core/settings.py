@@ -216,6 +216,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("webhooks", "concurrency_per_user", int, 5, _positive),
     Setting("webhooks", "max_per_domain", int, 10, _positive),
     Setting("webhooks", "disable_after_days", int, 3, _not_negative),
+    Setting("webhooks", "postal_key_file", str, ""),
     Setting("tracking", "base_url", str, "", lambda v: _http_url(v) if v else None),
     Setting("tracking", "repeat_window", int, 60, _not_negative),
     Setting("ratelimit", "storage", str, "database", _ratelimit_storage),
@@ -444,6 +445,7 @@ class WebhooksSettings(Section):
     concurrency_per_user: int
     max_per_domain: int
     disable_after_days: int
+    postal_key_file: str
 
 
 @dataclass(frozen=True)

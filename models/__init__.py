@@ -8,7 +8,7 @@ from models.idempotency import IdempotencyRecord
 from models.messages import Delivery, Event, Message, Suppression
 from models.templates import Template
 from models.users import User, UserAPIKey, UserSession
-from models.webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery
+from models.webhooks import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookSigningKey
 
 __all__ = [
     "Delivery",
@@ -28,6 +28,7 @@ __all__ = [
     "Webhook",
     "WebhookAttempt",
     "WebhookCursor",
+    "WebhookSigningKey",
     "WebhookDelivery",
     "User",
     "UserAPIKey",

@@ -125,6 +125,8 @@ class Webhook(Base):
     url: Mapped[str] = mapped_column(String(2048))
     # Comma-separated, in the vocabulary the webhook was registered with.
     events: Mapped[str] = mapped_column(String(255))
+    # The body and signatures its POSTs take: "postern" (Postern's own) or "postal".
+    format: Mapped[str] = mapped_column(String(16), default="postern", server_default="postern")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # When its deliveries began to fail with no success since (None while it succeeds); a

@@ -83,3 +83,17 @@ class WebhookCursor(Base):
     last_event_id: Mapped[int] = mapped_column(BigID, default=0)
     # Up to MAX_GAPS ids (mta/webhook_fanout.py), some 250 KB: more than MariaDB's TEXT holds.
     gaps: Mapped[str] = mapped_column(LongText, default="{}")
+
+
+class WebhookSigningKey(Base):
+    """A key of the installation that signs webhook POSTs: one row a purpose (``postal``:
+    the RSA key of Postal-format webhooks), its PEM encrypted with the SecretBox.
+
+    The purpose is the primary key, so two processes creating it at once end with one row.
+    """
+
+    __tablename__ = "webhook_signing_keys"
+
+    purpose: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -41,6 +41,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from app.http.api_v1 import bp as api_v1_bp
     from app.http.freshmail import bp as freshmail_bp
     from app.http.health import bp as health_bp
+    from app.http.jwks import bp as jwks_bp
     from app.http.openapi import bp as openapi_bp
     from app.http.tracking import bp as tracking_bp
 
@@ -48,6 +49,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.register_blueprint(api_v1_bp)
     app.register_blueprint(freshmail_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(jwks_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(tracking_bp)
 

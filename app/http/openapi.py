@@ -257,11 +257,12 @@ _V1_EVENT: Schema = {
 
 _V1_WEBHOOK: Schema = {
     "type": "object",
-    "required": ["WebhookID", "Event", "Events", "URL", "Status"],
+    "required": ["WebhookID", "Event", "Events", "Format", "URL", "Status"],
     "properties": {
         "WebhookID": {"type": "string"},
         "Event": {"type": "string"},
         "Events": {"type": "array", "items": {"type": "string"}},
+        "Format": {"type": "string", "enum": ["postern", "postal"]},
         "URL": {"type": "string"},
         "Status": {"type": "string", "enum": ["Active", "Inactive"]},
     },
@@ -472,6 +473,12 @@ def document() -> Schema:
                                             ]
                                         },
                                         "WebhookURL": {"type": "string"},
+                                        "Format": {
+                                            "type": "string",
+                                            "enum": ["postern", "postal"],
+                                            "description": "The POSTs' body and signatures: "
+                                            "Postern's own (default) or Postal's",
+                                        },
                                     },
                                 },
                                 "examples": {
@@ -560,6 +567,13 @@ def document() -> Schema:
                     },
                 }
             },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "The public key that signs Postal-format webhooks, as a JWKS",
+                    "security": [],
+                    "responses": {"200": _json(_ref("JWKS"), "The key set (one RSA key)")},
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -577,6 +591,23 @@ def document() -> Schema:
                 }
             },
             "schemas": {
+                "JWKS": {
+                    "type": "object",
+                    "required": ["keys"],
+                    "properties": {
+                        "keys": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["kty", "n", "e", "use", "alg", "kid"],
+                                "properties": {
+                                    k: {"type": "string"}
+                                    for k in ("kty", "n", "e", "use", "alg", "kid")
+                                },
+                            },
+                        }
+                    },
+                },
                 "Errors": {
                     "type": "object",
                     "required": ["Errors"],

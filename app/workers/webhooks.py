@@ -25,6 +25,7 @@ from commands.domains.rotation import housekeeping as dkim_housekeeping
 from commands.housekeeping import sweep
 from commands.webhooks.fanout import fan_out
 from commands.webhooks.payload import signature_headers
+from commands.webhooks.postal import PostalSigner, SignerCache
 from commands.webhooks.queue import (
     Attempt,
     Post,
@@ -66,6 +67,7 @@ class WebhookSender:
         self._thread: threading.Thread | None = None
         self._aio: tuple[asyncio.Runner, httpx.AsyncClient] | None = None  # while it runs
         self._next_prune = time.monotonic() + PRUNE_EVERY / 10
+        self._postal_keys = SignerCache()
         c = config.webhooks
         self.runner: Runner[Post | Attempt, Attempt] = Runner(
             self,
@@ -95,6 +97,10 @@ class WebhookSender:
         except Exception:  # noqa: BLE001 - the webhooks go on
             log.exception("DKIM key housekeeping failed")
 
+    def postal_signer(self) -> PostalSigner:
+        """The key of Postal-format webhooks (made at its first need; see SignerCache)."""
+        return self._postal_keys.get(self.db, self.box, self.config)
+
     def claim_due(self, limit: int) -> list[Post | Attempt]:
         """Take up to ``limit`` due deliveries (see ``claim``)."""
         c = self.config.webhooks
@@ -108,6 +114,7 @@ class WebhookSender:
             hold=timedelta(seconds=rounds * c.timeout + CLAIM_MARGIN),
             per_webhook=c.concurrency_per_webhook,
             per_user=c.concurrency_per_user,
+            postal_signer=self.postal_signer,
         )
 
     def record(self, attempt: Attempt) -> Recorded | None:
@@ -141,10 +148,12 @@ class WebhookSender:
         doing = "signing the POST"
         try:
             # The signature's time is the wall clock's: receivers compare it with their own.
-            headers = {
-                "Content-Type": "application/json",
-                **signature_headers(job.signing_key, job.message_id, int(time.time()), job.body),
-            }
+            signed = job.headers
+            if signed is None:
+                signed = signature_headers(
+                    job.signing_key, job.message_id, int(time.time()), job.body
+                )
+            headers = {"Content-Type": "application/json", **signed}
             doing = "posting"
             async with (
                 asyncio.timeout(timeout),

@@ -157,7 +157,7 @@ def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int
     rows = []
     for e in relevant:
         for hook in hooks.get((e.domain_id, e.user_id), ()):
-            name = event_name(hook.events, e.type)
+            name = event_name(hook.events, e.type, hook.format)
             if name is not None and e.created_at >= hook.created_at:
                 rows.append(
                     {

@@ -14,6 +14,7 @@ from commands.errors import CommandError
 from commands.registry import Auth, command
 from commands.schema import MAX_ID, CommandSchema, RowID, param, parse_row_id
 from commands.tenancy import domain_id_param, owned_domain
+from commands.webhooks.postal import FORMATS, NOT_IN_POSTAL, POSTAL, POSTAL_ONLY_EVENTS, POSTERN
 from core.crypto import new_signing_key
 from core.settings import Config
 from models import Domain, Webhook, WebhookAttempt, WebhookDelivery
@@ -34,17 +35,24 @@ EVENTS = {
     "auth_failure": "auth_failure",
 }
 ALL_EVENTS = set(EVENTS) | set(EVENTS.values())
+# Postal-format webhooks also take the events only Postal has names for (MessageDelayed,
+# MessageDeliveryFailed, MessageHeld) and leave out those Postal has none for.
+POSTAL_EVENT_NAMES = (ALL_EVENTS | set(POSTAL_ONLY_EVENTS)) - {
+    name for name in ALL_EVENTS if EVENTS.get(name, name) in NOT_IN_POSTAL
+}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def parse_events(raw: Any) -> list[str] | None:
-    """Event names from a string (comma-separated) or a list; None when any is unknown."""
+def parse_events(raw: Any, fmt: str = POSTERN) -> list[str] | None:
+    """Event names from a string (comma-separated) or a list; None when any is unknown (to
+    a webhook of format ``fmt``)."""
     items = raw if isinstance(raw, list) else str(raw).split(",")
+    known = POSTAL_EVENT_NAMES if fmt == POSTAL else ALL_EVENTS
     names = []
     for item in items:
         name = str(item).strip().lower()
-        if name not in ALL_EVENTS:
+        if name not in known:
             return None
         if name not in names:
             names.append(name)
@@ -90,22 +98,50 @@ def address_problem(ip: IPAddress, config: Config) -> str | None:
     return None
 
 
-def event_name(subscribed: str, event_type: str) -> str | None:
+def event_name(subscribed: str, event_type: str, fmt: str = POSTERN) -> str | None:
     """The name a webhook subscribed to ``event_type`` by, in its own vocabulary, or None.
 
     ``subscribed`` is the webhook's comma list as registered; ``event_type`` an event's
-    type as written in the event log (``delivered``, ``bounced``, ...).
+    type as written in the event log (``delivered``, ``bounced``, ...). A Postal-format
+    webhook subscribed to ``failed`` (MessageDeliveryFailed) hears of ``blocked`` too.
     """
-    for name in subscribed.split(","):
+    names = subscribed.split(",")
+    for name in names:
         if EVENTS.get(name, name) == event_type:
             return name
+    if fmt == POSTAL and event_type == "blocked" and "failed" in names:
+        return "failed"
     return None
+
+
+def invalid_events_text(raw: Any, fmt: str) -> str:
+    """Why ``raw`` is no event list for a webhook of format ``fmt``."""
+    if fmt == POSTAL and parse_events(raw) is not None:
+        return (
+            "Invalid event type specified: Postal has no webhook event for "
+            "unsubscribe, complaint, not_spam or auth_failure"
+        )
+    if fmt != POSTAL and parse_events(raw, POSTAL) is not None:
+        return "Invalid event type specified: deferred, failed and held need Format=postal"
+    return "Invalid event type specified"
+
+
+def parse_format(raw: Any) -> str:
+    """The webhook format named by ``raw`` (None: Postern's own); error 8 when unknown."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return POSTERN
+    fmt = str(raw).strip().lower()
+    if fmt not in FORMATS:
+        raise CommandError(8, "Invalid Format: it must be postern or postal")
+    return fmt
 
 
 LIMIT_REACHED = 7
 
 
-def add_webhook(ctx: Context, domain: Domain, events: list[str], url: str) -> Webhook:
+def add_webhook(
+    ctx: Context, domain: Domain, events: list[str], url: str, fmt: str = POSTERN
+) -> Webhook:
     """A new webhook for ``domain``; error 7 once it has ``webhooks.max_per_domain``."""
     most = ctx.config.webhooks.max_per_domain
     count = ctx.db.scalar(
@@ -116,7 +152,9 @@ def add_webhook(ctx: Context, domain: Domain, events: list[str], url: str) -> We
             LIMIT_REACHED,
             f"Webhook limit reached: a domain may have at most {most} webhooks",
         )
-    row = Webhook(domain_id=domain.id, url=url, events=",".join(events), created_at=ctx.now)
+    row = Webhook(
+        domain_id=domain.id, url=url, events=",".join(events), format=fmt, created_at=ctx.now
+    )
     ctx.db.add(row)
     ctx.db.flush()
     return row
@@ -134,6 +172,7 @@ def webhook_view(w: Webhook) -> dict[str, Any]:
         "WebhookID": str(w.id),
         "URL": w.url,
         "Events": w.events.split(","),
+        "Format": w.format,
         "Status": webhook_status(w),
         "FailingSince": format_date(w.failing_since) if w.failing_since else None,
         "DisabledDate": format_date(w.disabled_at) if w.disabled_at else None,
@@ -156,18 +195,22 @@ class AddWebhookSchema(CommandSchema):
     WebhookURL = param(
         fields.String(required=True), missing=(5, "Missing required parameter WebhookURL")
     )
+    Format = param(fields.Raw(allow_none=True))
 
 
 @command("EmailGateway.AddWebhook", schema=AddWebhookSchema, auth=Auth.USER, error_list=True)
-def add_webhook_command(ctx: Context, DomainID: int, Event: Any, WebhookURL: str) -> dict[str, Any]:
-    events = parse_events(Event)
+def add_webhook_command(
+    ctx: Context, DomainID: int, Event: Any, WebhookURL: str, Format: Any = None
+) -> dict[str, Any]:
+    fmt = parse_format(Format)
+    events = parse_events(Event, fmt)
     if events is None:
-        raise CommandError(3, "Invalid event type specified")
+        raise CommandError(3, invalid_events_text(Event, fmt))
     domain = owned_domain(ctx, DomainID, _ADD_WEBHOOK_NOT_FOUND)
     problem = url_problem(WebhookURL, ctx.config)
     if problem:
         raise CommandError(6, f"Invalid WebhookURL: {problem}")
-    return {"NewWebhookID": str(add_webhook(ctx, domain, events, WebhookURL).id)}
+    return {"NewWebhookID": str(add_webhook(ctx, domain, events, WebhookURL, fmt).id)}
 
 
 _GET_WEBHOOKS_NOT_FOUND = (2, "Invalid domain or domain does not belong to the user")
@@ -363,17 +406,20 @@ def delivery_view(row: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[
 class V1CreateSchema(CommandSchema):
     Event = param(fields.Raw(required=True), missing=(2, "Event is missing"))
     WebhookURL = param(fields.String(required=True), missing=(5, "WebhookURL is missing"))
+    Format = param(fields.Raw(allow_none=True))
 
 
 @command("v1.Webhooks.Create", schema=V1CreateSchema, auth=Auth.SENDER, transport="v1")
-def v1_create(ctx: Context, Event: Any, WebhookURL: str) -> dict[str, Any]:
-    events = parse_events(Event)
+def v1_create(ctx: Context, Event: Any, WebhookURL: str, Format: Any = None) -> dict[str, Any]:
+    fmt = parse_format(Format)
+    events = parse_events(Event, fmt)
     if events is None:
-        raise CommandError(3, "Invalid Event value")
+        text = invalid_events_text(Event, fmt)
+        raise CommandError(3, text.replace("Invalid event type specified", "Invalid Event value"))
     problem = url_problem(WebhookURL, ctx.config)
     if problem:
         raise CommandError(6, f"Invalid WebhookURL: {problem}")
-    return {"NewWebhookID": str(add_webhook(ctx, ctx.sender_domain, events, WebhookURL).id)}
+    return {"NewWebhookID": str(add_webhook(ctx, ctx.sender_domain, events, WebhookURL, fmt).id)}
 
 
 @command("v1.Webhooks.List", schema=CommandSchema, auth=Auth.SENDER, transport="v1", readonly=True)

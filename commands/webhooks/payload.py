@@ -22,6 +22,10 @@ WEBHOOK_EVENTS = (
     "complained",
     "not_spam",
     "auth_failure",
+    # Postal-format webhooks only (MessageDelayed, MessageDeliveryFailed, MessageHeld).
+    "deferred",
+    "failed",
+    "held",
 )
 
 # Keys of Event.details passed on to receivers (clicks and opens, unsubscribes, complaints).

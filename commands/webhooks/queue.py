@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -22,8 +22,18 @@ from sqlalchemy.orm import Session
 
 from commands.events import writer as events
 from commands.webhooks.payload import event_body
+from commands.webhooks.postal import POSTAL, PostalSigner, postal_body
 from core.crypto import SecretBox
-from models import Database, Domain, Event, Webhook, WebhookAttempt, WebhookDelivery
+from models import (
+    Database,
+    Delivery,
+    Domain,
+    Event,
+    Message,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from models.webhooks import FAILED, PENDING, SUCCEEDED
 
 log = logging.getLogger("postern.webhooks")
@@ -42,6 +52,9 @@ class Post:
     message_id: str  # the event's uid: webhook-id, the same on every retry
     body: bytes
     signing_key: str = field(repr=False)
+    # A Postal-format POST's signature headers (they depend on the body alone); None: the
+    # sender signs it with ``signing_key`` and the time of the POST.
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,14 +107,18 @@ class Claimed:
     event_name: str
     domain_id: int
     user_id: int
+    format: str = "postern"  # the webhook's
 
 
 @dataclass(frozen=True)
 class Sources:
-    """The events and encrypted signing keys a claim's POSTs are made from."""
+    """The events and encrypted signing keys a claim's POSTs are made from, and the
+    deliveries and messages of the events of Postal-format webhooks."""
 
     events: dict[int, Event]
     keys: dict[tuple[int, int], str]  # (domain id, its user's id): signing key, encrypted
+    deliveries: dict[int, Delivery] = field(default_factory=dict)
+    messages: dict[str, Message] = field(default_factory=dict)
 
 
 def claim_deliveries(
@@ -114,10 +131,12 @@ def claim_deliveries(
     hold: timedelta,
     per_webhook: int | None = None,
     per_user: int | None = None,
+    postal_signer: Callable[[], PostalSigner] | None = None,
 ) -> list[Post | Attempt]:
     """Take up to ``limit`` due deliveries for ``hold`` (at most ``per_webhook`` and
     ``per_user`` in flight, see ``claim``); each as its Post, or as its failed Attempt when
-    it cannot be posted (to be recorded like any other)."""
+    it cannot be posted (to be recorded like any other). ``postal_signer`` gives the key
+    of Postal-format webhooks (called only when one is claimed)."""
     claimed = claim(
         db,
         worker_id=worker_id,
@@ -134,7 +153,20 @@ def claim_deliveries(
     except Exception:  # noqa: BLE001 - read each delivery's on its own, below
         log.exception("webhook deliveries not read together", extra={"count": len(claimed)})
         sources = None
-    return [prepare(item, sources, db, box, now) for item in claimed]
+    signer = _once(postal_signer) if postal_signer is not None else None
+    return [prepare(item, sources, db, box, now, signer) for item in claimed]
+
+
+def _once(make: Callable[[], PostalSigner]) -> Callable[[], PostalSigner]:
+    """``make``, called at most once (the key is looked up once for a claim)."""
+    made: list[PostalSigner] = []
+
+    def get() -> PostalSigner:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 def claim(
@@ -240,7 +272,9 @@ def claim(
                 WebhookDelivery.event_name,
                 WebhookDelivery.domain_id,
                 WebhookDelivery.user_id,
+                Webhook.format,
             )
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.id)
         )
@@ -263,11 +297,30 @@ def read_sources(db: Database, items: Iterable[Claimed]) -> Sources:
                 )
             )
         }
-    return Sources(events, keys)
+        postal = [events[i.event_id] for i in items if i.format == POSTAL and i.event_id in events]
+        deliveries: dict[int, Delivery] = {}
+        messages: dict[str, Message] = {}
+        if postal:
+            wanted = {e.delivery_id for e in postal if e.delivery_id is not None}
+            deliveries = {
+                d.id: d for d in s.scalars(select(Delivery).where(Delivery.id.in_(wanted)))
+            }
+            messages = {
+                m.id: m
+                for m in s.scalars(
+                    select(Message).where(Message.id.in_({e.message_id for e in postal}))
+                )
+            }
+    return Sources(events, keys, deliveries, messages)
 
 
 def prepare(
-    item: Claimed, sources: Sources | None, db: Database, box: SecretBox, now: datetime
+    item: Claimed,
+    sources: Sources | None,
+    db: Database,
+    box: SecretBox,
+    now: datetime,
+    postal_signer: Callable[[], PostalSigner] | None = None,
 ) -> Post | Attempt:
     """``item``'s Post; its failed Attempt when it cannot be made. Never raises.
 
@@ -290,11 +343,22 @@ def prepare(
         doing = "decrypting the signing key"
         key = box.decrypt(encrypted)
         doing = "building the body"
-        body = event_body(event, item.event_name)
+        headers = None
+        if item.format == POSTAL:
+            delivery = sources.deliveries.get(event.delivery_id or 0)
+            if delivery is not None and delivery.message_id != event.message_id:
+                delivery = None  # pragma: no cover - an event names its own delivery
+            body = postal_body(event, delivery, sources.messages.get(event.message_id))
+            if postal_signer is None:
+                raise RuntimeError("no Postal signing key was given")
+            doing = "signing the POST"
+            headers = postal_signer().headers(body)
+        else:
+            body = event_body(event, item.event_name)
     except Exception as exc:  # noqa: BLE001 - recorded with the delivery, retried, never dropped
         log.exception("webhook delivery not prepared", extra={"delivery": item.delivery_id})
         return internal_error(item.delivery_id, now, doing, exc)
-    return Post(item.delivery_id, item.url, event.uid, body, key)
+    return Post(item.delivery_id, item.url, event.uid, body, key, headers)
 
 
 def record_attempt(

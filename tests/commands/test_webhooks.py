@@ -12,6 +12,7 @@ from models import Domain
 HOOK = "http://127.0.0.1:8999/hook"
 
 NOT_DISABLED = {"FailingSince": None, "DisabledDate": None, "DisabledReason": None}
+POSTERN = {"Format": "postern"}
 
 
 def test_add_and_get_webhooks(api, user, add_domain):
@@ -40,6 +41,7 @@ def test_add_and_get_webhooks(api, user, add_domain):
             "URL": HOOK,
             "Events": ["bounce"],
             "Status": "Active",
+            **POSTERN,
             **NOT_DISABLED,
         },
         {
@@ -47,6 +49,7 @@ def test_add_and_get_webhooks(api, user, add_domain):
             "URL": "https://hooks.example.com/x",
             "Events": ["delivered", "opened", "clicked"],
             "Status": "Active",
+            **POSTERN,
             **NOT_DISABLED,
         },
     ]
@@ -269,6 +272,7 @@ def test_enable_webhook_errors(api, user, add_domain):
         "URL": HOOK,
         "Events": ["bounce"],
         "Status": "Active",
+        **POSTERN,
         **NOT_DISABLED,
     }
 
