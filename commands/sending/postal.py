@@ -29,7 +29,7 @@ from commands.context import Context
 from commands.errors import CommandError
 from commands.registry import Auth, command
 from commands.schema import RawFieldsSchema
-from commands.sending.batch import _domain_for
+from commands.sending.batch import domain_for
 from commands.sending.handlers import accept, accept_raw
 from models import Delivery, Domain
 from models.payload import Person
@@ -153,7 +153,7 @@ def read_message(ctx: Context, params: dict[str, Any]) -> tuple[Domain, dict[str
         raise PostalRefused(*FROM_MISSING)
     sender = _person(raw_from)
     address = normalise_address(sender["email"])
-    domain = _domain_for(ctx, address) if address else None
+    domain = domain_for(ctx, address) if address else None
     if address is None or domain is None or not belongs(address, domain.name):
         raise PostalRefused(*UNAUTHENTICATED_FROM)
     envelope_sender = _text(params.get("sender"))
@@ -246,7 +246,7 @@ def send_raw(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     headers = BytesHeaderParser().parsebytes(data[: end.end()] if end else data)
     authors = [a for _n, a in getaddresses(headers.get_all("From") or []) if a]
     address = normalise_address(authors[0]) if authors else None
-    domain = _domain_for(ctx, address) if address else None
+    domain = domain_for(ctx, address) if address else None
     if domain is None:
         raise PostalRefused(*UNAUTHENTICATED_FROM)
     try:

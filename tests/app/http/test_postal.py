@@ -95,6 +95,18 @@ def test_authentication_answers(client, domain):
     }
 
 
+def test_a_disabled_users_keys(client, domain, user, database, clock):
+    from commands.users import set_enabled
+
+    with database.transaction() as s:
+        set_enabled(s, user.username, False, clock())
+    assert post(client, SEND, domain.key, body())["data"] == {
+        "message": "Your mail server has been suspended",
+        "code": "ServerSuspended",
+    }
+    assert post(client, SEND, user.api_key, body())["data"]["code"] == "InvalidServerAPIKey"
+
+
 FIFTY_ONE = [f"a{i}@dest.example" for i in range(51)]
 
 
