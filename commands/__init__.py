@@ -7,6 +7,7 @@ from commands import (  # noqa: F401
     domains,
     events,
     keys,
+    messages,
     sending,
     suppression,
     templates,

@@ -14,6 +14,9 @@ it and every form kept before:
   written as version 3, so a worker that predates it refuses it rather than sending the
   templates as they are; every other payload is written exactly as before.
 
+Versions 2 and 3 may carry ``sender_header`` (the Sender header) and ``bounce`` (true: the
+sender marked it a bounce message), written only when set.
+
 Beneath them, ``pack_payload`` and ``unpack_payload`` are the JSON-level forms (compression),
 kept for what reads or writes payloads as plain dicts.
 """
@@ -80,6 +83,8 @@ class Composed:
     track_opens: bool | None = None
     # Set: subject, html and text are templates (mta.templating), rendered per recipient.
     personalization: Personalization | None = None
+    sender_header: Person | None = None  # the Sender header, when it differs from From
+    bounce: bool = False  # the sender marked it a bounce message (Postal's ``bounce``)
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,11 @@ def encode_payload(payload: Payload) -> str:
         "track_links": payload.track_links,
         "track_opens": payload.track_opens,
     }
+    # Written only when set, so every other payload is kept exactly as before.
+    if payload.sender_header is not None:
+        stored["sender_header"] = _person(payload.sender_header)
+    if payload.bounce:
+        stored["bounce"] = True
     if payload.personalization is not None:
         stored["v"] = PERSONALIZED_VERSION
         stored["personalization"] = {
@@ -172,6 +182,10 @@ def decode_payload(text: str) -> Payload:
             track_links=stored.get("track_links"),
             track_opens=stored.get("track_opens"),
             personalization=_read_personalization(stored.get("personalization")),
+            sender_header=_read_person(stored["sender_header"])
+            if stored.get("sender_header")
+            else None,
+            bounce=bool(stored.get("bounce")),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise PayloadError(f"unreadable payload: {type(exc).__name__}: {exc}") from exc

@@ -115,6 +115,7 @@ class MessageSpec:
     message_id: str  # complete, e.g. "<0b7c...@example.com>"
     date: datetime  # aware
     extra_headers: dict[str, str] = field(default_factory=dict)  # headers Postern itself adds
+    sender_header: Address | None = None  # the Sender header (who sent it for the From)
 
 
 def is_reserved(name: str) -> bool:
@@ -245,6 +246,8 @@ def build_message(spec: MessageSpec) -> bytes:
         raise ValueError(f"malformed Message-ID {spec.message_id!r}")
     msg = EmailMessage(policy=POLICY)
     msg["From"] = _address(spec.sender)
+    if spec.sender_header is not None:
+        msg["Sender"] = _address(spec.sender_header)
     for header, addresses in (("To", spec.to), ("Cc", spec.cc), ("Reply-To", spec.reply_to)):
         if addresses:
             msg[header] = [_address(a) for a in addresses]

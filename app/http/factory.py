@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.http import envelope, freshmail
+from app.http import envelope, freshmail, postal
 from app.http.context import install
 from app.logs import configure_logging
 from commands import Gateway
@@ -43,6 +43,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from app.http.health import bp as health_bp
     from app.http.jwks import bp as jwks_bp
     from app.http.openapi import bp as openapi_bp
+    from app.http.postal import bp as postal_bp
     from app.http.tracking import bp as tracking_bp
 
     app.register_blueprint(api_php_bp)
@@ -51,6 +52,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(jwks_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(postal_bp)
     app.register_blueprint(tracking_bp)
 
     @app.before_request
@@ -90,6 +92,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
             )
         if request.path.startswith(FRESHMAIL_PREFIX):
             return freshmail.http_error(exc.code or 400, exc.description or exc.name)
+        if postal.is_postal_path(request.path):
+            return postal.http_error(exc.code or 400, exc.description or exc.name)
         # Flask hands this handler only exceptions with a code (it returns the others as
         # they are); 400 stands in for the type checker's None.
         return jsonify(
@@ -103,6 +107,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
         text = f"Internal error; quote request id {request_id} when reporting it"
         if request.path.startswith(FRESHMAIL_PREFIX):
             return freshmail.http_error(500, text)
+        if postal.is_postal_path(request.path):
+            return postal.http_error(500, text)
         if request.path == "/api.php":
             return envelope.render(
                 envelope.failure(INTERNAL_ERROR, text, RequestID=request_id),

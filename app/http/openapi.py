@@ -376,6 +376,96 @@ def _freshmail() -> Schema:
     }
 
 
+_POSTAL_ENVELOPE: Schema = {
+    "type": "object",
+    "required": ["status", "time", "flags", "data"],
+    "properties": {
+        "status": {"enum": ["success", "error", "parameter-error"]},
+        "time": {"type": "number"},
+        "flags": {"type": "object"},
+        "data": {},
+    },
+}
+_POSTAL_BODIES: dict[str, Schema] = {
+    "/api/v1/send/message": {
+        "type": "object",
+        "properties": {
+            "to": {"type": ["array", "string", "null"], "items": {"type": "string"}},
+            "cc": {"type": ["array", "string", "null"], "items": {"type": "string"}},
+            "bcc": {"type": ["array", "string", "null"], "items": {"type": "string"}},
+            "from": {"type": ["string", "null"]},
+            "sender": {"type": ["string", "null"]},
+            "subject": {"type": ["string", "null"]},
+            "reply_to": {"type": ["string", "null"]},
+            "plain_body": {"type": ["string", "null"]},
+            "html_body": {"type": ["string", "null"]},
+            "headers": {"type": ["object", "null"]},
+            "attachments": {
+                "type": ["array", "null"],
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "content_type": {"type": "string"},
+                        "data": {"type": "string", "description": "base64"},
+                    },
+                },
+            },
+            "tag": {"type": ["string", "null"]},
+            "bounce": {"type": ["boolean", "null"]},
+        },
+    },
+    "/api/v1/send/raw": {
+        "type": "object",
+        "required": ["mail_from", "rcpt_to", "data"],
+        "properties": {
+            "mail_from": {"type": "string"},
+            "rcpt_to": {"type": "array", "items": {"type": "string"}},
+            "data": {"type": "string", "description": "the RFC 2822 message in base64"},
+            "bounce": {"type": ["boolean", "null"]},
+        },
+    },
+    "/api/v1/messages/message": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "integer"},
+            "_expansions": {"type": ["boolean", "array"], "items": {"type": "string"}},
+        },
+    },
+    "/api/v1/messages/deliveries": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "integer"}},
+    },
+}
+_POSTAL_SUMMARIES = {
+    "/api/v1/send/message": "Postal: send a message (one delivery per recipient)",
+    "/api/v1/send/raw": "Postal: send an RFC 2822 message to the given recipients",
+    "/api/v1/messages/message": "Postal: one message (a delivery) and its expansions",
+    "/api/v1/messages/deliveries": "Postal: a message's delivery attempts",
+}
+
+
+def _postal(path: str) -> Schema:
+    """Postal's legacy API (docs/api.md, "Postal API"): GET, POST, PUT and PATCH alike."""
+    operation = {
+        "summary": _POSTAL_SUMMARIES[path],
+        "security": [{"postalKey": []}],
+        "parameters": [
+            _query("params", {"type": "string", "description": "the parameters as JSON"}),
+            _IDEMPOTENCY_KEY,
+        ],
+        "requestBody": {"content": {JSON: {"schema": _POSTAL_BODIES[path]}}},
+        "responses": {
+            "200": _json(_POSTAL_ENVELOPE, "Postal's envelope: success, error or parameter-error"),
+            "413": _json(_POSTAL_ENVELOPE, "Request body too large"),
+            "429": _json(_POSTAL_ENVELOPE, "Too many requests (code TooManyRequests)"),
+        },
+    }
+    return {method: operation for method in ("get", "post", "put", "patch")}
+
+
 def document() -> Schema:
     """The OpenAPI 3.1 document."""
     return {
@@ -435,6 +525,7 @@ def document() -> Schema:
             },
             "/api/v1/templates": _templates_path(),
             "/v3/messaging/emails": {"post": _freshmail()},
+            **{path: _postal(path) for path in _POSTAL_BODIES},
             "/v3/messaging/emails/": {"post": _freshmail()},
             "/api/v1/webhooks": {
                 "get": _v1(
@@ -588,7 +679,13 @@ def document() -> Schema:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A sender API key (EmailGateway.AddAPI)",
-                }
+                },
+                "postalKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Server-API-Key",
+                    "description": "Postal's routes: a sender API key or a user API key",
+                },
             },
             "schemas": {
                 "JWKS": {

@@ -112,6 +112,9 @@ def build_and_sign(job: BuildJob) -> bytes:
         message_id=f"<{job.message_id}@{job.domain_name}>",
         date=job.created_at,
         extra_headers=extra,
+        sender_header=Address(p.sender_header.email, p.sender_header.name)
+        if p.sender_header is not None
+        else None,
     )
     return sign_message(build_message(spec), keys)
 

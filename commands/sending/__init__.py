@@ -3,4 +3,5 @@
 from commands.sending import (
     batch,  # noqa: F401  (registers the batch commands)
     handlers,  # noqa: F401  (registers the commands)
+    postal,  # noqa: F401  (registers Postal's sends)
 )

@@ -134,9 +134,9 @@ def _named(exc: CommandError) -> str:
 _RECIPIENT_VALUES = re.compile(r"To\[(\d+)\]\.Personalization")
 
 
-def _domain_for(ctx: Context, sender_email: str) -> Domain | None:
-    """The domain the batch is sent from: the sender key's, else the user's enabled domain
-    the From address belongs to (the most specific one)."""
+def domain_for(ctx: Context, sender_email: str) -> Domain | None:
+    """The domain a send from ``sender_email`` goes out from: the sender key's, else the
+    user's enabled domain the address belongs to (the most specific one)."""
     if ctx.sender is not None:
         return ctx.sender_domain
     with ctx.read() as s:
@@ -162,7 +162,7 @@ def accept_batch(
     ]
     sender = params.get("From") if isinstance(params.get("From"), dict) else None
     sender_email = str((sender or {}).get("email") or "")
-    domain = _domain_for(ctx, sender_email) if sender_email else None
+    domain = domain_for(ctx, sender_email) if sender_email else None
     if sender_email and domain is None:
         errors.append("from.email: The sender's domain is not one of your enabled domains.")
     elif sender_email and domain is not None and not belongs(sender_email, domain.name):

@@ -86,8 +86,13 @@ def accept(
     *,
     source: str,
     sender_key_id: int | None = None,
+    sender_header: Person | None = None,
+    bounce: bool = False,
 ) -> dict[str, Any]:
-    """Check a send, then store the message, a delivery and an event per recipient."""
+    """Check a send, then store the message, a delivery and an event per recipient.
+
+    ``sender_header`` and ``bounce`` are kept with the message (Postal's ``sender`` and
+    ``bounce``; see models/payload.py)."""
     send = check_send(params, domain, ctx.config, ctx.now, _template(ctx, domain, params))
     payload = Composed(
         sender=Person(send.sender["email"], send.sender.get("name", "")),
@@ -102,6 +107,8 @@ def accept(
         track_links=send.track_links,
         track_opens=send.track_opens,
         personalization=send.personalization,
+        sender_header=sender_header,
+        bounce=bounce,
     )
     return store(
         ctx,

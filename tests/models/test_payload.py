@@ -106,3 +106,18 @@ def test_a_personalized_payload_is_version_3_and_round_trips():
     assert back == personal
     assert back.personalization.values_for("B@dest.example") == {"name": "Bob", "n": 3}
     assert back.personalization.values_for("c@dest.example") == {"name": "Ann", "n": 3}
+
+
+def test_the_sender_header_and_bounce_are_kept_only_when_set():
+    marked = Composed(
+        sender=Person("n@example.com"),
+        to=EXPECTED.to,
+        sender_header=Person("bot@example.com", "Bot"),
+        bounce=True,
+    )
+    stored = json.loads(encode_payload(marked))
+    assert stored["sender_header"] == {"email": "bot@example.com", "name": "Bot"}
+    assert stored["bounce"] is True and stored["v"] == VERSION
+    assert decode_payload(encode_payload(marked)) == marked
+    plain = json.loads(encode_payload(EXPECTED))
+    assert "sender_header" not in plain and "bounce" not in plain
