@@ -66,11 +66,12 @@ SUSPENDED_ACCOUNT = (12, "Invalid or deactivated user account")
 SUSPENDED_DOMAIN = (32, "Domain is not activated")
 
 
-def refuse_suspended(user: User, domain: Domain) -> None:
-    """Every send path's first refusal: 12 for a disabled or suspended user, 32 for a
-    suspended domain (their queued mail waits; commands/delivery/queue.py)."""
+def refuse_suspended(user: User, domain: Domain, http_status: int = 200) -> None:
+    """Every send path's first refusal: 12 for a disabled or suspended user (``http_status``:
+    403 on /api/v1, as for a disabled one), 32 for a suspended domain (their queued mail
+    waits; commands/delivery/queue.py)."""
     if not user.enabled or user.suspended:
-        raise CommandError(*SUSPENDED_ACCOUNT)
+        raise CommandError(*SUSPENDED_ACCOUNT, http_status=http_status)
     if domain.suspended:
         raise CommandError(*SUSPENDED_DOMAIN)
 
@@ -107,7 +108,7 @@ def accept(
     sender_key_id: int | None = None,
 ) -> dict[str, Any]:
     """Check a send, then store the message, a delivery and an event per recipient."""
-    refuse_suspended(ctx.current_user, domain)
+    refuse_suspended(ctx.current_user, domain, 200 if ctx.sender is None else 403)
     send = check_send(params, domain, ctx.config, ctx.now, _template(ctx, domain, params))
     payload = Composed(
         sender=Person(send.sender["email"], send.sender.get("name", "")),

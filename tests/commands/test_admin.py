@@ -355,7 +355,7 @@ def test_a_suspended_user_cannot_send_by_any_route_but_may_log_in(
     domain = active_domain()
     ok(api("Admin.User.Update", APIKey=admin.api_key, UserID=user.id, Status="Suspended"))
     refused = v1_send(client, domain.key)
-    assert refused.status_code >= 400
+    assert refused.status_code == 403
     assert refused.get_json()["Errors"][0] == {
         "Code": 12,
         "Message": "Invalid or deactivated user account",

@@ -15,22 +15,22 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.add_column(
-            sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch_op.add_column(sa.Column("send_quota_period", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("domain_limit", sa.Integer(), nullable=True))
-    with op.batch_alter_table("domains") as batch_op:
-        batch_op.add_column(
-            sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    # Plain ADD COLUMNs: on SQLite, batch mode would copy the tables for the expression
+    # defaults, and the copies would lose AUTOINCREMENT (ids never reused: 0008).
+    op.add_column(
+        "users", sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    op.add_column("users", sa.Column("send_quota_period", sa.Integer(), nullable=True))
+    op.add_column("users", sa.Column("domain_limit", sa.Integer(), nullable=True))
+    op.add_column(
+        "domains",
+        sa.Column("suspended", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("domains") as batch_op:
-        batch_op.drop_column("suspended")
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.drop_column("domain_limit")
-        batch_op.drop_column("send_quota_period")
-        batch_op.drop_column("suspended")
+    # DROP COLUMN (SQLite 3.35 or later): no copies of the tables either.
+    op.drop_column("domains", "suspended")
+    op.drop_column("users", "domain_limit")
+    op.drop_column("users", "send_quota_period")
+    op.drop_column("users", "suspended")
