@@ -53,6 +53,11 @@ def admin_login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[st
 # -- paging and search ------------------------------------------------------------------------
 
 
+def _no_nul(value: str) -> None:
+    if "\x00" in value:  # PostgreSQL text cannot hold it
+        raise ValidationError("NUL")
+
+
 class PagedSchema(CommandSchema):
     Page = param(
         fields.Integer(load_default=1, strict=False, validate=validate.Range(min=1, max=10**6)),
@@ -65,8 +70,8 @@ class PagedSchema(CommandSchema):
         invalid=(2, f"PerPage must be a whole number from 1 to {MAX_PER_PAGE}"),
     )
     Search = param(
-        fields.String(load_default="", validate=validate.Length(max=255)),
-        invalid=(3, "Search must be text of at most 255 characters"),
+        fields.String(load_default="", validate=[validate.Length(max=255), _no_nul]),
+        invalid=(3, "Search must be text of at most 255 characters, without NUL"),
     )
 
 

@@ -151,12 +151,12 @@ def login_as(
                 f"Too many failed logins. Wait for {wait} seconds before trying again.",
                 http_status=429,
             )
+    query = select(User.id, User.password_hash, User.enabled, User.is_admin).where(
+        User.username_key == key
+    )
+    # A name with NUL is nobody's (PostgreSQL text cannot even hold it to look it up).
     with ctx.read() as s:
-        row = s.execute(
-            select(User.id, User.password_hash, User.enabled, User.is_admin).where(
-                User.username_key == key
-            )
-        ).first()
+        row = None if "\x00" in key else s.execute(query).first()
     # No transaction is open here; an unknown username is checked against a stand-in hash.
     ok = verify_password(row.password_hash if row else None, Password)
     if not ok or row is None or (admin_only and not row.is_admin):

@@ -434,3 +434,20 @@ def test_admin_queue_counts_per_user(
         },
     ]
     assert body["Totals"] == {"Queued": 2, "Deferred": 1, "Held": 1, "Sending": 0, "Due": 2}
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800"])
+def test_text_no_database_can_keep_is_refused_not_failed(api, admin, user, text):
+    key = admin.api_key
+    assert code(api("Admin.Users.List", APIKey=key, Search=text)) == 3
+    assert code(api("Admin.Domains.List", APIKey=key, Search=text)) == 3
+    assert code(api("Admin.Login", Username=text, Password="whatever password")) in (1, 3)
+    update = api("Admin.User.Update", APIKey=key, UserID=user.id, EmailAddress=f"{text}@x.example")
+    assert code(update) == 3
+    # A password is only hashed: a NUL in it is kept; a lone surrogate cannot be encoded.
+    body = api("Admin.User.Update", APIKey=key, UserID=user.id, Password=text * 8)
+    if text == "\ud800":
+        assert code(body) == 4
+    else:
+        ok(body)
+        ok(api("User.Login", Username=user.username, Password=text * 8))
