@@ -4,6 +4,7 @@ Importing this package registers every command (each feature package imports its
 """
 
 from commands import (  # noqa: F401
+    admin,
     domains,
     events,
     keys,

@@ -91,7 +91,9 @@ def user_info(user: User) -> dict[str, Any]:
         "UserID": user.id,
         "Username": user.username,
         "EmailAddress": user.email,
-        "AccountStatus": "Enabled" if user.enabled else "Disabled",
+        "AccountStatus": (
+            ("Suspended" if user.suspended else "Enabled") if user.enabled else "Disabled"
+        ),
         "IsAdmin": user.is_admin,
         "SignUpDate": format_date(user.created_at),
         "LastLoginDate": format_date(user.last_login_at),
@@ -124,11 +126,19 @@ THROTTLED = 4  # User.Login's error past the failed-login limit (HTTP 429)
 
 @command("User.Login", schema=LoginSchema, auth=Auth.PUBLIC)
 def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any]:
+    return login_as(ctx, Username, Password)
+
+
+def login_as(
+    ctx: Context, Username: str, Password: str, *, admin_only: bool = False
+) -> dict[str, Any]:
     """Check the password with no transaction open (Argon2 takes a while), then write the
     session in a short transaction of its own.
 
     Failed logins are counted per username and per client address (``ctx.login_throttle``):
     past the limit, every attempt is refused with error 4 until the window ends.
+    ``admin_only`` (Admin.Login): a user who is not an administrator is refused and counted
+    exactly like a wrong password.
     """
     key = Username.strip().lower()
     throttle = ctx.login_throttle
@@ -141,13 +151,15 @@ def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any
                 f"Too many failed logins. Wait for {wait} seconds before trying again.",
                 http_status=429,
             )
+    query = select(User.id, User.password_hash, User.enabled, User.is_admin).where(
+        User.username_key == key
+    )
+    # A name with NUL is nobody's (PostgreSQL text cannot even hold it to look it up).
     with ctx.read() as s:
-        row = s.execute(
-            select(User.id, User.password_hash, User.enabled).where(User.username_key == key)
-        ).first()
+        row = None if "\x00" in key else s.execute(query).first()
     # No transaction is open here; an unknown username is checked against a stand-in hash.
     ok = verify_password(row.password_hash if row else None, Password)
-    if not ok or row is None:
+    if not ok or row is None or (admin_only and not row.is_admin):
         if throttle is not None:
             throttle.fail(keys)
         raise CommandError(3, INVALID_LOGIN)
@@ -157,7 +169,8 @@ def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any
     if throttle is not None and throttle.failures(keys[0]):
         throttle.forget(keys[0])
     user = ctx.db.get(User, row.id)
-    if user is None or not user.enabled:  # deleted or disabled since it was read
+    if user is None or not user.enabled or (admin_only and not user.is_admin):
+        # deleted, disabled or no longer an administrator since it was read
         raise CommandError(3, INVALID_LOGIN)
     if rehashed is not None and user.password_hash == row.password_hash:
         user.password_hash = rehashed
@@ -271,5 +284,9 @@ def set_enabled(db: Session, username: str, enabled: bool, now: datetime) -> Use
         return None
     user.enabled = enabled
     if not enabled:
-        db.execute(delete(UserSession).where(UserSession.user_id == user.id))
+        end_sessions(db, user.id)
     return user
+
+
+def end_sessions(db: Session, user_id: int) -> None:
+    db.execute(delete(UserSession).where(UserSession.user_id == user_id))

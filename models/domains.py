@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
@@ -32,6 +32,9 @@ class Domain(Base):
     # The ASCII (IDNA) form, lower-cased.
     name: Mapped[str] = mapped_column(String(253), index=True)
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    # Suspended by an administrator (whatever its verification status): sends from it are
+    # refused (32) and its queued mail is not delivered until it is enabled again.
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Per-record outcome of the last VerifyDomain, as JSON text.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.clock import utcnow
@@ -23,8 +23,15 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Suspended (by an administrator): sends are refused (12) and the user's queued mail is
+    # not delivered until the user is enabled again; the user may still log in.
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Recipients this user may send to per sending.quota_period; None: sending.quota.
     send_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The user's own quota period in seconds; None: sending.quota_period.
+    send_quota_period: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Domains this user may have; None: domains.max_per_user.
+    domain_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

@@ -28,6 +28,7 @@ from commands.errors import CommandError
 from commands.keys.sender_keys import INVALID_ACCOUNT
 from commands.messages.postal import MessageNotFound
 from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
+from commands.sending.handlers import SUSPENDED_ACCOUNT, SUSPENDED_DOMAIN
 from commands.sending.postal import ParameterRefused, PostalRefused
 
 bp = Blueprint("postal", __name__, url_prefix="/api/v1")
@@ -161,6 +162,8 @@ def answer(command_name: str) -> Response:
     except MessageNotFound as exc:
         return error("MessageNotFound", exc.text, id=exc.given)
     except CommandError as exc:
+        if exc.code in (SUSPENDED_ACCOUNT[0], SUSPENDED_DOMAIN[0]):
+            return envelope("error", SUSPENDED)  # suspended by an administrator
         if exc.http_status in (401, 403) or exc.code == 99998:
             return error("InvalidServerAPIKey", INVALID_KEY, token=token)
         return error("ValidationError", exc.text)

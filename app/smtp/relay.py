@@ -17,7 +17,16 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from commands.errors import CommandError
 from commands.gateway import Gateway
-from commands.keys.smtp_credentials import SMTPCaller, authenticate_smtp, still_valid
+from commands.keys.smtp_credentials import (
+    REVOKED as CREDENTIAL_REVOKED,
+)
+from commands.keys.smtp_credentials import (
+    SUSPENDED_DOMAIN,
+    SUSPENDED_USER,
+    SMTPCaller,
+    authenticate_smtp,
+    credential_state,
+)
 from commands.ratelimit import RateLimited, smtp_bucket
 from core.settings import Config, ConfigError, sqlite_path
 from mta.addresses import belongs, normalise_address
@@ -43,6 +52,7 @@ REPLIES = {
     35: "550 5.6.0 {text}",  # a header block the signer could not read
     41: "550 5.7.1 {text}",  # a trace or authentication header a sender may not set
     12: "550 5.7.1 Account disabled",
+    32: "550 5.7.1 Domain is not activated",
 }
 # MAIL FROM in a session whose credential was deleted, reset or disabled after it logged in.
 REVOKED = "530 5.7.0 Authentication required: the credential was revoked or its password reset"
@@ -336,12 +346,18 @@ class RelayHandler:
         if caller is None:
             if self.role != "inbound":
                 return "530 5.7.0 Authentication required"
-        elif not await asyncio.to_thread(still_valid, self.gateway.db, caller):
+        elif (
+            state := await asyncio.to_thread(credential_state, self.gateway.db, caller)
+        ) == CREDENTIAL_REVOKED:
             # Deleted, its password reset, or disabled since this session logged in: the
             # session is logged out, and may log in again (with the new password).
             session.authenticated, session.auth_data = False, None
             log.info("smtp credential revoked", extra={"credential": caller.credential_id})
             return REVOKED
+        elif state == SUSPENDED_USER:
+            return REPLIES[12]  # suspended by an administrator: the session stays logged in
+        elif state == SUSPENDED_DOMAIN:
+            return REPLIES[32]
         elif not belongs(address or "", caller.domain_name):
             return f"553 5.7.1 The sender must be an address at {caller.domain_name}"
         else:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, or_, select, update
+from sqlalchemy import CursorResult, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
-from models import Database, Delivery, Message
+from models import Database, Delivery, Domain, Message, User
 from models.direct import Direct
 from models.messages import FAILED, HELD, QUEUED, SENDING
 
@@ -61,7 +61,11 @@ def _due(db: Database, limit: int) -> Direct:
     key = (db.backend, limit)
     due = _DUE.get(key)
     if due is None:
-        query = select(Delivery.id).where(Delivery.due_at <= bindparam("now"))
+        query = select(Delivery.id).where(
+            Delivery.due_at <= bindparam("now"),
+            ~exists().where(User.id == Delivery.user_id, User.suspended),
+            ~exists().where(Domain.id == Delivery.domain_id, Domain.suspended),
+        )
         due = _DUE[key] = Direct(db.skip_locked(query.order_by(Delivery.due_at).limit(limit)))
     return due
 
@@ -75,6 +79,11 @@ def claim_batch(
     PostgreSQL and MariaDB skip rows another worker has locked; SQLite's BEGIN IMMEDIATE
     makes the claim exclusive. A claim moves due_at forward by the claim timeout, so the
     deliveries of a worker that died are taken up again after it.
+
+    The deliveries of a suspended user or domain are not claimed: they stay queued, due,
+    and go out once it is enabled again. The suspension is read in the claiming
+    transaction, so a delivery claimed after the suspension commits is never one of them
+    (one claimed before it, already in a worker's hands, goes on).
     """
     with db.unit_of_work() as work:
         ids = [row[0] for row in _due(db, limit).all(work.conn, {"now": now})]

@@ -121,16 +121,17 @@ def add_domain(ctx: Context, DomainName: str) -> dict[str, Any]:
         raise CommandError(2, "Invalid domain name provided")
     cfg = ctx.config.domains
     user = ctx.current_user
+    most = user.domain_limit if user.domain_limit is not None else cfg.max_per_user
     # The refusals first, in a short read (generating keys takes a while: a request that is
     # refused never starts it); then the keys, with no transaction open; then the same
     # checks again in the transaction that adds the domain (another request may have added
     # one in between).
     with ctx.read() as s:
-        _check_can_add(s, user.id, name, cfg.max_per_user)
+        _check_can_add(s, user.id, name, most)
     keys = [dkim.new_key(ctx.box, cfg.dkim_selector, "rsa", cfg.dkim_rsa_bits)]
     if cfg.dkim_ed25519:
         keys.append(dkim.new_key(ctx.box, cfg.dkim_ed25519_selector, "ed25519"))
-    _check_can_add(ctx.db, user.id, name, cfg.max_per_user)
+    _check_can_add(ctx.db, user.id, name, most)
     domain = Domain(
         user_id=user.id,
         name=name,

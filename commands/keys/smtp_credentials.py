@@ -213,7 +213,9 @@ _STILL_VALID = Direct(
         SMTPCredential.password_digest,
         SMTPCredential.active,
         Domain.status,
+        Domain.suspended.label("domain_suspended"),
         User.enabled,
+        User.suspended,
     )
     .join(
         Domain,
@@ -224,19 +226,36 @@ _STILL_VALID = Direct(
 )
 
 
-def still_valid(db: Database, caller: SMTPCaller) -> bool:
-    """Whether the credential a session logged in with would still log it in: not deleted,
-    its password not reset, it, its user and its domain still enabled (a revoked credential
-    stops the open sessions at their next MAIL FROM)."""
+# credential_state's answers besides VALID
+VALID, REVOKED, SUSPENDED_USER, SUSPENDED_DOMAIN = "valid", "revoked", "suspended", "domain"
+
+
+def credential_state(db: Database, caller: SMTPCaller) -> str:
+    """What the credential a session logged in with is now, at its MAIL FROM: REVOKED when
+    it would not log the session in again (deleted, its password reset, it, its user or its
+    domain disabled: it stops the open sessions), SUSPENDED_USER or SUSPENDED_DOMAIN when
+    an administrator suspended its user or domain, else VALID."""
     with db.read_connection() as conn:
         row = _STILL_VALID.mapping(conn, {"credential_id": caller.credential_id})
-    return (
+    if not (
         row is not None
         and digests_match(row["password_digest"], caller.password_digest)
         and bool(row["active"])
         and bool(row["enabled"])
         and row["status"] == ENABLED
-    )
+    ):
+        return REVOKED
+    if row["suspended"]:
+        return SUSPENDED_USER
+    if row["domain_suspended"]:
+        return SUSPENDED_DOMAIN
+    return VALID
+
+
+def still_valid(db: Database, caller: SMTPCaller) -> bool:
+    """Whether the credential a session logged in with would still log it in (a
+    suspended user's or domain's would: ``credential_state`` tells them apart)."""
+    return credential_state(db, caller) != REVOKED
 
 
 def authenticate_smtp(db: Database, username: str, password: str) -> tuple[SMTPCaller | None, str]:

@@ -26,7 +26,12 @@ from commands.errors import CommandError
 from commands.registry import Auth, command
 from commands.schema import RawFieldsSchema
 from commands.sending.checks import Recipient, check_send
-from commands.sending.handlers import quota_of, used_in_period, write_message
+from commands.sending.handlers import (
+    SUSPENDED_ACCOUNT,
+    quota_of,
+    used_in_period,
+    write_message,
+)
 from commands.suppression import suppressed_among
 from commands.templates.store import Parts, find_by_hash, parts_of
 from core.settings import Config
@@ -156,6 +161,8 @@ def accept_batch(
 ) -> dict[str, Any]:
     """Check the batch; store a message, delivery and event per recipient; answer
     ``{"Messages": [{"email", "id"}, ...]}`` in the recipients' order."""
+    if not ctx.current_user.enabled or ctx.current_user.suspended:
+        raise CommandError(*SUSPENDED_ACCOUNT)
     errors: list[str] = [str(p) for p in params.get("Problems") or []]
     recipients: list[dict[str, Any]] = [
         r for r in params.get("Recipients") or [] if isinstance(r, dict)
@@ -167,6 +174,9 @@ def accept_batch(
         errors.append("from.email: The sender's domain is not one of your enabled domains.")
     elif sender_email and domain is not None and not belongs(sender_email, domain.name):
         errors.append(f"from.email: The address must be at {domain.name} or its subdomains.")
+        domain = None
+    elif domain is not None and domain.suspended:
+        errors.append(f"from.email: The domain {domain.name} is suspended.")
         domain = None
     template: Parts | None = None
     template_hash = params.get("TemplateHash")
@@ -208,7 +218,7 @@ def accept_batch(
 
     user = ctx.current_user
     quota = quota_of(ctx.config, user)
-    used = used_in_period(ctx, user.id) if quota else 0
+    used = used_in_period(ctx, user.id) if quota else 0  # the user's quota period
     common = {
         "user_id": domain.user_id,
         "domain_id": domain.id,

@@ -57,12 +57,32 @@ def quota_of(config: Config, user: User) -> int:
     return user.send_quota if user.send_quota is not None else config.sending.quota
 
 
-def used_in_period(ctx: Context, user_id: int) -> int:
+def quota_period_of(config: Config, user: User) -> int:
+    period = user.send_quota_period
+    return period if period is not None else config.sending.quota_period
+
+
+SUSPENDED_ACCOUNT = (12, "Invalid or deactivated user account")
+SUSPENDED_DOMAIN = (32, "Domain is not activated")
+
+
+def refuse_suspended(user: User, domain: Domain, http_status: int = 200) -> None:
+    """Every send path's first refusal: 12 for a disabled or suspended user (``http_status``:
+    403 on /api/v1, as for a disabled one), 32 for a suspended domain (their queued mail
+    waits; commands/delivery/queue.py)."""
+    if not user.enabled or user.suspended:
+        raise CommandError(*SUSPENDED_ACCOUNT, http_status=http_status)
+    if domain.suspended:
+        raise CommandError(*SUSPENDED_DOMAIN)
+
+
+def used_in_period(ctx: Context, user_id: int, period: int | None = None) -> int:
     """The user's deliveries in the current quota period (suppressed ones not counted).
 
     Counting them can take a while: in a read transaction of its own, before the write
     transaction (on SQLite that holds the single write lock)."""
-    period = ctx.config.sending.quota_period
+    if period is None:
+        period = quota_period_of(ctx.config, ctx.current_user)
     start = datetime.fromtimestamp(int(ctx.now.timestamp()) // period * period, UTC)
     with ctx.read() as s:
         return (
@@ -93,6 +113,7 @@ def accept(
 
     ``sender_header`` and ``bounce`` are kept with the message (Postal's ``sender`` and
     ``bounce``; see models/payload.py)."""
+    refuse_suspended(ctx.current_user, domain, 200 if ctx.sender is None else 403)
     send = check_send(params, domain, ctx.config, ctx.now, _template(ctx, domain, params))
     payload = Composed(
         sender=Person(send.sender["email"], send.sender.get("name", "")),
@@ -153,6 +174,7 @@ def accept_raw(
     Return-Path, Delivered-To and X-Original-To header, and DKIM-signs it like any other
     message.
     """
+    refuse_suspended(ctx.current_user, domain)
     # The raw header values (compat32): the default policy builds header objects (and new
     # classes) per header, which costs more than the rest of accepting the message. Only
     # the header block is given to the parser, which would otherwise split the whole body

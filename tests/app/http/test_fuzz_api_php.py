@@ -216,6 +216,7 @@ class State:
         self.key = self.user.api_key
         self.session = None
         self.domain_id = None
+        self.password_hash = None
         self.requests = 0
         self.succeeded: Counter[str] = Counter()
 
@@ -223,10 +224,17 @@ class State:
         with self.database.transaction() as s:
             user = s.get(User, self.user.id)
             user.enabled = True
+            # What the admin commands may have changed of the fuzzing user itself.
+            if self.password_hash is None:
+                self.password_hash = user.password_hash
+            user.password_hash = self.password_hash
+            user.suspended = False
+            user.send_quota = user.send_quota_period = user.domain_limit = None
             domain = s.scalars(select(Domain).where(Domain.user_id == user.id)).first()
             self.domain_id = domain.id if domain else None
             if domain is not None:
                 domain.status = ENABLED
+                domain.suspended = False
         if not self.call({"Command": "User.APIKey.List", "APIKey": self.key}).get("Success"):
             with self.database.transaction() as s:
                 _, self.key = create_api_key(s, self.box, s.get(User, self.user.id), "fuzz")
