@@ -73,6 +73,8 @@ class Outcome:
     enhanced: str | None  # enhanced status code such as "5.1.1" if there was one
     text: str  # the reply text, or a description of the problem
     host: str | None  # the "host:port" it was about
+    tls: bool = False  # whether the message went (or was refused) over TLS
+    seconds: float | None = None  # how long its transaction took (None: none was begun)
 
 
 @dataclass
@@ -167,7 +169,10 @@ async def deliver(
             session.limit = limit
             try:
                 for env in envelopes:
-                    outcomes.append(await session.transaction(env))
+                    began = time.monotonic()
+                    outcome = await session.transaction(env)
+                    outcome.seconds = round(time.monotonic() - began, 3)
+                    outcomes.append(outcome)
             except _Failure as exc:
                 exc.host = session.host
                 outcomes += [exc.outcome(env) for env in envelopes[len(outcomes) :]]
@@ -647,10 +652,12 @@ class _Session:
             status = "bounced"
         else:
             status = "deferred"
-        return Outcome(env.ref, status, reply.code, reply.enhanced, reply.text, self.host)
+        return Outcome(
+            env.ref, status, reply.code, reply.enhanced, reply.text, self.host, tls=self.tls
+        )
 
     def _local(self, env: Envelope, enhanced: str, text: str) -> Outcome:
-        return Outcome(env.ref, "bounced", None, enhanced, text, self.host)
+        return Outcome(env.ref, "bounced", None, enhanced, text, self.host, tls=self.tls)
 
 
 class _Channel(asyncio.Protocol):

@@ -177,7 +177,16 @@ class Worker:
                 dispatch(sends, self.config, self.resolver, deadline=deadline)
             )
             results += [
-                Result(cast(int, o.ref), o.status, o.code, o.enhanced, o.text, o.host)
+                Result(
+                    cast(int, o.ref),
+                    o.status,
+                    o.code,
+                    o.enhanced,
+                    o.text,
+                    o.host,
+                    tls=o.tls,
+                    seconds=o.seconds,
+                )
                 for o in outcomes
             ]
         if any(r.status == "error" and r.text.startswith(_BROKEN_POOL) for r in results):

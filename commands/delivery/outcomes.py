@@ -50,6 +50,8 @@ class Result:
     enhanced: str | None = None
     text: str = ""
     host: str | None = None
+    tls: bool = False  # the attempt went over TLS
+    seconds: float | None = None  # how long the SMTP transaction took
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ def record_outcomes(
                 continue
             kind, due_at, text, errors = r.status, None, r.text, d.errors
             details: dict[str, Any] = {"host": r.host, "attempt": d.attempts}
+            if r.seconds is not None:  # an SMTP transaction was made
+                details["tls"], details["seconds"] = r.tls, r.seconds
             enhanced = r.enhanced
             if kind == "error":
                 errors += 1

@@ -289,19 +289,24 @@ def deliveries_data(ctx: Context, given: Any) -> list[dict[str, Any]]:
         .where(Event.delivery_id == delivery.id, Event.type.in_(ATTEMPTS_HELD))
         .order_by(Event.id)
     ).all()
-    return [
-        {
-            "id": int(e.id),
-            "status": STATUS.get(e.type, "HardFail"),
-            "details": _details(e, delivery.recipient),
-            "output": _output(e),
-            "sent_with_ssl": False,
-            "log_id": e.uid,
-            "time": 0.0,
-            "timestamp": _stamp(e.created_at),
-        }
-        for e in rows
-    ]
+    out = []
+    for e in rows:
+        stored = json.loads(e.details or "{}")
+        seconds = stored.get("seconds")
+        out.append(
+            {
+                "id": int(e.id),
+                "status": STATUS.get(e.type, "HardFail"),
+                "details": _details(e, delivery.recipient),
+                "output": _output(e),
+                "sent_with_ssl": stored.get("tls") is True,
+                "log_id": e.uid,
+                # Seconds the SMTP transaction took; 0.0 for an attempt that made none.
+                "time": float(seconds) if isinstance(seconds, int | float) else 0.0,
+                "timestamp": _stamp(e.created_at),
+            }
+        )
+    return out
 
 
 class PostalMessageSchema(RawFieldsSchema):

@@ -267,9 +267,9 @@ def postal_body(event: Event, delivery: Delivery | None, message: Message | None
             "status": status,
             "details": details,
             "output": output[:512],
-            "sent_with_ssl": bool(stored.get("tls", False)),
+            "sent_with_ssl": stored.get("tls") is True,
             "timestamp": created,
-            "time": stored.get("duration"),
+            "time": stored.get("seconds"),
         }
     body = {"event": name, "timestamp": created, "payload": payload, "uuid": event.uid}
     return json.dumps(body, separators=(",", ":")).encode()

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from app.workers.delivery import Worker
 from core.crypto import SecretBox
 from models import Delivery, Message
-from tests import smtppeer
+from tests import djangoconf, smtppeer
 from tests.clientvenv import client_python, run_client
 from tests.conftest import SECRET_KEY
 
@@ -528,16 +528,7 @@ def test_postal_py(live, domain, mx, worker):
 
 
 def test_django_anymail(live, domain, database):
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            EMAIL_BACKEND="anymail.backends.postal.EmailBackend",
-            ANYMAIL={"POSTAL_API_URL": live, "POSTAL_API_KEY": domain.key},
-            INSTALLED_APPS=["anymail"],
-        )
-        django.setup()
+    djangoconf.configure()
     from django.core.mail import EmailMessage
     from django.test.utils import override_settings
 

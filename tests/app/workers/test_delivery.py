@@ -3,6 +3,7 @@
 import contextlib
 import email
 import email.policy
+import json
 import os
 import re
 import signal
@@ -326,9 +327,28 @@ def test_two_workers_deliver_each_message_once(send, mx, worker_for, database):
 def test_starttls_when_offered(send, dns_server, worker_for, make_smtp_peer, database):
     peer = make_smtp_peer(starttls=True)
     dns_server.add("tls.example", "A", "127.0.0.1")
-    send(to="x@tls.example")
+    message_id = send(to="x@tls.example")
     worker_for(peer).run_once()
     assert peer.messages[0].tls is True
+    # The attempt's event says so, with how long the transaction took (Postal's API and
+    # webhooks show them as sent_with_ssl and time).
+    with database.transaction(readonly=True) as s:
+        [event] = s.scalars(
+            select(Event).where(Event.message_id == message_id, Event.type == "delivered")
+        ).all()
+    details = json.loads(event.details)
+    assert details["tls"] is True and 0 <= details["seconds"] < 60
+
+
+def test_an_attempt_in_plaintext_says_so(send, mx, worker_for, database):
+    message_id = send()
+    worker_for(mx).run_once()
+    with database.transaction(readonly=True) as s:
+        [event] = s.scalars(
+            select(Event).where(Event.message_id == message_id, Event.type == "delivered")
+        ).all()
+    details = json.loads(event.details)
+    assert details["tls"] is False and isinstance(details["seconds"], float)
 
 
 def test_required_tls_defers_when_not_offered(send, mx, worker_for, database):

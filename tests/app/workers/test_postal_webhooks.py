@@ -8,17 +8,15 @@ import email.policy
 import json
 import re
 
-import django
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from django.conf import settings
 
 from app.workers.webhooks import WebhookSender
 from commands.events import writer as events
 from models import Delivery, Message
-from tests import httpreceiver
+from tests import djangoconf, httpreceiver
 from tests.app.workers import test_delivery as delivery_tests
 from tests.mta.test_tracking import hrefs
 
@@ -30,15 +28,7 @@ domain = delivery_tests.domain
 send = delivery_tests.send
 deliveries = delivery_tests.deliveries
 
-if not settings.configured:
-    settings.configure(
-        SECRET_KEY="postern tests",
-        ALLOWED_HOSTS=["*"],
-        INSTALLED_APPS=[],
-        USE_TZ=True,
-        ANYMAIL={},
-    )
-    django.setup()
+djangoconf.configure()
 
 from anymail.exceptions import AnymailWebhookValidationFailure  # noqa: E402 - needs settings
 from anymail.signals import tracking  # noqa: E402
@@ -227,10 +217,11 @@ def test_deliveries_bounces_opens_and_clicks_reach_the_receiver_as_postal_posts_
         "status": "Sent",
         "details": f"Message for ok@dest.example accepted by 127.0.0.1:{mx.port}",
         "output": sent["output"],
-        "sent_with_ssl": False,
+        "sent_with_ssl": False,  # the loopback MX offers no STARTTLS
         "timestamp": sent["timestamp"],
-        "time": None,
+        "time": sent["time"],
     }
+    assert isinstance(sent["time"], float) and 0 <= sent["time"] < 60
     assert sent["output"] == "250 2.0.0 OK queued as 1"
     delayed = by_event["MessageDelayed", "soft"].json()["payload"]
     assert (delayed["status"], delayed["message"]) == (
