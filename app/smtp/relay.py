@@ -66,9 +66,12 @@ class RelaySMTP(SMTP):
     """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A session begins (counted once: STARTTLS makes this call again)."""
         super().connection_made(transport)
-        handler = self.event_handler
-        metrics.smtp_session(handler.role if isinstance(handler, RelayHandler) else "other")
+        if not getattr(self, "_counted", False):
+            self._counted = True
+            handler = self.event_handler
+            metrics.smtp_session(handler.role if isinstance(handler, RelayHandler) else "other")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_ADDRESS.match(arg or "")
