@@ -7,6 +7,7 @@ import socket
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from mta.tls import ensure_self_signed
 from tests import smtppeer
 from tests.app.workers import test_delivery as delivery_tests
 from tests.conftest import SECRET_KEY
@@ -43,6 +44,8 @@ def test_every_process_of_serve_counts_in_one_scrape(tmp_path, base_config, acti
     domain = active_domain()
     temp = tmp_path / "tmp"
     temp.mkdir()
+    cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    ensure_self_signed(cert, key, "mx.postern.test")  # for any database (not beside SQLite's)
     smtp_ports = [free_port() for _ in range(3)]
     env = clean_env(
         POSTERN_DATABASE_URL=base_config.database.url,
@@ -54,6 +57,8 @@ def test_every_process_of_serve_counts_in_one_scrape(tmp_path, base_config, acti
         POSTERN_DELIVERY_POLL_INTERVAL="0.2",
         POSTERN_SMTP_PORTS=",".join(map(str, smtp_ports)),
         POSTERN_SMTP_HOSTNAME="mx.postern.test",
+        POSTERN_SMTP_TLS_CERT=str(cert),
+        POSTERN_SMTP_TLS_KEY=str(key),
         TMPDIR=str(temp),  # where serve makes its metrics directory
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
