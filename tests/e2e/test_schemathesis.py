@@ -92,7 +92,9 @@ def test_every_answer_matches_the_document(tmp_path, database, base_config, dns_
                     tried["requests"] += 1
                     if case.path == "/api.php" and isinstance(case.body, dict):
                         case.body.setdefault("APIKey", user_key)
-                    case.call_and_validate(base_url=base, headers=headers, checks=CHECKS)
+                    # /readyz answers its documented 503: no delivery worker runs here.
+                    checks = CHECKS[1:] if case.path == "/readyz" else CHECKS
+                    case.call_and_validate(base_url=base, headers=headers, checks=checks)
 
                 # A negative mode may find nothing to break in an operation without parameters.
                 with contextlib.suppress(hypothesis.errors.Unsatisfiable):
