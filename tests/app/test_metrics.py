@@ -10,11 +10,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from commands.suppression import suppress_bounce
-from tests import smtppeer
+from tests import httpreceiver, smtppeer
 from tests.app.smtp import test_relay as relay_tests
 from tests.app.workers import test_delivery as delivery_tests
+from tests.app.workers import test_webhook_delivery as webhook_tests
 
 smtp_peer = smtppeer.smtp_peer
+http_receiver = httpreceiver.http_receiver
+hook, message, emit = webhook_tests.hook, webhook_tests.message, webhook_tests.emit
+sender_for = webhook_tests.sender_for
 mx, worker_for = delivery_tests.mx, delivery_tests.worker_for
 relay_for, relay = relay_tests.relay_for, relay_tests.relay
 NO_VERIFY = relay_tests.NO_VERIFY
@@ -214,3 +218,28 @@ def test_a_token_keeps_metrics_private(make_app):
 
 def test_without_a_token_metrics_answer_anyone(client):
     assert client.get("/metrics").status_code == 200
+
+
+def test_webhook_posts_are_counted_by_outcome_and_the_backlog_read(
+    client, domain, hook, message, emit, sender_for, http_receiver, clock
+):
+    hook(domain, "delivered", http_receiver.url())
+    http_receiver.answer(503, 503, 200)
+    sender = sender_for(webhooks__retry_schedule=[10])
+    before = scrape(client)
+    emit(message(), "delivered")
+    assert sender.run_once() == 1  # 503: retried in 10 s
+    pending = scrape(client)
+    assert value(pending, "postern_webhook_backlog") == 1
+    clock.advance(seconds=12)
+    assert sender.run_once() == 1  # 503 again: the last try, failed
+    emit(message(), "delivered")
+    assert sender.run_once() == 1  # 200
+    after = scrape(client)
+    posts = "postern_webhook_posts_total"
+    for outcome in ("retrying", "failed", "succeeded"):
+        moved = value(after, posts, outcome=outcome) - value(before, posts, outcome=outcome)
+        assert moved == 1, (outcome, moved)
+    assert value(after, "postern_webhook_backlog") == 0
+    batches = "postern_worker_batch_duration_seconds_count"
+    assert value(after, batches, worker="webhooks") - value(before, batches, worker="webhooks") == 3
