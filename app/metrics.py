@@ -148,7 +148,7 @@ class QueueCollector(Collector):
             return
         depth = GaugeMetricFamily(
             "postern_queue_depth",
-            "Deliveries waiting: due now, or scheduled for later (SendAt, a retry's backoff).",
+            "Deliveries waiting: due now, or later (SendAt, a retry's backoff, being sent).",
             labels=["state"],
         )
         depth.add_metric(["due"], r.due)

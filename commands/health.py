@@ -107,7 +107,9 @@ class QueueReadings:
     """The queue as the database holds it now (read at each scrape of /metrics)."""
 
     due: int  # deliveries due now (queued or deferred, their time come)
-    scheduled: int  # deliveries waiting for a later time (SendAt, or a retry's backoff)
+    # deliveries waiting for a later time: SendAt, a retry's backoff, or being sent (a
+    # claim moves due_at to its end)
+    scheduled: int
     oldest_due_seconds: float  # how long the longest-waiting due delivery has been due
     held: int  # deliveries parked after repeated unexpected failures
     webhook_backlog: int  # webhook deliveries waiting to be posted (or retried)
