@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -50,6 +53,27 @@ def open_database(config: Config, *, upgrade_embedded: bool = True) -> Database:
     return db
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_metrics(config: Config, *, make: bool) -> str | None:
+    """Point this process and the ones it starts at the instance's metrics directory
+    (``PROMETHEUS_MULTIPROC_DIR``, else ``metrics.multiproc_dir``), before app/metrics.py is
+    imported. Neither given: with ``make``, a temporary directory of this instance's own,
+    returned for the caller to delete when it stops; without, none (this process's
+    metrics are its own)."""
+    path = os.environ.get(METRICS_ENV) or config.metrics.multiproc_dir
+    if path:
+        os.makedirs(path, exist_ok=True)
+        os.environ[METRICS_ENV] = path
+        return None
+    if not make:
+        return None
+    made = tempfile.mkdtemp(prefix="postern-metrics-")
+    os.environ[METRICS_ENV] = made
+    return made
+
+
 @click.group()
 @click.option(
     "--config",
@@ -73,19 +97,25 @@ def serve(obj: Obj) -> None:
     """
     config = obj.config
     open_database(config).dispose()
+    made = share_metrics(config, make=True)  # the API's, the worker's and the relay's
     from app.http.server import GunicornServer
 
     click.echo(f"postern: serving http://{config.http.host}:{config.http.port}/api.php", err=True)
     companion = [sys.executable, "-m", "app"]
     if obj.config_path:
         companion += ["--config", obj.config_path]
-    GunicornServer(config, companions=[[*companion, "worker"], [*companion, "smtp"]]).run()
+    try:
+        GunicornServer(config, companions=[[*companion, "worker"], [*companion, "smtp"]]).run()
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @cli.command()
 @click.pass_obj
 def smtp(obj: Obj) -> None:
     """Run the SMTP relay on smtp.ports (SIGTERM stops it)."""
+    share_metrics(obj.config, make=False)  # before the metrics are imported
     import signal
     import threading
 
@@ -112,6 +142,7 @@ def smtp(obj: Obj) -> None:
 @click.pass_obj
 def worker(obj: Obj) -> None:
     """Run the delivery worker and the webhook sender (any number on PostgreSQL or MariaDB)."""
+    share_metrics(obj.config, make=False)  # before the metrics are imported
     import signal
 
     from app.logs import configure_logging
@@ -147,9 +178,14 @@ def api(obj: Obj) -> None:
     """Run the HTTP API alone (the schema must be current)."""
     config = obj.config
     open_database(config, upgrade_embedded=False).dispose()
+    made = share_metrics(config, make=True)
     from app.http.server import GunicornServer
 
-    GunicornServer(config).run()
+    try:
+        GunicornServer(config).run()
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @cli.group()

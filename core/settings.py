@@ -226,6 +226,8 @@ SETTINGS: tuple[Setting[Any], ...] = (
     Setting("ratelimit", "user_period", int, 60, _positive),
     Setting("log", "level", str, "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log", "format", str, "json", _one_of("json", "text")),
+    Setting("metrics", "token", str, ""),
+    Setting("metrics", "multiproc_dir", str, ""),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -478,6 +480,15 @@ class LogSettings(Section):
     format: str
 
 
+@dataclass(frozen=True)
+class MetricsSettings(Section):
+    """[metrics]: who may read /metrics, and where the processes of one host keep them."""
+
+    section: ClassVar[str] = "metrics"
+    token: str
+    multiproc_dir: str
+
+
 class Config:
     """Resolved settings, read as ``config.http.port``: one typed section per table."""
 
@@ -496,6 +507,7 @@ class Config:
         self.tracking = TrackingSettings.of(self._values)
         self.ratelimit = RateLimitSettings.of(self._values)
         self.log = LogSettings.of(self._values)
+        self.metrics = MetricsSettings.of(self._values)
 
     def get(self, name: str) -> object:
         return self._values[name]

@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVarTuple
 
@@ -421,14 +421,22 @@ class UnitOfWork:
     Whichever begins the transaction first, both work in it: a session that finds the
     connection in a transaction joins it, and a session that begins it is committed (or
     rolled back) by ``commit`` (``rollback``), after it has flushed what it holds.
+
+    ``after_commit`` keeps calls to make once the transaction has committed (what is told
+    of it, e.g. to the metrics); a rollback drops them.
     """
 
-    __slots__ = ("conn", "_factory", "_session")
+    __slots__ = ("conn", "_factory", "_session", "_after")
 
     def __init__(self, conn: Connection, factory: sessionmaker[Session] | None = None) -> None:
         self.conn = conn
         self._factory = factory
         self._session: Session | None = None
+        self._after: list[Callable[[], None]] = []
+
+    def after_commit(self, call: Callable[[], None]) -> None:
+        """Call ``call`` once this unit of work has committed (never, if it rolls back)."""
+        self._after.append(call)
 
     @classmethod
     def of(cls, session: Session) -> UnitOfWork:
@@ -454,8 +462,12 @@ class UnitOfWork:
                 session.close()
         if self.conn.in_transaction():
             self.conn.commit()
+        after, self._after = self._after, []
+        for call in after:
+            call()
 
     def rollback(self) -> None:
+        self._after = []
         session, self._session = self._session, None
         if session is not None:
             session.close()  # rolls back what the session began; the rest just below

@@ -12,6 +12,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app import metrics
 from app.http import envelope, freshmail, postal
 from app.http.context import install
 from app.logs import configure_logging
@@ -36,6 +37,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )
     install(app, config, gateway or Gateway(config))
+    metrics.install()
 
     from app.http.api_php import bp as api_php_bp
     from app.http.api_v1 import bp as api_v1_bp
@@ -64,6 +66,13 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        rule = request.url_rule
+        metrics.http_request(
+            request.method,
+            rule.rule if rule is not None else None,
+            response.status_code,
+            time.perf_counter() - g.get("started", time.perf_counter()),
+        )
         if not log.isEnabledFor(logging.INFO):
             return response
         # The path only: a query string may carry an APIKey or SessionID.

@@ -1,5 +1,6 @@
 """GET /openapi.json: an OpenAPI 3.1 description of every HTTP route of the API (the /api/v1
-routes, /api.php as one operation, /healthz and this document), answers and errors alike.
+routes, /api.php as one operation, /healthz, /readyz, /metrics and this document), answers
+and errors alike.
 
 ``tests/app/http/test_openapi.py`` checks that every /api/v1 route Flask serves is in it, and
 ``tests/e2e/test_schemathesis.py`` that a running Postern answers as it says.
@@ -665,6 +666,31 @@ def document() -> Schema:
                     "responses": {"200": _json(_ref("JWKS"), "The key set (one RSA key)")},
                 }
             },
+            "/readyz": {
+                "get": {
+                    "summary": "Whether this instance can do its work: the database answers, "
+                    "its schema is current, a delivery worker reported within a minute",
+                    "security": [],
+                    "responses": {
+                        "200": _json(_ref("Readiness"), "Ready"),
+                        "503": _json(_ref("Readiness"), "Not ready: Failed names the checks"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Metrics in Prometheus's text format (metrics.token: a bearer "
+                    "token is asked for)",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _json(_ref("Errors"), "metrics.token is set and was not given"),
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -739,6 +765,19 @@ def document() -> Schema:
                         "ErrorMessage": {"type": "string"},
                     },
                     "additionalProperties": True,
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["Status", "Checks", "Failed"],
+                    "properties": {
+                        "Status": {"type": "string", "enum": ["ok", "error"]},
+                        "Checks": {
+                            "type": "object",
+                            "description": "database, migrations, worker: ok or what is wrong",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "Failed": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
                 "Health": {
                     "type": "object",

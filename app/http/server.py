@@ -61,6 +61,14 @@ def control_socket_settings(config: Config) -> dict[str, object]:
     return {"control_socket": os.path.abspath(path), "control_socket_disable": False}
 
 
+def _forget_metrics_of(_server: object, worker: object) -> None:
+    """gunicorn's child_exit: the metrics of a worker process that ended stop counting as
+    live (its counters stay in the sums)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(getattr(worker, "pid", 0))  # type: ignore[no-untyped-call]
+
+
 class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     """Gunicorn with Postern's settings; each worker builds its own app (and engine) after fork."""
 
@@ -114,6 +122,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no 
                 "root": {"handlers": [], "level": "WARNING"},
             },
         }
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            settings["child_exit"] = _forget_metrics_of
         if self.companions:
             settings["when_ready"] = self._start_companions
             settings["on_exit"] = self._stop_companions

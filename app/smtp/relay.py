@@ -15,6 +15,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from app import metrics
 from commands.errors import CommandError
 from commands.gateway import Gateway
 from commands.keys.smtp_credentials import (
@@ -73,6 +74,14 @@ class RelaySMTP(SMTP):
     class on each call); the plain ``<local@domain>`` form gives the same answer read by
     one regular expression, and anything else still goes to aiosmtpd's own reading.
     """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A session begins (counted once: STARTTLS makes this call again)."""
+        super().connection_made(transport)
+        if not getattr(self, "_counted", False):
+            self._counted = True
+            handler = self.event_handler
+            metrics.smtp_session(handler.role if isinstance(handler, RelayHandler) else "other")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _PLAIN_ADDRESS.match(arg or "")
@@ -310,6 +319,7 @@ class RelayHandler:
         username = auth_data.login.decode("utf-8", "replace").strip().lower()
         keys = [("ip", peer), ("user", username)]
         if self.throttle.wait(keys):
+            metrics.smtp_auth_failed(self.role)
             return AuthResult(
                 success=False,
                 handled=False,
@@ -320,6 +330,7 @@ class RelayHandler:
         )
         if caller is None:
             self.throttle.fail(keys)
+            metrics.smtp_auth_failed(self.role)
             log.info(
                 "smtp login refused", extra={"peer": peer, "username": username, "reason": why}
             )
@@ -459,6 +470,7 @@ class Relay:
         self.gateway = gateway
         self.controllers: list[Controller] = []
         self.submitter = Submitter(gateway)
+        metrics.install()  # count the messages submitted
 
     def start(self) -> None:
         config = self.gateway.config

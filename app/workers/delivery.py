@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
+from app import metrics
 from app.workers.dispatch import Outgoing, dispatch
 from app.workers.runner import Runner, new_worker_id
 from commands.delivery.build import (
@@ -44,6 +45,7 @@ from commands.delivery.outcomes import (
 )
 from commands.delivery.queue import Claimed, claim_batch
 from commands.domains.dns_records import make_resolver, tracking_host
+from commands.health import Heartbeat
 from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config
@@ -137,6 +139,7 @@ class Worker:
         self.clock = clock
         self.worker_id = worker_id or new_worker_id()
         self.resolver = make_resolver(config)
+        self.heartbeat = Heartbeat(db, clock)  # /readyz: a delivery worker is running
         self.runner = Runner(
             self,
             batch_size=config.delivery.batch_size,
@@ -156,6 +159,7 @@ class Worker:
     def claim(self, limit: int | None = None) -> list[Claimed]:
         """Take up to ``limit`` due deliveries (a batch); nobody else takes them until the
         claim ends (``delivery.claim_timeout``)."""
+        self.heartbeat.beat()
         c = self.config.delivery
         return claim_batch(
             self.db, self.worker_id, limit or c.batch_size, self.clock(), c.claim_timeout
@@ -216,7 +220,9 @@ class Worker:
         c = self.config.delivery
         retry = Retry(c.max_age, c.retry_base, c.retry_max)
         soft = SoftRule(c.soft_bounce_limit, c.soft_bounce_days)
-        record_outcomes(self.db, self.worker_id, results, self.clock(), retry, soft)
+        metrics.deliveries_recorded(
+            record_outcomes(self.db, self.worker_id, results, self.clock(), retry, soft)
+        )
 
     # -- running --------------------------------------------------------------------------
 

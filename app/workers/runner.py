@@ -21,9 +21,12 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
+
+from app import metrics
 
 Item = TypeVar("Item")
 Done = TypeVar("Done")
@@ -65,8 +68,10 @@ class Runner(Generic[Item, Done]):
         poll_interval: float,
         log: logging.Logger,
         worker_id: str,
+        name: str = "delivery",
     ):
         self.batches = batches
+        self.name = name  # the worker's label in the metrics
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.log = log
@@ -78,6 +83,7 @@ class Runner(Generic[Item, Done]):
         items = self.batches.claim(self.batch_size)
         if not items:
             return 0
+        started = time.perf_counter()
         try:
             outcomes = self.batches.handle(items)
         except Exception as exc:  # noqa: BLE001 - nothing claimed may be dropped
@@ -88,6 +94,7 @@ class Runner(Generic[Item, Done]):
             )
             outcomes = [self.batches.failed(item, exc) for item in items]
         self.batches.commit(outcomes)
+        metrics.batch_done(self.name, time.perf_counter() - started)
         return len(items)
 
     def run(self) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
+from app import metrics
 from app.workers.runner import Runner, new_worker_id
 from app.workers.webhook_client import Refused, response_snippet, webhook_client
 from commands.domains.rotation import housekeeping as dkim_housekeeping
@@ -39,6 +40,7 @@ from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config
 from models import Database
+from models.webhooks import PENDING
 
 log = logging.getLogger("postern.webhooks")
 
@@ -75,6 +77,7 @@ class WebhookSender:
             poll_interval=c.poll_interval,
             log=log,
             worker_id=self.worker_id,
+            name="webhooks",
         )
 
     # -- the queue (commands/webhooks/) ---------------------------------------------------
@@ -131,9 +134,18 @@ class WebhookSender:
     def record_safely(self, attempt: Attempt) -> None:
         """``record``, logging its failure: the claim runs out and the POST is made again."""
         try:
-            self.record(attempt)
+            recorded = self.record(attempt)
         except Exception:  # noqa: BLE001 - one delivery's record must not stop the others'
             log.exception("webhook attempt not recorded", extra={"delivery": attempt.delivery_id})
+            return
+        if recorded is not None:
+            metrics.webhook_posted(
+                "succeeded"
+                if attempt.ok
+                else "retrying"
+                if recorded.status == PENDING
+                else "failed"
+            )
 
     # -- posting ------------------------------------------------------------------------
 

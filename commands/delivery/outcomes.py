@@ -220,16 +220,19 @@ def record_outcomes(
     now: datetime,
     retry: Retry,
     soft: SoftRule,
-) -> None:
+) -> dict[str, int]:
     """Write every result in one transaction; a delivery no longer ours (its claim ran out
     and another worker took it) is left alone, and a delivery given twice is recorded once.
+    Returns how many deliveries got each new status (delivered, deferred, bounced, failed,
+    held), once committed.
 
     Direct statements (one UPDATE executed for every row, one INSERT of the events): the
     ORM's unit of work cost more than the statements. A bounce's suppression is written
     through the ORM session, joined to the same transaction.
     """
+    told: dict[str, int] = {}
     if not results:
-        return
+        return told
     with db.unit_of_work() as work:
         ids = sorted({r.delivery_id for r in results})
         ours = {
@@ -283,6 +286,7 @@ def record_outcomes(
                     details=details,
                     soft=soft,
                 )
+            told[status] = told.get(status, 0) + 1
             changes.append(
                 {
                     "b_id": d.delivery_id,
@@ -314,3 +318,4 @@ def record_outcomes(
         if changes:
             _RECORD.execute(work.conn, changes)
             events.write(work.conn, written)
+    return told

@@ -21,6 +21,7 @@ from typing import Any
 from marshmallow import fields
 from sqlalchemy import select
 
+from commands import observers
 from commands.context import Context
 from commands.errors import CommandError
 from commands.registry import Auth, command
@@ -288,6 +289,7 @@ def accept_batch(
         raise BatchRefused(["recipients: Email sending limit reached."])
     for message, person in zip(messages, people, strict=True):
         write_message(ctx.conn, message, [person], set(), ctx.now)
+        observers.accepted(ctx.work, source, 1, 0)
     return {
         "Messages": [
             {"email": person.email, "id": message["id"]}

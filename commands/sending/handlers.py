@@ -22,6 +22,7 @@ from marshmallow import fields
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
+from commands import observers
 from commands.context import Context
 from commands.errors import CommandError
 from commands.events import writer as events
@@ -285,6 +286,7 @@ def store(
     if quota and used + len(active) > quota:
         raise CommandError(17, "Email sending limit reached")
     write_message(ctx.conn, message, recipients, blocked, ctx.now)
+    observers.accepted(ctx.work, source, len(active), len(recipients) - len(active))
     if ctx.accepted is not None:
         ctx.accepted[user.id] = ctx.accepted.get(user.id, 0) + len(active)
     return {"MessageID": message["id"]}

@@ -95,7 +95,9 @@ def test_every_answer_matches_the_document(tmp_path, database, base_config, dns_
                     sent = headers
                     if case.path.startswith(("/api/v1/send/", "/api/v1/messages/")):
                         sent = {"X-Server-API-Key": key}  # Postal's routes
-                    case.call_and_validate(base_url=base, headers=sent, checks=CHECKS)
+                    # /readyz answers its documented 503: no delivery worker runs here.
+                    checks = CHECKS[1:] if case.path == "/readyz" else CHECKS
+                    case.call_and_validate(base_url=base, headers=sent, checks=checks)
 
                 # A negative mode may find nothing to break in an operation without parameters.
                 with contextlib.suppress(hypothesis.errors.Unsatisfiable):

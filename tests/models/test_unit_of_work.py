@@ -87,3 +87,17 @@ def test_it_begins_at_its_first_statement(database):
         assert done.is_set()
         core_write(work, "mine")
     assert stored(database) == (["mine", "other"], [])
+
+
+def test_after_commit_calls_are_made_once_committed_and_dropped_by_a_rollback(database):
+    told: list[tuple[str, list[str]]] = []
+    with database.unit_of_work() as work:
+        core_write(work, "kept")
+        work.after_commit(lambda: told.append(("kept", stored(database)[0])))
+        assert told == []  # not before the commit
+    assert told == [("kept", ["kept"])]  # the commit is visible to the call
+    with pytest.raises(RuntimeError), database.unit_of_work() as work:
+        core_write(work, "undone")
+        work.after_commit(lambda: told.append(("undone", [])))
+        raise RuntimeError("undo")
+    assert told == [("kept", ["kept"])]
