@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.http import envelope, freshmail
+from app.http import envelope, freshmail, infobip
 from app.http.context import install
 from app.logs import configure_logging
 from commands import Gateway
@@ -41,6 +41,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from app.http.api_v1 import bp as api_v1_bp
     from app.http.freshmail import bp as freshmail_bp
     from app.http.health import bp as health_bp
+    from app.http.infobip import bp as infobip_bp
     from app.http.openapi import bp as openapi_bp
     from app.http.tracking import bp as tracking_bp
 
@@ -48,6 +49,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.register_blueprint(api_v1_bp)
     app.register_blueprint(freshmail_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(infobip_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(tracking_bp)
 
@@ -88,6 +90,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
             )
         if request.path.startswith(FRESHMAIL_PREFIX):
             return freshmail.http_error(exc.code or 400, exc.description or exc.name)
+        if request.path.startswith(infobip.PREFIX):
+            return infobip.http_error(exc.code or 400, exc.description or exc.name)
         # Flask hands this handler only exceptions with a code (it returns the others as
         # they are); 400 stands in for the type checker's None.
         return jsonify(
@@ -101,6 +105,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
         text = f"Internal error; quote request id {request_id} when reporting it"
         if request.path.startswith(FRESHMAIL_PREFIX):
             return freshmail.http_error(500, text)
+        if request.path.startswith(infobip.PREFIX):
+            return infobip.http_error(500, text)
         if request.path == "/api.php":
             return envelope.render(
                 envelope.failure(INTERNAL_ERROR, text, RequestID=request_id),

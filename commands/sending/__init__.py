@@ -3,4 +3,5 @@
 from commands.sending import (
     batch,  # noqa: F401  (registers the batch commands)
     handlers,  # noqa: F401  (registers the commands)
+    infobip,  # noqa: F401  (registers the Infobip send commands)
 )

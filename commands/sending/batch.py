@@ -65,11 +65,12 @@ class _Settings:
     sending: _Limits
 
 
-def _batch_settings(config: Config) -> _Settings:
+def batch_settings(config: Config, most: int = MAX_BATCH) -> _Settings:
+    """The sending limits for a batch of at most ``most`` recipients, one message each."""
     s = config.sending
     return _Settings(
         _Limits(
-            max(MAX_BATCH, s.max_recipients),
+            max(most, s.max_recipients),
             s.max_bcc,
             s.max_reply_to,
             s.max_message_bytes,
@@ -134,7 +135,7 @@ def _named(exc: CommandError) -> str:
 _RECIPIENT_VALUES = re.compile(r"To\[(\d+)\]\.Personalization")
 
 
-def _domain_for(ctx: Context, sender_email: str) -> Domain | None:
+def domain_for(ctx: Context, sender_email: str) -> Domain | None:
     """The domain the batch is sent from: the sender key's, else the user's enabled domain
     the From address belongs to (the most specific one)."""
     if ctx.sender is not None:
@@ -162,7 +163,7 @@ def accept_batch(
     ]
     sender = params.get("From") if isinstance(params.get("From"), dict) else None
     sender_email = str((sender or {}).get("email") or "")
-    domain = _domain_for(ctx, sender_email) if sender_email else None
+    domain = domain_for(ctx, sender_email) if sender_email else None
     if sender_email and domain is None:
         errors.append("from.email: The sender's domain is not one of your enabled domains.")
     elif sender_email and domain is not None and not belongs(sender_email, domain.name):
@@ -201,7 +202,7 @@ def accept_batch(
     }
     try:
         send = check_send(
-            octeth, domain, _batch_settings(ctx.config), ctx.now, template, personalize=True
+            octeth, domain, batch_settings(ctx.config), ctx.now, template, personalize=True
         )
     except CommandError as exc:
         raise BatchRefused([_named(exc)]) from None
