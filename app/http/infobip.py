@@ -212,14 +212,14 @@ def _send(version: int, params: dict[str, Any]) -> Response:
 
 @bp.route("/2/send", methods=["POST"])
 def send_v2() -> Response:
-    return _send(2, read_form(request))
+    return _send(2, read_form(request, current_gateway().clock()))
 
 
 @bp.route("/3/send", methods=["POST"])
 def send_v3() -> Response:
-    return _send(3, read_form(request))
+    return _send(3, read_form(request, current_gateway().clock()))
 
 
 @bp.route("/4/messages", methods=["POST"])
 def messages_v4() -> Response:
-    return _send(4, read_json(request))
+    return _send(4, read_json(request, current_gateway().clock()))

@@ -25,7 +25,6 @@ from flask import Request
 from werkzeug.exceptions import HTTPException
 
 from commands.sending.infobip import MAX_RECIPIENTS, InfobipRecipient, InfobipSend, ReportSettings
-from core.clock import utcnow
 from models.payload import File, Person
 from mta.addresses import normalise_address
 
@@ -206,7 +205,7 @@ def _recipient(value: Any, where: str, problems: Problems) -> InfobipRecipient |
     return InfobipRecipient(person.email, where, person.name)
 
 
-def _send_at(value: Any, name: str, problems: Problems) -> int | None:
+def _send_at(value: Any, name: str, problems: Problems, now: datetime) -> int | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -222,7 +221,6 @@ def _send_at(value: Any, name: str, problems: Problems) -> int | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    now = utcnow()
     if when > now + MAX_SCHEDULE:
         problems.add(name, "must be at most 30 days ahead")
         return None
@@ -264,9 +262,7 @@ def _file(data: bytes, filename: str, mimetype: str | None, inline: bool) -> Fil
 
 
 def _common(
-    fields: dict[str, Any],
-    problems: Problems,
-    names: dict[str, str],
+    fields: dict[str, Any], problems: Problems, names: dict[str, str], now: datetime
 ) -> dict[str, Any]:
     """The fields /email/3 and /email/4 share, read from canonical names (``names`` gives
     each one's wire name)."""
@@ -309,7 +305,7 @@ def _common(
         "headers": _headers(fields.get("headers"), n("headers"), problems),
         "track_links": clicks if clicks is not None else track,
         "track_opens": opens if opens is not None else track,
-        "send_at": _send_at(fields.get("sendAt"), n("sendAt"), problems),
+        "send_at": _send_at(fields.get("sendAt"), n("sendAt"), problems, now),
         "default_placeholders": _json_object(
             fields.get("defaultPlaceholders"), n("defaultPlaceholders"), problems
         ),
@@ -335,7 +331,7 @@ def _required(send: dict[str, Any], problems: Problems, names: dict[str, str]) -
             problems.add(names.get("subject", "subject"), BLANK)
 
 
-def read_form(request: Request) -> dict[str, Any]:
+def read_form(request: Request, now: datetime) -> dict[str, Any]:
     """The send of a /email/2 or /email/3 multipart (or urlencoded) request."""
     problems = Problems()
     single: dict[str, Any] = {}
@@ -383,7 +379,7 @@ def read_form(request: Request) -> dict[str, Any]:
     total = sum(len(lists[k]) for k in ("to", "cc", "bcc"))
     if total > MAX_RECIPIENTS:
         problems.add("to", f"at most {MAX_RECIPIENTS} recipients in total")
-    common = _common(single, problems, {})
+    common = _common(single, problems, {}, now)
     _required(common, problems, {})
     send = InfobipSend(
         **common,
@@ -439,7 +435,7 @@ def _object(value: Any, where: str, problems: Problems) -> dict[str, Any]:
     return value
 
 
-def read_json(request: Request) -> dict[str, Any]:
+def read_json(request: Request, now: datetime) -> dict[str, Any]:
     """The sends of a /email/4/messages request: one per destination group of each message."""
     problems = Problems()
     raw = request.get_data(cache=True)
@@ -556,6 +552,7 @@ def read_json(request: Request) -> dict[str, Any]:
                 },
                 problems,
                 group_names,
+                now,
             )
             _required(common, problems, group_names)
             people: dict[str, tuple[InfobipRecipient, ...]] = {}
