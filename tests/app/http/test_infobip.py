@@ -67,8 +67,7 @@ def stored(database, message_id=None):
         if message_id is not None:
             q = q.where(InfobipMessage.message_id == message_id)
         rows = s.execute(q.order_by(Delivery.id)).all()
-        for r in rows:
-            s.expunge_all()
+        s.expunge_all()
         return rows
 
 
