@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, BigID, UTCDateTime
+from models.base import Base, BigID, LongText, UTCDateTime
 
 
 class InfobipMessage(Base):
@@ -40,6 +40,6 @@ class InfobipMessage(Base):
     intermediate_report: Mapped[bool] = mapped_column(Boolean, default=False)
     tracking_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     # JSON object: the fields accepted and kept but not acted on (landingPage*, ipPoolId, ...).
-    ignored: Mapped[str] = mapped_column(Text, default="{}")
+    ignored: Mapped[str] = mapped_column(LongText, default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

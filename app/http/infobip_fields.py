@@ -27,18 +27,21 @@ from werkzeug.exceptions import HTTPException
 from commands.sending.infobip import MAX_RECIPIENTS, InfobipRecipient, InfobipSend, ReportSettings
 from models.payload import File, Person
 from mta.addresses import normalise_address
+from mta.message import lone_surrogate
 
 MAX_SCHEDULE = timedelta(days=30)
 MAX_CALLBACK_DATA = 4000
 MAX_BULK_ID = 100
 MAX_MESSAGE_ID = 200
 MAX_ID = 255
+MAX_KEPT = 4000  # characters of a field recorded only (ampHtml, landingPagePlaceholders, ...)
 NOTIFY_CONTENT_TYPES = ("application/json", "application/xml")
 
 BLANK = "must not be blank"
 BAD_ADDRESS = "must be a valid email address"
 BAD_BOOLEAN = "must be true or false"
 BAD_JSON_OBJECT = "must be a JSON object"
+NOT_TEXT = "must be valid Unicode text (it has a lone surrogate)"
 
 # Form fields read, by their name in lower case.
 _FORM_NAMES = {
@@ -131,6 +134,9 @@ def _text(value: Any, name: str, problems: Problems, most: int | None = None) ->
         return None
     if most is not None and len(value) > most:
         problems.add(name, f"size must be between 0 and {most}")
+        return None
+    if lone_surrogate(value) is not None:
+        problems.add(name, NOT_TEXT)
         return None
     return value
 
@@ -276,7 +282,7 @@ def _common(
     notify_type = _text(fields.get("notifyContentType"), n("notifyContentType"), problems, 100)
     if notify_type and notify_type.strip().lower() not in NOTIFY_CONTENT_TYPES:
         problems.add(n("notifyContentType"), "must be application/json or application/xml")
-    ignored = {k: fields[k] for k in _IGNORED if fields.get(k) is not None}
+    ignored = {k: _kept(fields[k]) for k in _IGNORED if fields.get(k) is not None}
     report = ReportSettings(
         notify_url=_url(fields.get("notifyUrl"), n("notifyUrl"), problems),
         notify_content_type=notify_type.strip().lower() if notify_type else None,
@@ -317,10 +323,18 @@ def _common(
     }
 
 
+def _kept(value: Any) -> Any:
+    """A field recorded only, as kept: text (or JSON) up to MAX_KEPT characters."""
+    if isinstance(value, str | int | float | bool):
+        return value[:MAX_KEPT] if isinstance(value, str) else value
+    return json.dumps(value)[:MAX_KEPT]
+
+
 def _str_or_none(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
-    return str(value)[:MAX_ID]
+    text = str(value)[:MAX_ID]
+    return text if lone_surrogate(text) is None else None
 
 
 def _required(send: dict[str, Any], problems: Problems, names: dict[str, str]) -> None:

@@ -468,6 +468,7 @@ def _ib_errors(schema: Schema) -> Schema:
         "400": _json(schema, "Refused: each problem under its field's name"),
         "401": _json(schema, "No credential, or an invalid one"),
         "403": _json(schema, "The user's sending quota is reached"),
+        "409": _json(schema, "The Idempotency-Key was used with another request"),
         "413": _json(schema, "The body is larger than http.max_body_bytes"),
         "429": _json(schema, "Too many requests (Retry-After says how long to wait)"),
     }

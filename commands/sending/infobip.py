@@ -148,9 +148,9 @@ _PART_FIELDS = {"Subject": "subject", "HTMLContent": "html", "PlainContent": "te
 
 
 def _field_of(send: InfobipSend, exc: CommandError, recipients: list[InfobipRecipient]) -> str:
-    if exc.code == 43:
-        part = exc.text.split(" ", 1)[0]
-        return send.name(_PART_FIELDS.get(part, "html"))
+    if exc.code == 43:  # "Template syntax error in PlainContent ...", "Subject cannot be ..."
+        found = [(exc.text.find(p), f) for p, f in _PART_FIELDS.items() if p in exc.text]
+        return send.name(min(found)[1] if found else "html")
     if exc.code == 42 and exc.text.startswith("To["):
         index = int(exc.text[3 : exc.text.index("]")])
         if index < len(recipients):

@@ -7,6 +7,7 @@ Create Date: 2026-12-07 22:00:00
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 from models.base import UTCDateTime
 
@@ -14,6 +15,8 @@ revision = "0014"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
+
+_LONG = sa.Text().with_variant(mysql.LONGTEXT(), "mariadb").with_variant(mysql.LONGTEXT(), "mysql")
 
 
 def upgrade() -> None:
@@ -34,7 +37,7 @@ def upgrade() -> None:
         sa.Column("callback_data", sa.Text(), nullable=True),
         sa.Column("intermediate_report", sa.Boolean(), nullable=False),
         sa.Column("tracking_url", sa.Text(), nullable=True),
-        sa.Column("ignored", sa.Text(), nullable=False),
+        sa.Column("ignored", _LONG, nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("reported_at", UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(

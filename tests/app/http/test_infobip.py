@@ -236,6 +236,8 @@ def test_every_problem_is_named(client, domain):
         ({"templateId": "999999"}, "templateId"),
         ({"subject": "a\nb"}, "subject"),
         ({"html": "<p>{% if x %}never closed</p>"}, "html"),
+        ({"text": "{% for x in y %}{% endfor %}"}, "text"),
+        ({"subject": "{{ a.b }}"}, "subject"),
         ({"headers": '{"DKIM-Signature": "x"}'}, "headers"),
         ({"to": '{"to": "a@dest.example", "placeholders": {"a-b": 1}}'}, "to"),
         ({"replyTo": "nope"}, "replyTo"),
@@ -458,3 +460,31 @@ def test_the_quota_answers_403(make_app, active_domain):
     )
     assert resp.status_code == 403
     assert resp.get_json()["requestError"]["serviceException"]["messageId"] == "FORBIDDEN"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        '"webhooks": {"callbackData": "\\ud800"}',
+        '"content": {"subject": "\\ud800", "text": "t"}',
+        '"options": {"campaignReferenceId": "\\udfff"}',
+        '"content": {"subject": "s", "text": "t", "ampHtml": "\\ud800"}',
+    ],
+)
+def test_lone_surrogates_are_refused_or_kept_escaped_never_a_500(client, domain, where):
+    body = (
+        '{"messages": [{"sender": "news@example.com", '
+        '"destinations": [{"to": [{"destination": "a@dest.example"}]}], '
+        '"content": {"subject": "s", "text": "t"}, ' + where + "}]}"
+    )
+    resp = client.post(
+        V4, headers={**app_key(domain.key), "Content-Type": "application/json"}, data=body
+    )
+    assert resp.status_code in (200, 400), resp.get_data(as_text=True)
+
+
+def test_recorded_only_fields_are_kept_bounded(client, domain, database):
+    resp = client.post(V3, headers=app_key(domain.key), data=form(ampHtml="<p>é</p>" * 5000))
+    assert resp.status_code == 200
+    (row,) = stored(database)
+    assert len(json.loads(row.InfobipMessage.ignored)["ampHtml"]) == 4000
