@@ -488,3 +488,16 @@ def test_recorded_only_fields_are_kept_bounded(client, domain, database):
     assert resp.status_code == 200
     (row,) = stored(database)
     assert len(json.loads(row.InfobipMessage.ignored)["ampHtml"]) == 4000
+
+
+def test_basic_auth_shares_the_failed_login_throttle(make_app, active_domain, user):
+    call = make_app(security__login_failures_per_user=2)
+    active_domain()
+    for _ in range(2):
+        resp = call.client.post(V3, headers=basic(user.username, "wrong"), data=form())
+        assert resp.status_code == 401
+    resp = call.client.post(V3, headers=basic(user.username, user.password), data=form())
+    assert resp.status_code == 429
+    assert resp.get_json()["requestError"]["serviceException"]["messageId"] == "TOO_MANY_REQUESTS"
+    login = call("User.Login", Username=user.username, Password=user.password)
+    assert login["Success"] is False  # User.Login counts the same failures
