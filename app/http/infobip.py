@@ -20,7 +20,7 @@ import base64
 import binascii
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.http.context import current_gateway
 from app.http.envelope import scrub
@@ -28,7 +28,7 @@ from app.http.infobip_fields import read_form, read_json
 from commands import find
 from commands.errors import AUTH_FAILED, CommandError
 from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
-from commands.sending.infobip import InfobipRefused
+from commands.sending.infobip import MAX_RECIPIENTS, InfobipRefused
 
 bp = Blueprint("infobip", __name__, url_prefix="/email")
 
@@ -212,13 +212,27 @@ def _send(version: int, params: dict[str, Any]) -> Response:
     return jsonify({"bulkId": fields["BulkID"], "messages": messages})
 
 
+# Multipart parts a form may have: every recipient its own part, and the other fields and
+# files besides (the body as a whole is bounded by http.max_body_bytes).
+MAX_FORM_PARTS = MAX_RECIPIENTS + 1000
+
+
+def _form_limits() -> None:
+    """Lift Flask's per-form limits (1,000 parts, 500 KB of text fields) to what Infobip
+    allows: 1,000 recipients each its own part, and parts as large as the body."""
+    request.max_form_parts = MAX_FORM_PARTS
+    request.max_form_memory_size = current_app.config["MAX_CONTENT_LENGTH"]
+
+
 @bp.route("/2/send", methods=["POST"])
 def send_v2() -> Response:
+    _form_limits()
     return _send(2, read_form(request, current_gateway().clock()))
 
 
 @bp.route("/3/send", methods=["POST"])
 def send_v3() -> Response:
+    _form_limits()
     return _send(3, read_form(request, current_gateway().clock()))
 
 

@@ -2,6 +2,7 @@
 every 400 and 401 shape, placeholders, templates, preserveRecipients and what is stored."""
 
 import base64
+import io
 import json
 
 import pytest
@@ -77,7 +78,7 @@ def test_a_multipart_send_to_two_addresses(client, domain, database):
         headers=app_key(domain.key),
         data={
             **form(to=["ann@dest.example", "bob@dest.example"]),
-            "attachment": [(__import__("io").BytesIO(b"hello"), "a.txt", "text/plain")],
+            "attachment": [(io.BytesIO(b"hello"), "a.txt", "text/plain")],
             "bulkId": "bulk-1",
             "notifyUrl": "https://hooks.example/dlr",
             "notifyContentType": "application/json",
@@ -501,3 +502,17 @@ def test_basic_auth_shares_the_failed_login_throttle(make_app, active_domain, us
     assert resp.get_json()["requestError"]["serviceException"]["messageId"] == "TOO_MANY_REQUESTS"
     login = call("User.Login", Username=user.username, Password=user.password)
     assert login["Success"] is False  # User.Login counts the same failures
+
+
+def test_a_thousand_recipients_and_a_large_part_in_one_multipart_form(client, domain):
+    resp = client.post(
+        V3,
+        headers=app_key(domain.key),
+        data={
+            **form(to=[f"r{i}@dest.example" for i in range(1000)], html="<p>x</p>" * 80_000),
+            "attachment": [(io.BytesIO(b"a"), "a.txt")],
+        },
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
+    assert len(resp.get_json()["messages"]) == 1000
