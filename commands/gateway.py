@@ -37,6 +37,7 @@ from commands.ratelimit import (
 )
 from commands.schema import load_params
 from commands.sending.handlers import accept_raw
+from commands.users import check_password
 from core.clock import utcnow
 from core.crypto import SecretBox
 from core.settings import Config, resolve_secret_key
@@ -105,8 +106,12 @@ class Gateway:
         count: Callable[[Connection], None] | None = None,
         limit_user: bool = False,
         idempotency_key: str | None = None,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         """The command's response fields, or CommandError.
+
+        ``caller`` is a user the transport has already authenticated (``authenticate_password``);
+        a USER command given one reads no SessionID or APIKey.
 
         With ``limit_user`` (``/api.php``), a command run by a user counts against the
         user's limit (``user_limiter``; RateLimited past it, and nothing of the command is
@@ -121,8 +126,11 @@ class Gateway:
         registered ``idempotent`` (commands/idempotency.py) and ignored by the others.
         """
         now = self.clock()
-        caller: Caller | None = None
-        if cmd.auth is registry.Auth.SENDER:
+        if caller is not None and cmd.auth is not registry.Auth.USER:
+            caller = None
+        if caller is not None:
+            pass  # a user the transport authenticated (USER commands only)
+        elif cmd.auth is registry.Auth.SENDER:
             if sender is None:
                 raise unauthorised(INVALID_KEY)
             caller = Caller(sender.user_id, None, sender.user)
@@ -408,6 +416,20 @@ class Gateway:
             c = self.config.delivery
             soft = SoftRule(c.soft_bounce_limit, c.soft_bounce_days)
             return apply_report(session, report, recipients, self.clock(), soft)
+
+    def authenticate_password(
+        self, username: str, password: str, remote_addr: str | None
+    ) -> Caller:
+        """The enabled user with this username and password (User.Login's check, with its
+        failed-login throttle), or CommandError 3 (4 when throttled)."""
+        checked = check_password(
+            lambda: self.db.transaction(readonly=True),
+            self.login_throttle,
+            username,
+            password,
+            remote_addr,
+        )
+        return Caller(checked.user_id, None)
 
     def authenticate_sender(self, key: str | None) -> SenderCaller:
         """The sender API key's caller, or CommandError 13 (bad key) / 2 (disabled user)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -14,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from commands.context import Context, format_date
 from commands.errors import CommandError
+from commands.ratelimit import FailureThrottle
 from commands.registry import Auth, command
 from commands.schema import CommandSchema, Flag, RowID, param
 from core.crypto import SecretBox, new_token, token_digest
@@ -124,25 +128,32 @@ INVALID_LOGIN = "Invalid login information"
 THROTTLED = 4  # User.Login's error past the failed-login limit (HTTP 429)
 
 
-@command("User.Login", schema=LoginSchema, auth=Auth.PUBLIC)
-def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any]:
-    return login_as(ctx, Username, Password)
+@dataclass(frozen=True)
+class CheckedLogin:
+    """A username and password that matched: the user's id and the hash they matched."""
+
+    user_id: int
+    password_hash: str
 
 
-def login_as(
-    ctx: Context, Username: str, Password: str, *, admin_only: bool = False
-) -> dict[str, Any]:
-    """Check the password with no transaction open (Argon2 takes a while), then write the
-    session in a short transaction of its own.
+def check_password(
+    read: Callable[[], AbstractContextManager[Session]],
+    throttle: FailureThrottle | None,
+    username: str,
+    password: str,
+    remote_addr: str | None,
+    *,
+    admin_only: bool = False,
+) -> CheckedLogin:
+    """The enabled user whose username and password these are, or CommandError 3 (4 past
+    the failed-login limit). Argon2 is checked with no transaction open.
 
-    Failed logins are counted per username and per client address (``ctx.login_throttle``):
-    past the limit, every attempt is refused with error 4 until the window ends.
+    Failed attempts are counted per username and per client address (``throttle``): past
+    the limit, every attempt is refused with error 4 until the window ends.
     ``admin_only`` (Admin.Login): a user who is not an administrator is refused and counted
-    exactly like a wrong password.
-    """
-    key = Username.strip().lower()
-    throttle = ctx.login_throttle
-    keys = [("user", key), ("ip", ctx.remote_addr or "unknown")]
+    exactly like a wrong password."""
+    key = username.strip().lower()
+    keys = [("user", key), ("ip", remote_addr or "unknown")]
     if throttle is not None:
         wait = throttle.wait(keys)
         if wait:
@@ -155,20 +166,37 @@ def login_as(
         User.username_key == key
     )
     # A name with NUL is nobody's (PostgreSQL text cannot even hold it to look it up).
-    with ctx.read() as s:
+    with read() as s:
         row = None if "\x00" in key else s.execute(query).first()
     # No transaction is open here; an unknown username is checked against a stand-in hash.
-    ok = verify_password(row.password_hash if row else None, Password)
+    ok = verify_password(row.password_hash if row else None, password)
     if not ok or row is None or (admin_only and not row.is_admin):
         if throttle is not None:
             throttle.fail(keys)
         raise CommandError(3, INVALID_LOGIN)
     if not row.enabled:
         raise CommandError(3, f"{INVALID_LOGIN}: the account is disabled")
-    rehashed = hash_password(Password) if needs_rehash(row.password_hash) else None
     if throttle is not None and throttle.failures(keys[0]):
         throttle.forget(keys[0])
-    user = ctx.db.get(User, row.id)
+    return CheckedLogin(row.id, row.password_hash)
+
+
+@command("User.Login", schema=LoginSchema, auth=Auth.PUBLIC)
+def login(ctx: Context, Username: str, Password: str, **_: Any) -> dict[str, Any]:
+    return login_as(ctx, Username, Password)
+
+
+def login_as(
+    ctx: Context, Username: str, Password: str, *, admin_only: bool = False
+) -> dict[str, Any]:
+    """Check the password with no transaction open (Argon2 takes a while), then write the
+    session in a short transaction of its own (``check_password``; ``admin_only`` for
+    Admin.Login)."""
+    row = check_password(
+        ctx.read, ctx.login_throttle, Username, Password, ctx.remote_addr, admin_only=admin_only
+    )
+    rehashed = hash_password(Password) if needs_rehash(row.password_hash) else None
+    user = ctx.db.get(User, row.user_id)
     if user is None or not user.enabled or (admin_only and not user.is_admin):
         # deleted, disabled or no longer an administrator since it was read
         raise CommandError(3, INVALID_LOGIN)

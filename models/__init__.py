@@ -5,6 +5,7 @@ from models.database import Database
 from models.domains import DKIMKey, Domain, RateCounter, SenderAPIKey, SMTPCredential, Webhook
 from models.event_counts import EventCount
 from models.idempotency import IdempotencyRecord
+from models.infobip import InfobipMessage
 from models.messages import Delivery, Event, Message, Suppression
 from models.templates import Template
 from models.users import User, UserAPIKey, UserSession
@@ -15,6 +16,7 @@ __all__ = [
     "Event",
     "EventCount",
     "IdempotencyRecord",
+    "InfobipMessage",
     "Message",
     "Suppression",
     "Base",

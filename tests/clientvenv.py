@@ -76,3 +76,24 @@ def run_client(python: Path, script: str, **args: Any) -> Any:
     if done.returncode != 0:
         raise AssertionError(f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return json.loads(done.stdout)
+
+
+def node_package(folder: Path, marker: str) -> str | None:
+    """``node`` ready to run the scripts of ``folder`` (a package.json with its lockfile):
+    ``npm ci`` there on first use (its node_modules is git-ignored), until ``marker`` (a
+    path under node_modules) exists. None when node or npm is not installed."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        return None
+    if (folder / "node_modules" / marker).exists():
+        return node
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with open(VENVS / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "node_modules" / marker).exists():
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(folder)],
+                check=True,
+                capture_output=True,
+            )
+    return node

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import metrics
-from app.http import envelope, freshmail, postal
+from app.http import envelope, freshmail, infobip, postal
 from app.http.context import install
 from app.logs import configure_logging
 from commands import Gateway
@@ -43,6 +43,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     from app.http.api_v1 import bp as api_v1_bp
     from app.http.freshmail import bp as freshmail_bp
     from app.http.health import bp as health_bp
+    from app.http.infobip import bp as infobip_bp
     from app.http.jwks import bp as jwks_bp
     from app.http.openapi import bp as openapi_bp
     from app.http.postal import bp as postal_bp
@@ -52,6 +53,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     app.register_blueprint(api_v1_bp)
     app.register_blueprint(freshmail_bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(infobip_bp)
     app.register_blueprint(jwks_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(postal_bp)
@@ -103,6 +105,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
             return freshmail.http_error(exc.code or 400, exc.description or exc.name)
         if postal.is_postal_path(request.path):
             return postal.http_error(exc.code or 400, exc.description or exc.name)
+        if request.path.startswith(infobip.PREFIX):
+            return infobip.http_error(exc.code or 400, exc.description or exc.name)
         # Flask hands this handler only exceptions with a code (it returns the others as
         # they are); 400 stands in for the type checker's None.
         return jsonify(
@@ -118,6 +122,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
             return freshmail.http_error(500, text)
         if postal.is_postal_path(request.path):
             return postal.http_error(500, text)
+        if request.path.startswith(infobip.PREFIX):
+            return infobip.http_error(500, text)
         if request.path == "/api.php":
             return envelope.render(
                 envelope.failure(INTERNAL_ERROR, text, RequestID=request_id),

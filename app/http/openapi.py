@@ -467,6 +467,267 @@ def _postal(path: str) -> Schema:
     return {method: operation for method in ("get", "post", "put", "patch")}
 
 
+_IB_STATUS: Schema = {
+    "type": "object",
+    "required": ["groupId", "groupName", "id", "name", "description"],
+    "properties": {
+        "groupId": {"type": "integer"},
+        "groupName": {"type": "string"},
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+    },
+}
+_IB_REQUEST_ERROR: Schema = {
+    "type": "object",
+    "required": ["requestError"],
+    "properties": {
+        "requestError": {
+            "type": "object",
+            "required": ["serviceException"],
+            "properties": {
+                "serviceException": {
+                    "type": "object",
+                    "required": ["messageId", "text"],
+                    "properties": {
+                        "messageId": {"type": "string"},
+                        "text": {"type": "string"},
+                        "validationErrors": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                }
+            },
+        }
+    },
+}
+_IB_API_ERROR: Schema = {
+    "type": "object",
+    "required": ["errorCode", "description", "action", "violations", "resources"],
+    "properties": {
+        "errorCode": {"type": "string"},
+        "description": {"type": "string"},
+        "action": {"type": "string"},
+        "violations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["property", "violation"],
+                "properties": {"property": {"type": "string"}, "violation": {"type": "string"}},
+            },
+        },
+        "resources": {"type": "array"},
+    },
+}
+_IB_SECURITY: list[dict[str, list[str]]] = [{"infobipAppKey": []}, {"basicAuth": []}]
+_IB_STRING_FIELDS = [
+    "from",
+    "subject",
+    "text",
+    "html",
+    "ampHtml",
+    "templateId",
+    "intermediateReport",
+    "notifyUrl",
+    "notifyContentType",
+    "callbackData",
+    "track",
+    "trackClicks",
+    "trackOpens",
+    "trackingPixelPosition",
+    "trackingUrl",
+    "bulkId",
+    "messageId",
+    "campaignReferenceId",
+    "replyTo",
+    "defaultPlaceholders",
+    "preserveRecipients",
+    "sendAt",
+    "headers",
+    "landingPagePlaceholders",
+    "landingPageId",
+    "templateLanguageVersion",
+    "clientPriority",
+    "applicationId",
+    "entityId",
+    "ipPoolId",
+]
+
+
+def _ib_errors(schema: Schema) -> Schema:
+    return {
+        "400": _json(schema, "Refused: each problem under its field's name"),
+        "401": _json(schema, "No credential, or an invalid one"),
+        "403": _json(schema, "The user's sending quota is reached"),
+        "409": _json(schema, "The Idempotency-Key was used with another request"),
+        "413": _json(schema, "The body is larger than http.max_body_bytes"),
+        "429": _json(schema, "Too many requests (Retry-After says how long to wait)"),
+    }
+
+
+def _infobip_form(version: int) -> Schema:
+    """Infobip's multipart send (docs/api.md, "Infobip API")."""
+    addresses = {"type": "array", "items": {"type": "string"}}
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    properties: dict[str, Any] = {name: {"type": "string"} for name in _IB_STRING_FIELDS}
+    properties.update(to=addresses, cc=addresses, bcc=addresses)
+    properties.update(attachment=files, inlineImage=files)
+    return {
+        "summary": f"Infobip email v{version}: a message per recipient (multipart form)",
+        "security": _IB_SECURITY,
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["to"], "properties": properties},
+                    "encoding": {"to": {"style": "form", "explode": True}},
+                }
+            },
+        },
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["bulkId", "messages"],
+                    "properties": {
+                        "bulkId": {"type": "string"},
+                        "messages": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["to", "messageId", "status"],
+                                "properties": {
+                                    "to": {"type": "string"},
+                                    "messageId": {"type": "string"},
+                                    "status": _IB_STATUS,
+                                },
+                            },
+                        },
+                    },
+                },
+                "Accepted: the bulk and each recipient's messageId, pending",
+            ),
+            **_ib_errors(_IB_REQUEST_ERROR),
+        },
+    }
+
+
+def _infobip_json() -> Schema:
+    """Infobip's JSON send, as its Python client 6.x sends it."""
+    destination = {
+        "type": "object",
+        "required": ["destination"],
+        "properties": {
+            "destination": {"type": "string"},
+            "messageId": {"type": "string"},
+            "placeholders": {"type": "string"},
+        },
+    }
+    group = {
+        "type": "object",
+        "properties": {
+            "to": {"type": "array", "items": destination},
+            "cc": {"type": "array", "items": destination},
+            "bcc": {"type": "array", "items": destination},
+            "replyTo": {"type": "string"},
+            "preserveRecipients": {"type": "boolean"},
+        },
+    }
+    media = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "content": {"type": "string"},
+                "contentType": {"type": "string"},
+                "fileName": {"type": "string"},
+            },
+        },
+    }
+    content = {
+        "type": "object",
+        "properties": {
+            **{
+                name: {"type": "string"}
+                for name in [
+                    "subject",
+                    "text",
+                    "html",
+                    "ampHtml",
+                    "templateId",
+                    "defaultPlaceholders",
+                    "landingPagePlaceholders",
+                    "optoutLandingPageId",
+                    "templateLanguageVersion",
+                    "headers",
+                ]
+            },
+            "attachments": media,
+            "inlineImages": media,
+        },
+    }
+    message = {
+        "type": "object",
+        "required": ["destinations", "content"],
+        "properties": {
+            "sender": {"type": "string"},
+            "destinations": {"type": "array", "items": group},
+            "content": content,
+            "options": {"type": "object"},
+            "webhooks": {"type": "object"},
+            "ips": {"type": "object"},
+        },
+    }
+    return {
+        "summary": "Infobip email v4: messages to destinations (JSON)",
+        "security": _IB_SECURITY,
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["messages"],
+                        "properties": {
+                            "messages": {"type": "array", "items": message},
+                            "options": {"type": "object"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["bulkId", "messages"],
+                    "properties": {
+                        "bulkId": {"type": "string"},
+                        "messages": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["messageId", "status", "destination"],
+                                "properties": {
+                                    "messageId": {"type": "string"},
+                                    "status": _IB_STATUS,
+                                    "destination": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Accepted: the bulk and each destination's messageId, pending",
+            ),
+            **_ib_errors(_IB_API_ERROR),
+        },
+    }
+
+
 def document() -> Schema:
     """The OpenAPI 3.1 document."""
     return {
@@ -528,6 +789,9 @@ def document() -> Schema:
             "/v3/messaging/emails": {"post": _freshmail()},
             **{path: _postal(path) for path in _POSTAL_BODIES},
             "/v3/messaging/emails/": {"post": _freshmail()},
+            "/email/2/send": {"post": _infobip_form(2)},
+            "/email/3/send": {"post": _infobip_form(3)},
+            "/email/4/messages": {"post": _infobip_json()},
             "/api/v1/webhooks": {
                 "get": _v1(
                     "The key's domain's webhooks",
@@ -711,6 +975,17 @@ def document() -> Schema:
                     "in": "header",
                     "name": "X-Server-API-Key",
                     "description": "Postal's routes: a sender API key or a user API key",
+                },
+                "infobipAppKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "Infobip's 'App <key>': a sender API key or a user API key",
+                },
+                "basicAuth": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "The user's username and password (Infobip's routes)",
                 },
             },
             "schemas": {

@@ -71,11 +71,12 @@ class _Settings:
     sending: _Limits
 
 
-def _batch_settings(config: Config) -> _Settings:
+def batch_settings(config: Config, most: int = MAX_BATCH) -> _Settings:
+    """The sending limits for a batch of at most ``most`` recipients, one message each."""
     s = config.sending
     return _Settings(
         _Limits(
-            max(MAX_BATCH, s.max_recipients),
+            max(most, s.max_recipients),
             s.max_bcc,
             s.max_reply_to,
             s.max_message_bytes,
@@ -212,7 +213,7 @@ def accept_batch(
     }
     try:
         send = check_send(
-            octeth, domain, _batch_settings(ctx.config), ctx.now, template, personalize=True
+            octeth, domain, batch_settings(ctx.config), ctx.now, template, personalize=True
         )
     except CommandError as exc:
         raise BatchRefused([_named(exc)]) from None

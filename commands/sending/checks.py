@@ -208,7 +208,7 @@ def check_send(
 
     ``template`` is the parts of the send's ``TemplateID`` when that is one of the user's
     templates (read by the caller); the send's own Subject and parts override its."""
-    draft = Draft(params, domain, config.sending, now, template)
+    draft = Draft(params, domain, config.sending, now, template, personalize=personalize)
     for c in CHECKS:
         c.run(draft)
     return draft.accepted()

@@ -303,8 +303,9 @@ def write_message(
     recipients: list[Recipient],
     blocked: set[str],
     now: datetime,
-) -> None:
-    """Insert the message, a delivery per recipient and its event, and count the events.
+) -> list[int]:
+    """Insert the message, a delivery per recipient and its event, and count the events;
+    the deliveries' ids, in the recipients' order.
 
     Direct statements rather than ORM objects: accepting mail is the hot path, and the
     unit of work (or even Core's execution layer) costs more than the inserts themselves.
@@ -344,6 +345,7 @@ def write_message(
         for delivery_id, d in zip(ids, deliveries, strict=True)
     ]
     events.insert_values(conn, rows)
+    return ids
 
 
 class SendFields:

@@ -243,3 +243,51 @@ def test_webhook_posts_are_counted_by_outcome_and_the_backlog_read(
     assert value(after, "postern_webhook_backlog") == 0
     batches = "postern_worker_batch_duration_seconds_count"
     assert value(after, batches, worker="webhooks") - value(before, batches, worker="webhooks") == 3
+
+
+def test_the_vendor_apis_are_counted_by_their_source(client, domain):
+    before = scrape(client)
+    postal = client.post(
+        "/api/v1/send/message",
+        headers={"X-Server-API-Key": domain.key},
+        json={
+            "to": ["a@dest.example", "b@dest.example"],
+            "from": "news@example.com",
+            "subject": "s",
+            "plain_body": "x",
+        },
+    ).get_json()
+    assert postal["status"] == "success", postal
+    freshmail = client.post(
+        "/v3/messaging/emails",
+        headers={"Authorization": f"Bearer {domain.key}"},
+        json={
+            "recipients": [{"email": "c@dest.example"}, {"email": "d@dest.example"}],
+            "from": {"email": "news@example.com"},
+            "subject": "s",
+            "contents": [{"type": "text/plain", "body": "x"}],
+        },
+    )
+    assert freshmail.status_code == 201, freshmail.get_json()
+    infobip = client.post(
+        "/email/4/messages",
+        headers={"Authorization": f"App {domain.key}"},
+        json={
+            "messages": [
+                {
+                    "sender": "news@example.com",
+                    "destinations": [{"to": [{"destination": "e@dest.example"}]}],
+                    "content": {"subject": "s", "text": "x"},
+                }
+            ]
+        },
+    )
+    assert infobip.status_code == 200, infobip.get_json()
+    after = scrape(client)
+    accepted = "postern_messages_accepted_total"
+    recipients = "postern_recipients_accepted_total"
+    for source, messages, rcpts in (("postal", 1, 2), ("freshmail", 2, 2), ("infobip", 1, 1)):
+        got = value(after, accepted, source=source) - value(before, accepted, source=source)
+        assert got == messages, source
+        got = value(after, recipients, source=source) - value(before, recipients, source=source)
+        assert got == rcpts, source

@@ -1,7 +1,7 @@
 """rate_counters.window_start as a 64-bit integer (Unix seconds past 2038)
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-07 21:50:00
 
 A 32-bit INTEGER on PostgreSQL and MariaDB holds Unix seconds only until 2038-01-19; SQLite's
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
 """users: suspended, send_quota_period, domain_limit; domains: suspended (admin commands)
 
-Revision ID: 0017
+Revision ID: 0016
 Revises: 0015
 Create Date: 2026-12-07 22:00:00
 """
@@ -8,7 +8,7 @@ Create Date: 2026-12-07 22:00:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None
