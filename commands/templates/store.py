@@ -95,7 +95,10 @@ def find(db: Session, user_id: int, template_id: int | None) -> Template | None:
 
 
 def find_by_hash(db: Session, user_id: int, template_hash: str) -> Template | None:
-    """The user's template whose hash is ``template_hash``; None for any other."""
+    """The user's template whose hash is ``template_hash``; None for any other (and for a
+    text no hash can be: one with NUL, which PostgreSQL cannot even compare)."""
+    if "\x00" in template_hash or len(template_hash) > 64:
+        return None
     row = db.scalar(select(Template).where(Template.hash == template_hash))
     return row if row is not None and row.user_id == user_id else None
 
