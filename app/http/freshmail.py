@@ -21,11 +21,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.http.context import current_gateway
 from app.http.envelope import scrub
-from commands import find
+from app.http.keyed import DisabledAccount, run_with_key
 from commands.errors import AUTH_FAILED, CommandError
-from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
+from commands.ratelimit import RateLimited, too_many_requests_text
 from mta.addresses import normalise_address
 
 bp = Blueprint("freshmail", __name__, url_prefix="/v3/messaging")
@@ -233,40 +232,16 @@ def _body() -> tuple[Any, list[str]]:
 @bp.route("/emails", methods=["POST"])
 @bp.route("/emails/", methods=["POST"])
 def emails() -> Response:
-    gateway = current_gateway()
     token = _bearer()
     if token is None:
         return message(UNAUTHORIZED, 401)
     body, problems = _body()
     params, more = read_batch(body) if not problems else ({}, [])
     params["Problems"] = problems + more
-    idempotency_key = request.headers.get("Idempotency-Key")
     try:
-        try:
-            sender = gateway.authenticate_sender(token)
-        except CommandError:
-            sender = None
-        if sender is not None:
-            cmd = find("v1.Batch.Send", "v1")
-            assert cmd is not None
-            fields, _decision = gateway.run_limited(
-                cmd,
-                params,
-                api_bucket(sender.key_digest),
-                remote_addr=request.remote_addr,
-                sender=sender,
-                idempotency_key=idempotency_key,
-            )
-        else:
-            cmd = find("v1.Batch.SendAsUser", "v1")
-            assert cmd is not None
-            fields = gateway.run(
-                cmd,
-                {**params, "APIKey": token},
-                remote_addr=request.remote_addr,
-                limit_user=True,
-                idempotency_key=idempotency_key,
-            )
+        fields = run_with_key("v1.Batch.Send", params, token)
+    except DisabledAccount:
+        return message(UNAUTHORIZED, 401)
     except RateLimited as exc:
         resp = message(too_many_requests_text(exc.decision), 429)
         resp.headers["Retry-After"] = str(exc.decision.retry_after)

@@ -21,13 +21,11 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.http.context import current_gateway
 from app.http.envelope import scrub
-from commands import find
+from app.http.keyed import DisabledAccount, run_with_key
 from commands.errors import CommandError
-from commands.keys.sender_keys import INVALID_ACCOUNT
 from commands.messages.postal import MessageNotFound
-from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
+from commands.ratelimit import RateLimited, too_many_requests_text
 from commands.sending.handlers import SUSPENDED_ACCOUNT, SUSPENDED_DOMAIN
 from commands.sending.postal import ParameterRefused, PostalRefused
 
@@ -99,53 +97,16 @@ def read_params() -> dict[str, Any]:
     return {str(k): v for k, v in body.items() if str(k).lower() not in ("apikey", "sessionid")}
 
 
-def run(command_name: str, params: dict[str, Any], token: str) -> dict[str, Any]:
-    """Run the command with the key as a sender key, else as a user API key."""
-    gateway = current_gateway()
-    idempotency_key = request.headers.get("Idempotency-Key")
-    try:
-        sender = gateway.authenticate_sender(token)
-    except CommandError as exc:
-        if exc.code == INVALID_ACCOUNT[0]:
-            raise _Suspended from None
-        sender = None
-    if sender is not None:
-        cmd = find(command_name, "v1")
-        assert cmd is not None
-        fields, _decision = gateway.run_limited(
-            cmd,
-            params,
-            api_bucket(sender.key_digest),
-            remote_addr=request.remote_addr,
-            sender=sender,
-            idempotency_key=idempotency_key,
-        )
-        return fields
-    cmd = find(f"{command_name}AsUser", "v1")
-    assert cmd is not None
-    return gateway.run(
-        cmd,
-        {**params, "APIKey": token},
-        remote_addr=request.remote_addr,
-        limit_user=True,
-        idempotency_key=idempotency_key,
-    )
-
-
-class _Suspended(Exception):
-    """The key's user is disabled."""
-
-
 def answer(command_name: str) -> Response:
     token = request.headers.get("X-Server-API-Key", "").strip()
     if not token:
         return envelope("error", ACCESS_DENIED)
     try:
         params = read_params()
-        fields = run(command_name, params, token)
+        fields = run_with_key(command_name, params, token)
     except ParameterError as exc:
         return parameter_error(exc.text)
-    except _Suspended:
+    except DisabledAccount:
         return envelope("error", SUSPENDED)
     except RateLimited as exc:
         resp = envelope(
