@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
 
 from app.http.factory import create_app
 from commands import Gateway
@@ -122,6 +124,18 @@ def gateway(base_config, database, clock):
 @pytest.fixture(scope="session")
 def flask_app(base_config, gateway):
     return create_app(base_config, gateway)
+
+
+@pytest.fixture
+def served(flask_app):
+    """The suite's application served over HTTP on loopback by a thread: "127.0.0.1:<port>"
+    (for clients that speak HTTP themselves: vendors' libraries, browsers)."""
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,8 @@
 own Python client pointed at a live local Postern."""
 
 import json
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 ROUTE = "/v3/messaging/emails"
 UNAUTHORIZED = {"message": "Unauthorized user. Access denied"}
@@ -210,13 +208,8 @@ def test_idempotency_key_answers_the_first_answer(client, domain):
 
 
 @pytest.fixture
-def live(flask_app):
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+def live(served):
+    return served
 
 
 def freshmail_sender(key, host):

@@ -8,18 +8,17 @@ import email.policy
 import hashlib
 import json
 import re
-import threading
 from urllib.parse import quote
 
 import httpx
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from app.workers.delivery import Worker
 from core.crypto import SecretBox
 from models import Delivery, Message
 from tests import djangoconf, smtppeer
+from tests.app.workers import test_delivery as delivery_tests
 from tests.clientvenv import client_python, run_client
 from tests.conftest import SECRET_KEY
 
@@ -360,11 +359,7 @@ def test_the_rate_limit_keeps_the_envelope(make_app, active_domain):
 # -- after real deliveries -------------------------------------------------------------------
 
 
-@pytest.fixture
-def mx(dns_server, smtp_peer):
-    dns_server.add("dest.example", "MX", "10 mx.dest.example")
-    dns_server.add("mx.dest.example", "A", "127.0.0.1")
-    return smtp_peer
+mx = delivery_tests.mx
 
 
 @pytest.fixture
@@ -482,13 +477,8 @@ def test_opens_and_clicks_are_activity_entries(client, domain, mx, worker, datab
 
 
 @pytest.fixture
-def live(flask_app):
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+def live(served):
+    return f"http://{served}"
 
 
 POSTAL_PY = ["postal-py==0.0.5"]  # in an environment of its own: see tests/clientvenv.py
