@@ -14,7 +14,11 @@ const filters = { DomainID: "", Event: "", StartDate: "", EndDate: "", Query: ""
 
 function status(e) {
   const s = e.delivery_status;
-  if (s && (s.code || s.text)) return [s.code ? `${s.code} ` : "", s.enhanced ? `${s.enhanced} ` : "", s.text || ""].join("");
+  if (s && (s.code || s.text)) {
+    const text = s.text || "";
+    const enhanced = s.enhanced && !text.startsWith(s.enhanced) ? `${s.enhanced} ` : "";
+    return `${s.code ? `${s.code} ` : ""}${enhanced}${text}`;
+  }
   if (e.url) return e.url;
   if (e.details && e.details.error) return e.details.error;
   return "";
