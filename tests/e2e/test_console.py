@@ -18,13 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import smtppeer
+from tests import httpreceiver, smtppeer
 from tests.conftest import SECRET_KEY
 from tests.livesrv import clean_env, running, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 smtp_peer = smtppeer.smtp_peer
+http_receiver = httpreceiver.http_receiver
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
@@ -72,7 +73,7 @@ class Console:
 
 
 def test_the_console_in_a_browser(
-    tmp_path, request, database, base_config, dns_server, smtp_peer, make_user
+    tmp_path, database, base_config, dns_server, smtp_peer, http_receiver, make_user
 ):
     alice = make_user("alice", "correct horse battery")
     root = make_user("root", "staple battery horse", is_admin=True)
@@ -88,6 +89,8 @@ def test_the_console_in_a_browser(
         POSTERN_DELIVERY_TIMEOUT="5",
         POSTERN_DELIVERY_BUILD_PROCESSES="1",
         POSTERN_DELIVERY_POLL_INTERVAL="0.1",
+        POSTERN_WEBHOOKS_POLL_INTERVAL="0.1",
+        POSTERN_WEBHOOKS_ALLOW_PRIVATE="true",
     )
     dialect = base_config.database.url.split(":", 1)[0].split("+", 1)[0]
     shots = ARTIFACTS / dialect
@@ -187,6 +190,17 @@ def test_the_console_in_a_browser(
         page.get_by_role("button", name="Create credentials").click()
         expect(page.get_by_role("region", name="New SMTP credentials"))
         ui.shot("04-keys")
+
+        # A webhook for deliveries, added on the page; its signing key shown and copied.
+        ui.go("webhooks", "Webhooks")
+        page.get_by_label("URL").fill(http_receiver.url("/console"))
+        page.get_by_role("button", name="Add webhook").click()
+        expect(page.get_by_role("cell", name=http_receiver.url("/console"), exact=True))
+        page.get_by_role("button", name="Show the signing key").click()
+        signing_key = page.get_by_role("region", name="Signing key").locator("code").inner_text()
+        assert re.fullmatch(r"[0-9A-F]{64}", signing_key)
+        page.get_by_role("button", name="Copy signing key").click()
+        assert page.evaluate("navigator.clipboard.readText()") == signing_key
         sent = httpx.post(
             f"{base}/api/v1/email",
             headers={"Authorization": f"Bearer {key}"},
@@ -230,13 +244,17 @@ def test_the_console_in_a_browser(
         expect(page.get_by_role("cell", name="order", exact=True))
         ui.shot("07-stats")
 
-        # 6. Webhooks and templates render (their own commands are tested elsewhere).
-        ui.go("webhooks", "Webhooks")
-        expect(
-            page.get_by_role("table", name="Webhook deliveries, newest first").or_(
-                page.get_by_text("No deliveries yet.")
-            )
-        )
+        # 6. The webhook's delivery log: the POST and its attempt; then a template.
+        [posted] = http_receiver.wait_for(1, timeout=20)
+        httpreceiver.assert_signed(posted, signing_key)
+
+        def logged() -> bool:
+            ui.go("webhooks", "Webhooks")
+            return page.get_by_role("cell", name=re.compile("^succeeded")).count() == 1
+
+        wait_until(logged, timeout=20)
+        page.get_by_text("1 attempt", exact=True).click()
+        expect(page.get_by_text(re.compile(r"HTTP 200 in \d+ ms")))
         ui.shot("08-webhooks")
         ui.go("templates", "Templates")
         page.get_by_label("Name").fill("welcome")
