@@ -2,7 +2,7 @@
 // Built on the Admin.* commands; where a server lacks them the page says so.
 
 import { call } from "../api.js";
-import { clear, h } from "../dom.js";
+import { append, clear, h } from "../dom.js";
 import { button, describe, field, form, heading, input, notice, pager, select, table, toast } from "../ui.js";
 
 const PER_PAGE = 25;
@@ -40,7 +40,7 @@ export async function users(view) {
         { label: "User", value: (u) => [u.Username, u.IsAdmin ? " (admin)" : ""] },
         { label: "Email", value: (u) => u.EmailAddress || "" },
         { label: "Status", value: (u) => h("span", { class: `status-${String(u.Status).toLowerCase()}` }, u.Status) },
-        { label: "Quota", value: (u) => `${u.EffectiveSendQuota} per ${u.EffectiveSendQuotaPeriod} s${u.SendQuota === null ? " (setting)" : ""}` },
+        { label: "Quota", value: (u) => `${u.EffectiveSendQuota ? `${u.EffectiveSendQuota} per ${u.EffectiveSendQuotaPeriod} s` : "unlimited"}${u.SendQuota === null ? " (setting)" : ""}` },
         { label: "Domains", value: (u) => `${u.DomainCount} of ${u.EffectiveDomainLimit}` },
         { label: "Last login", value: (u) => u.LastLoginDate || "never" },
         { label: "Change", value: (u) => editor(u, () => run(pageNo)) },
@@ -56,7 +56,7 @@ function editor(u, again) {
   return h("details", {}, h("summary", {}, `Edit ${u.Username}`),
     form(`Change ${u.Username}`, [
       field("Status", select("Status", [["Enabled", "Enabled"], ["Suspended", "Suspended (cannot send)"], ["Disabled", "Disabled (cannot log in)"]], u.Status)),
-      field("Send quota", input("SendQuota", { inputmode: "numeric", value: u.SendQuota ?? "" }), "Recipients per period; empty: the setting."),
+      field("Send quota", input("SendQuota", { inputmode: "numeric", value: u.SendQuota ?? "" }), "Recipients per period (0: unlimited); empty: the setting."),
       field("Quota period (s)", input("SendQuotaPeriod", { inputmode: "numeric", value: u.SendQuotaPeriod ?? "" })),
       field("Domain limit", input("DomainLimit", { inputmode: "numeric", value: u.DomainLimit ?? "" })),
     ], async (values) => {
@@ -120,6 +120,8 @@ function generic(answer) {
       tables.push(h("h2", {}, key), table(key, columns, value));
     } else if (Array.isArray(value)) {
       tables.push(h("h2", {}, key), h("p", { class: "empty" }, "None."));
+    } else if (value && typeof value === "object") {
+      tables.push(h("h2", {}, key), h("dl", { class: "facts" }, Object.entries(value).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v ?? ""))])));
     } else {
       facts.push(h("dt", {}, key), h("dd", {}, typeof value === "object" && value !== null ? JSON.stringify(value) : String(value ?? "")));
     }
@@ -132,7 +134,7 @@ export async function queue(view) {
   const results = h("div", { "aria-live": "polite" });
   const run = async () => {
     try {
-      clear(results).append(generic(await call("Admin.Queue")));
+      append(clear(results), [generic(await call("Admin.Queue"))]);
     } catch (exc) {
       clear(results).append(failure(exc));
     }
