@@ -33,6 +33,14 @@ BUYER = "buyer@dest.example"
 #: What Chromium logs for a command the server does not have (HTTP 400, ErrorCode 100003).
 UNKNOWN_COMMAND_LOG = "the server responded with a status of 400"
 
+#: The controls of the page with no accessible name (no label, aria-label or text).
+UNLABELLED = """
+[...document.querySelectorAll("input, select, textarea, button, a[href]")]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+    && !el.textContent.trim())
+  .map((el) => el.outerHTML)
+"""
+
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package")
 
 
@@ -58,6 +66,8 @@ class Console:
         self.page.goto(f"{self.base}/console/#/{route}")
         expect(self.page.get_by_role("heading", level=1, name=title))
         self.page.wait_for_load_state("networkidle")
+        unlabelled = self.page.evaluate(UNLABELLED)
+        assert unlabelled == [], (route, unlabelled)
         return self.page
 
     def shot(self, name: str) -> None:
@@ -260,11 +270,14 @@ def test_the_console_in_a_browser(
         page.get_by_label("Name").fill("welcome")
         page.get_by_label("Subject").fill("Hello {{ name }}")
         page.get_by_label("Plain-text part").fill('Hi $$name$$, {{ code|default("none") }}')
+        page.get_by_label("HTML part").fill("<p>Hi <b>{{ name }}</b></p>")
         page.get_by_role("button", name="Create template").click()
         expect(page.get_by_role("heading", level=1, name="welcome"))
         page.get_by_role("button", name="Preview").click()
         expect(page.locator(".preview pre").get_by_text("Hi Ann, none"))
         expect(page.locator(".preview .subject").get_by_text("Hello Ann"))
+        preview = page.frame_locator("iframe[title='HTML preview']")
+        expect(preview.locator("b").get_by_text("Ann"))
         ui.shot("09-template")
 
         # 7. The suppression list: add, find, remove.
@@ -286,7 +299,14 @@ def test_the_console_in_a_browser(
 
         # 8. Readable at 360 px: nothing wider than the screen.
         page.set_viewport_size({"width": 360, "height": 780})
-        for route, title in (("events", "Event log"), ("domains", "Sender domains")):
+        for route, title in (
+            ("keys", "Sender keys and SMTP credentials"),
+            ("webhooks", "Webhooks"),
+            ("stats", "Statistics"),
+            ("suppression", "Suppression list"),
+            ("events", "Event log"),
+            ("domains", "Sender domains"),
+        ):
             ui.go(route, title)
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 360, (route, width)
