@@ -71,6 +71,8 @@ class Console:
         return self.page
 
     def shot(self, name: str) -> None:
+        # A toast ("… copied") hides after 3 s: the picture shows the page without it.
+        playwright_sync.expect(self.page.locator("#toast")).to_be_hidden(timeout=5_000)
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
     def login(self, username: str, password: str) -> None:
