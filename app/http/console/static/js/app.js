@@ -129,12 +129,15 @@ async function route() {
     view.append(heading("Not found"), notice(`There is no page ${path}.`, "error"));
     return;
   }
+  main.setAttribute("aria-busy", "true");
   try {
     await handler(view, ...args);
   } catch (exc) {
     if (ticket !== rendering) return;
     if (!view.querySelector("h1")) view.prepend(heading("Error"));
     view.append(notice(describe(exc), "error"));
+  } finally {
+    if (ticket === rendering) main.removeAttribute("aria-busy");
   }
   if (ticket === rendering && !main.contains(document.activeElement)) {
     const h1 = main.querySelector("h1");

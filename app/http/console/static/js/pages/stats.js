@@ -88,7 +88,7 @@ async function show(body, domainId) {
     ...SERIES.map(([name]) => rows.map((r) => r[name] || 0)),
   ];
   plot.dataset.series = JSON.stringify(Object.fromEntries(SERIES.map(([name], i) => [name, data[i + 1].reduce((a, b) => a + b, 0)])));
-  const width = () => Math.max(280, plot.clientWidth || body.clientWidth || 600);
+  const width = () => Math.max(240, plot.clientWidth || body.clientWidth || 600);
   chart = new uPlot({
     width: width(),
     height: 280,
@@ -97,8 +97,13 @@ async function show(body, domainId) {
     series: [{ label: "Date" }, ...SERIES.map(([label, stroke]) => ({ label, stroke, width: 2, points: { show: rows.length < 40 } }))],
     axes: [{}, { label: "Recipients" }],
   }, data, plot);
-  const resize = () => chart && plot.isConnected && chart.setSize({ width: width(), height: 280 });
-  window.removeEventListener("resize", show.resize || (() => {}));
-  show.resize = resize;
-  window.addEventListener("resize", resize);
+  // The chart follows its box's width (a window resized, a scroll bar appearing).
+  if (show.observer) show.observer.disconnect();
+  show.observer = new ResizeObserver(() => {
+    requestAnimationFrame(() => {
+      const w = width();
+      if (chart && plot.isConnected && Math.abs(chart.width - w) > 1) chart.setSize({ width: w, height: 280 });
+    });
+  });
+  show.observer.observe(plot);
 }
