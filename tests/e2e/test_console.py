@@ -30,6 +30,7 @@ http_receiver = httpreceiver.http_receiver
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 BUYER = "buyer@dest.example"
+HOSTILE = '<img src=x onerror="document.title=1"> asked by phone'
 #: What Chromium logs for a command the server does not have (HTTP 400, ErrorCode 100003).
 UNKNOWN_COMMAND_LOG = "the server responded with a status of 400"
 
@@ -290,13 +291,16 @@ def test_the_console_in_a_browser(
         # 7. The suppression list: add, find, remove.
         ui.go("suppression", "Suppression list")
         page.get_by_label("Email address").fill("gone@dest.example")
-        page.get_by_label("Reason").fill("asked by phone")
+        page.get_by_label("Reason").fill(HOSTILE)
         page.get_by_role("button", name="Add", exact=True).click()
         expect(page.get_by_role("cell", name="gone@dest.example", exact=True))
         page.get_by_label("Search", exact=True).fill("gone@")
         page.get_by_role("button", name="Search").click()
         expect(page.get_by_text("1–1 of 1"))
         ui.shot("10-suppression")
+        # Data is text: the reason shows as typed, and made no element.
+        expect(page.get_by_role("cell", name=HOSTILE, exact=True))
+        assert page.locator("main img").count() == 0
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Remove gone@dest.example").click()
         expect(page.get_by_text("No suppressed addresses match."))
