@@ -328,6 +328,14 @@ def test_the_console_in_a_browser(
         page.get_by_role("button", name="Log out").click()
         expect(page.get_by_role("heading", name="Log in to Postern"))
         assert page.evaluate("sessionStorage.getItem('postern.session')") is None
+        # A session the server no longer knows (99998) leads back to the login page.
+        page.evaluate(
+            "sessionStorage.setItem('postern.session', 'ended');"
+            "sessionStorage.setItem('postern.user', JSON.stringify({Username: 'alice'}))"
+        )
+        page.goto(f"{base}/console/#/events")
+        expect(page.get_by_role("heading", name="Log in to Postern"))
+        assert page.evaluate("sessionStorage.getItem('postern.session')") is None
         has_admin = httpx.post(
             f"{base}/api.php", json={"Command": "Admin.Queue", "APIKey": root.api_key}
         ).json()
