@@ -41,6 +41,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
 
     from app.http.api_php import bp as api_php_bp
     from app.http.api_v1 import bp as api_v1_bp
+    from app.http.console import bp as console_bp
     from app.http.freshmail import bp as freshmail_bp
     from app.http.health import bp as health_bp
     from app.http.infobip import bp as infobip_bp
@@ -51,6 +52,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
 
     app.register_blueprint(api_php_bp)
     app.register_blueprint(api_v1_bp)
+    app.register_blueprint(console_bp)
     app.register_blueprint(freshmail_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(infobip_bp)
