@@ -287,6 +287,22 @@ def test_bad_json_bodies_are_400s(client, domain, data):
     assert resp.status_code == 400 and resp.get_json()["errorCode"] == "E400"
 
 
+def test_a_part_whose_name_is_not_utf8_is_passed_over(client, domain):
+    """Seen: 500 (schemathesis), the part's name read as None."""
+    data = (
+        b'--x\r\nContent-Disposition: form-data; name="\xf4\x85\x9e\xa4"\r\n\r\n{}\r\n'
+        b'--x\r\nContent-Disposition: form-data; name="to"\r\n\r\n\xc3\xbc\r\n--x--\r\n'
+    )
+    for route in ("/email/2/send", V3):
+        resp = client.post(
+            route,
+            headers={**app_key(domain.key), "Content-Type": "multipart/form-data; boundary=x"},
+            data=data,
+        )
+        assert resp.status_code == 400, resp.get_data()
+        assert "validationErrors" in resp.get_json()["requestError"]["serviceException"]
+
+
 @pytest.mark.parametrize(
     "data, content_type",
     [
