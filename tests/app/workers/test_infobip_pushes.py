@@ -219,3 +219,16 @@ def test_no_push_without_a_url_and_none_of_another_users_messages(
     assert drain(sender) == 0
     with database.transaction(readonly=True) as s:
         assert s.scalars(select(WebhookDelivery)).all() == []
+
+
+def test_pushes_are_listed_with_the_domains_webhook_deliveries(
+    api, user, domain, send, mx, worker_for, sender, http_receiver
+):
+    send("ok@dest.example")
+    worker_for(mx).run_once()
+    assert drain(sender) == 1
+    body = api("EmailGateway.GetWebhookDeliveries", APIKey=user.api_key, DomainID=domain.id)
+    (push,) = body["Deliveries"]
+    assert push["WebhookID"] == "" and push["Event"] == "infobip-report"
+    assert push["URL"] == http_receiver.url("/dlr") and push["Status"] == "succeeded"
+    assert push["Attempts"][0]["StatusCode"] == 200
