@@ -238,11 +238,15 @@ def _reports(s: Session, delivery_ids: Iterable[int]) -> list[InfobipReport]:
         if event is not None:
             stored = json.loads(event.details or "{}")
             outcome = infobip_outcome(
-                event.type, event.smtp_code, event.enhanced_code, stored.get("bounce_class")
+                event.type,
+                event.smtp_code,
+                event.enhanced_code,
+                stored.get("bounce_class"),
+                event.smtp_text,
             )
             done_at: datetime | None = event.created_at
         else:
-            outcome = infobip_outcome(d.status, d.last_code, d.last_enhanced)
+            outcome = infobip_outcome(d.status, d.last_code, d.last_enhanced, None, d.last_text)
             done_at = d.updated_at if d.status in ENDED else None
         reports.append(
             InfobipReport(

@@ -74,6 +74,10 @@ INTERNAL = _error(
 )
 
 
+# How the text of a delivery the queue stopped retrying begins (commands/delivery/outcomes.py).
+GAVE_UP = "Gave up after"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Infobip's ``status`` and ``error`` objects of a delivery."""
@@ -83,11 +87,15 @@ class Outcome:
 
 
 def infobip_outcome(
-    state: str, code: int | None, enhanced: str | None, bounce_class: str | None = None
+    state: str,
+    code: int | None,
+    enhanced: str | None,
+    bounce_class: str | None = None,
+    text: str | None = None,
 ) -> Outcome:
     """The outcome of a delivery whose last event is ``state`` (an event type) or, while it
-    is on its way, whose status is ``state``; ``code``, ``enhanced`` and ``bounce_class``
-    are those of that event (or of the delivery's last attempt)."""
+    is on its way, whose status is ``state``; ``code``, ``enhanced``, ``bounce_class`` and
+    ``text`` are those of that event (or of the delivery's last attempt)."""
     if state == "delivered":
         return Outcome(DELIVERED, NO_ERROR)
     if state == "suppressed":
@@ -97,8 +105,8 @@ def infobip_outcome(
             return Outcome(UNDELIVERABLE, INVALID_ADDRESS)
         if state == "bounced" and bounce_class == "soft":
             return Outcome(UNDELIVERABLE, SOFT_BOUNCE)
-        if code is not None and 400 <= code < 500:  # retried until the queue gave up
-            return Outcome(EXPIRED, SOFT_BOUNCE)
+        if (code is not None and 400 <= code < 500) or (text or "").startswith(GAVE_UP):
+            return Outcome(EXPIRED, SOFT_BOUNCE)  # retried until delivery.max_age
         if code is None and state == "failed":
             return Outcome(UNDELIVERABLE, INTERNAL)
         return Outcome(UNDELIVERABLE, HARD_BOUNCE)

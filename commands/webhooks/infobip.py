@@ -151,7 +151,11 @@ def push_body(
         return _tracking_body(event, ib), "application/json"
     stored = json.loads(event.details or "{}")
     outcome = infobip_outcome(
-        event.type, event.smtp_code, event.enhanced_code, stored.get("bounce_class")
+        event.type,
+        event.smtp_code,
+        event.enhanced_code,
+        stored.get("bounce_class"),
+        event.smtp_text,
     )
     sent_at = aware(ib.created_at)
     done_at = aware(event.created_at)

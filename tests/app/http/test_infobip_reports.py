@@ -145,6 +145,11 @@ def test_the_status_table(state, code, enhanced, klass, status, error):
     assert (outcome.status["id"], outcome.error["id"]) == (status, error)
 
 
+def test_given_up_without_an_answer_is_expired():
+    outcome = infobip_outcome("failed", None, None, None, "Gave up after 9 attempts: timed out")
+    assert outcome.status["name"] == "EXPIRED_EXPIRED" and outcome.error["id"] == 6011
+
+
 def test_logs_repeat_and_forget_after_48_hours(client, domain, send, mx, worker_for, clock):
     sent = send("ann@dest.example", "bob@dest.example", bulkId="b")
     first = client.get("/email/1/logs", headers=app_key(domain.key)).get_json()["results"]
