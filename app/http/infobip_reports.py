@@ -47,7 +47,10 @@ def _one(name: str, problems: _Problems) -> str | None:
 
 
 def _many(name: str, problems: _Problems) -> tuple[str, ...]:
-    values = [v.strip() for v in request.args.getlist(name) if v.strip()]
+    """A repeatable filter: ``name=a&name=b`` (the Python clients), ``name[]=a`` (axios, under
+    the Node SDK)."""
+    given = request.args.getlist(name) + request.args.getlist(name + "[]")
+    values = [v.strip() for v in given if v.strip()]
     if len(values) > _MAX_VALUES or any(len(v) > _MAX_VALUE for v in values):
         problems.add(name, f"at most {_MAX_VALUES} values of at most {_MAX_VALUE} characters")
         return ()

@@ -531,3 +531,44 @@ def test_python_client_6_reports_and_logs(live, domain, mx, worker_for, clock):
         out = run_infobip6_reports(live, "wrong", what, {})
         assert out["error"] == "UnauthorizedException" and out["data_type"] == "ApiError", out
         assert out["data"]["errorCode"] == "E401"
+
+
+def run_node_reports(base_url, auth, what, filters):
+    node = node_package(NODE_DIR, "@infobip-api/sdk")
+    if node is None:
+        pytest.skip("node and npm are not installed (the Node SDK runs with them)")
+    args = [node, str(NODE_DIR / "reports.js"), base_url, json.dumps(auth), what]
+    done = subprocess.run([*args, json.dumps(filters)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_node_sdk_reports_and_logs(live, domain, user, mx, worker_for):
+    email = {
+        "from": "news@example.com",
+        "to": ["ann@dest.example", "bob@dest.example"],
+        "subject": "Node",
+        "text": "Hello",
+        "bulkId": "bulk-nr",
+    }
+    sent = run_node(live, {"apiKey": domain.key}, email, ("n.txt", b"node"))
+    assert sent["error"] is False, sent
+    ids = [m["messageId"] for m in sent["data"]["messages"]]
+    assert worker_for(mx).run_once() == 2
+    key = {"apiKey": domain.key}
+    first = run_node_reports(live, key, "report", {"bulkId": "bulk-nr"})
+    assert first["error"] is False and first["status"] == 200, first
+    assert sorted(r["messageId"] for r in first["data"]["results"]) == sorted(ids)
+    again = run_node_reports(live, key, "report", {})
+    assert again["data"]["results"] == []
+    logs = run_node_reports(live, key, "log", {"messageId": ids, "generalStatus": "DELIVERED"})
+    assert logs["error"] is False and len(logs["data"]["results"]) == 2, logs
+    basic = {"username": user.username, "password": user.password}
+    assert len(run_node_reports(live, basic, "log", {"bulkId": "bulk-nr"})["data"]["results"]) == 2
+    refused = run_node_reports(live, key, "log", {"limit": 5000})
+    assert refused["error"] is True and refused["status"] == 400, refused
+    exception = refused["data"]["requestError"]["serviceException"]
+    assert exception["messageId"] == "BAD_REQUEST" and "limit" in exception["validationErrors"]
+    unauthorised = run_node_reports(live, {"apiKey": "wrong"}, "report", {})
+    assert unauthorised["error"] is True and unauthorised["status"] == 401
+    assert unauthorised["data"]["requestError"]["serviceException"]["messageId"] == "UNAUTHORIZED"
