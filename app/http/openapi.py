@@ -681,6 +681,11 @@ def _infobip_reports(version: int, logs: bool) -> Schema:
                 "The messages, newest first" if logs else "The reports, never given again",
             ),
             **{code: errors[code] for code in ("400", "401", "429")},
+            # The HTTP server's own answer (gunicorn's limit_request_line), before Postern.
+            "414": {
+                "description": "The request line is longer than the server takes (4,094 bytes)",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
         },
     }
 
