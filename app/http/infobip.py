@@ -1,5 +1,6 @@
 """Infobip's email API, the sending half: POST /email/2/send and /email/3/send (multipart
-form) and POST /email/4/messages (JSON).
+form) and POST /email/4/messages (JSON). The reports and logs (GET /email/1/reports, ...)
+are app/http/infobip_reports.py's, on this blueprint.
 
 A program written for Infobip (its Python clients 5.x and 6.x, its Node SDK) works by
 changing its base URL and key. ``Authorization: App <key>`` (also ``Bearer`` and ``IBSSO``)
