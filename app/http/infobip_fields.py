@@ -107,7 +107,9 @@ class Problems(dict[str, list[str]]):
         self.setdefault(name, []).append(text)
 
 
-def _form_name(raw: str) -> str | None:
+def _form_name(raw: str | None) -> str | None:
+    if not isinstance(raw, str):  # a part whose name werkzeug could not read
+        return None
     base = _NODE_INDEX.sub("", raw.strip())
     return _FORM_NAMES.get(base.lower())
 
