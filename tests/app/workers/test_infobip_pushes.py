@@ -146,7 +146,7 @@ def test_xml_reports(domain, send, mx, worker_for, sender, http_receiver):
     assert result.findtext("status/name") == "DELIVERED_TO_HANDSET"
 
 
-def test_a_late_bounce_goes_to_the_tracking_url(
+def test_late_bounces_unsubscribes_and_complaints_go_to_the_tracking_url(
     domain, send, mx, worker_for, sender, http_receiver, database, clock
 ):
     ids = send("ok@dest.example", trackingUrl=http_receiver.url("/track"))
@@ -167,6 +167,15 @@ def test_a_late_bounce_goes_to_the_tracking_url(
     assert late.json()["notificationType"] == "LATE_BOUNCE"
     assert late.json()["messageId"] == ids["ok@dest.example"]
     assert len(by_path(requests, "/dlr")) == 1  # no second report
+    with database.transaction() as s:
+        d = s.get(Delivery, ib.delivery_id)
+        msg = s.get(Message, d.message_id)
+        for kind in ("unsubscribed", "complained"):
+            s.add(events.event_row(kind, msg, d, d.recipient, clock()))
+    assert drain(sender) == 2
+    requests = http_receiver.wait_for(4)
+    kinds = [r.json()["notificationType"] for r in by_path(requests, "/track")]
+    assert sorted(kinds) == ["COMPLAINED", "LATE_BOUNCE", "UNSUBSCRIBED"]
 
 
 def test_a_push_is_retried_and_logged(
