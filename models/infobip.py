@@ -22,6 +22,7 @@ class InfobipMessage(Base):
     __table_args__ = (
         Index("ix_infobip_messages_user_id_message_id", "user_id", "message_id"),
         Index("ix_infobip_messages_user_id_bulk_id", "user_id", "bulk_id"),
+        Index("ix_infobip_messages_user_id_created_at", "user_id", "created_at"),
     )
 
     delivery_id: Mapped[int] = mapped_column(

@@ -27,7 +27,11 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
-    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    # None: a push to the URL a message was sent with (Infobip's notifyUrl and trackingUrl,
+    # commands/webhooks/infobip.py), of no registered webhook.
+    webhook_id: Mapped[int | None] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=True
+    )
     user_id: Mapped[int] = mapped_column(Integer)
     domain_id: Mapped[int] = mapped_column(Integer)
     event_id: Mapped[int] = mapped_column(BigID)

@@ -39,6 +39,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> Flask:
     install(app, config, gateway or Gateway(config))
     metrics.install()
 
+    from app.http import infobip_reports  # noqa: F401  (its routes are on infobip's bp)
     from app.http.api_php import bp as api_php_bp
     from app.http.api_v1 import bp as api_v1_bp
     from app.http.console import bp as console_bp

@@ -1,5 +1,6 @@
 """Infobip's email API, the sending half: POST /email/2/send and /email/3/send (multipart
-form) and POST /email/4/messages (JSON).
+form) and POST /email/4/messages (JSON). The reports and logs (GET /email/1/reports, ...)
+are app/http/infobip_reports.py's, on this blueprint.
 
 A program written for Infobip (its Python clients 5.x and 6.x, its Node SDK) works by
 changing its base URL and key. ``Authorization: App <key>`` (also ``Bearer`` and ``IBSSO``)
@@ -25,9 +26,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from app.http.context import current_gateway
 from app.http.envelope import scrub
 from app.http.infobip_fields import read_form, read_json
+from app.http.keyed import DisabledAccount, run_with_key
 from commands import find
 from commands.errors import AUTH_FAILED, CommandError
-from commands.ratelimit import RateLimited, api_bucket, too_many_requests_text
+from commands.ratelimit import RateLimited, too_many_requests_text
 from commands.sending.infobip import MAX_RECIPIENTS, InfobipRefused
 
 bp = Blueprint("infobip", __name__, url_prefix="/email")
@@ -136,7 +138,9 @@ def _credentials() -> tuple[str, str, str] | None:
     return None
 
 
-def _send(version: int, params: dict[str, Any]) -> Response:
+def run_infobip(sender_command: str, user_command: str, params: dict[str, Any]) -> Any:
+    """Run ``sender_command`` for a sender key, else ``user_command`` for a user key or the
+    user's password (Basic); its fields, or the error answer (a Response)."""
     gateway = current_gateway()
     credentials = _credentials()
     if credentials is None:
@@ -151,9 +155,9 @@ def _send(version: int, params: dict[str, Any]) -> Response:
                 if exc.http_status == 429:
                     return error(429, exc.text)
                 return error(401)
-            cmd = find("infobip.SendAsUser", "v1")
+            cmd = find(user_command, "v1")
             assert cmd is not None
-            fields = gateway.run(
+            return gateway.run(
                 cmd,
                 params,
                 remote_addr=request.remote_addr,
@@ -161,33 +165,9 @@ def _send(version: int, params: dict[str, Any]) -> Response:
                 idempotency_key=idempotency_key,
                 caller=caller,
             )
-        else:
-            key = credentials[1]
-            try:
-                sender = gateway.authenticate_sender(key)
-            except CommandError:
-                sender = None
-            if sender is not None:
-                cmd = find("infobip.Send", "v1")
-                assert cmd is not None
-                fields, _decision = gateway.run_limited(
-                    cmd,
-                    params,
-                    api_bucket(sender.key_digest),
-                    remote_addr=request.remote_addr,
-                    sender=sender,
-                    idempotency_key=idempotency_key,
-                )
-            else:
-                cmd = find("infobip.SendAsUser", "v1")
-                assert cmd is not None
-                fields = gateway.run(
-                    cmd,
-                    {**params, "APIKey": key},
-                    remote_addr=request.remote_addr,
-                    limit_user=True,
-                    idempotency_key=idempotency_key,
-                )
+        return run_with_key(sender_command, params, credentials[1], as_user=user_command)
+    except DisabledAccount:
+        return error(401)
     except RateLimited as exc:
         resp = error(429, too_many_requests_text(exc.decision))
         resp.headers["Retry-After"] = str(exc.decision.retry_after)
@@ -198,6 +178,12 @@ def _send(version: int, params: dict[str, Any]) -> Response:
         if exc.http_status in (401, 403) or exc.code == AUTH_FAILED:
             return error(401)
         return error(exc.http_status if 400 <= exc.http_status < 500 else 400, exc.text)
+
+
+def _send(version: int, params: dict[str, Any]) -> Response:
+    fields = run_infobip("infobip.Send", "infobip.SendAsUser", params)
+    if isinstance(fields, Response):
+        return fields
     status = PENDING[version]
     if version == 4:
         messages = [

@@ -108,7 +108,7 @@ class Problems(dict[str, list[str]]):
 
 
 def _form_name(raw: str | None) -> str | None:
-    if not isinstance(raw, str):  # werkzeug gives None for a name that is not UTF-8
+    if not isinstance(raw, str):  # a part whose name werkzeug could not read (None)
         return None
     base = _NODE_INDEX.sub("", raw.strip())
     return _FORM_NAMES.get(base.lower())

@@ -23,9 +23,11 @@ class DisabledAccount(Exception):
     """The key is a sender key of a disabled user."""
 
 
-def run_with_key(name: str, params: dict[str, Any], key: str) -> dict[str, Any]:
-    """The fields of command ``name`` run with ``key`` as a sender key, else of
-    ``<name>AsUser`` with it as a user API key; CommandError, RateLimited or
+def run_with_key(
+    name: str, params: dict[str, Any], key: str, *, as_user: str | None = None
+) -> dict[str, Any]:
+    """The fields of command ``name`` run with ``key`` as a sender key, else of ``as_user``
+    (``<name>AsUser`` by default) with it as a user API key; CommandError, RateLimited or
     DisabledAccount otherwise."""
     gateway = current_gateway()
     idempotency_key = request.headers.get("Idempotency-Key")
@@ -47,7 +49,7 @@ def run_with_key(name: str, params: dict[str, Any], key: str) -> dict[str, Any]:
             idempotency_key=idempotency_key,
         )
         return fields
-    cmd = find(f"{name}AsUser", "v1")
+    cmd = find(as_user or f"{name}AsUser", "v1")
     assert cmd is not None, name
     return gateway.run(
         cmd,

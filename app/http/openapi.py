@@ -614,6 +614,82 @@ def _infobip_form(version: int) -> Schema:
     }
 
 
+_IB_ERROR_OBJECT: Schema = {
+    "type": "object",
+    "required": ["groupId", "groupName", "id", "name", "description", "permanent"],
+    "properties": {
+        "groupId": {"type": "integer"},
+        "groupName": {"type": "string"},
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "permanent": {"type": "boolean"},
+    },
+}
+
+
+def _infobip_reports(version: int, logs: bool) -> Schema:
+    """Infobip's one-time reports or 48-hour logs (docs/api.md, "Infobip API")."""
+    text = {"type": "string", "maxLength": 255}
+    names = ["bulkId", "messageId", "campaignReferenceId", "applicationId", "entityId"]
+    if logs:
+        names += ["sender", "destination"] if version == 4 else ["from", "to"]
+        names += ["sentSince", "sentUntil"]
+    params = [_query(name, text) for name in names]
+    if logs:
+        statuses = ["ACCEPTED", "PENDING", "UNDELIVERABLE", "DELIVERED", "EXPIRED", "REJECTED"]
+        params.append(_query("generalStatus", {"type": "string", "enum": statuses}))
+    params.append(_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}))
+    people = ("sender", "destination") if version == 4 else ("from", "to")
+    item_properties: dict[str, Any] = {
+        "bulkId": {"type": "string"},
+        "messageId": {"type": "string"},
+        "sentAt": {"type": "string"},
+        "doneAt": {"type": ["string", "null"]},
+        "messageCount": {"type": "integer"},
+        "price": {"type": "object"},
+        "status": _IB_STATUS,
+        "error": _IB_ERROR_OBJECT,
+        "callbackData": {"type": "string"},
+        "campaignReferenceId": {"type": "string"},
+    }
+    if logs:
+        item_properties.update({people[0]: {"type": "string"}, people[1]: {"type": "string"}})
+        item_properties["text"] = {"type": "string"}
+    else:
+        item_properties["to"] = {"type": "string"}
+        if version == 4:
+            item_properties.update(sender={"type": "string"}, attemptCount={"type": "integer"})
+    errors = _ib_errors(_IB_API_ERROR if version == 4 else _IB_REQUEST_ERROR)
+    return {
+        "summary": f"Infobip email v{version}: "
+        + ("logs of the last 48 hours" if logs else "delivery reports, each given once"),
+        "security": _IB_SECURITY,
+        "parameters": params,
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["results"],
+                    "properties": {
+                        "results": {
+                            "type": "array",
+                            "items": {"type": "object", "properties": item_properties},
+                        }
+                    },
+                },
+                "The messages, newest first" if logs else "The reports, never given again",
+            ),
+            **{code: errors[code] for code in ("400", "401", "429")},
+            # The HTTP server's own answer (gunicorn's limit_request_line), before Postern.
+            "414": {
+                "description": "The request line is longer than the server takes (4,094 bytes)",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+        },
+    }
+
+
 def _infobip_json() -> Schema:
     """Infobip's JSON send, as its Python client 6.x sends it."""
     destination = {
@@ -792,6 +868,10 @@ def document() -> Schema:
             "/email/2/send": {"post": _infobip_form(2)},
             "/email/3/send": {"post": _infobip_form(3)},
             "/email/4/messages": {"post": _infobip_json()},
+            "/email/1/reports": {"get": _infobip_reports(1, logs=False)},
+            "/email/4/reports": {"get": _infobip_reports(4, logs=False)},
+            "/email/1/logs": {"get": _infobip_reports(1, logs=True)},
+            "/email/4/logs": {"get": _infobip_reports(4, logs=True)},
             "/api/v1/webhooks": {
                 "get": _v1(
                     "The key's domain's webhooks",

@@ -19,15 +19,25 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from commands.webhooks.handlers import event_name
+from commands.webhooks.infobip import push_rows
 from commands.webhooks.payload import WEBHOOK_EVENTS
 from core.settings import Config
-from models import Database, Domain, Event, Webhook, WebhookCursor, WebhookDelivery
+from models import (
+    Database,
+    Domain,
+    Event,
+    InfobipMessage,
+    Webhook,
+    WebhookCursor,
+    WebhookDelivery,
+)
 from models.webhooks import PENDING
 
 log = logging.getLogger("postern.webhooks")
@@ -68,7 +78,12 @@ def fan_out(db: Database, config: Config, now: datetime) -> int:
         # read; a webhook not yet committed when the next statement looks is one no pass
         # would have seen for them either, as a pass fans out to the webhooks it sees.
         newest = s.scalar(select(func.max(Event.id)))
-        if s.scalar(select(Webhook.id).where(Webhook.active.is_(True)).limit(1)) is None:
+        # Infobip's pushes (commands/webhooks/infobip.py) need no webhook: while no message
+        # was sent over Infobip's API either, there is nothing to fan out.
+        if (
+            s.scalar(select(Webhook.id).where(Webhook.active.is_(True)).limit(1)) is None
+            and s.scalar(select(InfobipMessage.delivery_id).limit(1)) is None
+        ):
             cursor.last_event_id = max(cursor.last_event_id, newest or 0)
             cursor.gaps = "{}"
             return 0
@@ -140,10 +155,14 @@ def _events_by_id(s: Session, ids: Iterable[int]) -> list[EventRow]:
 
 
 def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int:
-    """A pending delivery per event and matching webhook; the number created."""
+    """A pending delivery per event and matching webhook, and per push it calls for; the
+    number created."""
+    pushes = _new_pushes(s, push_rows(s, events, now))
+    if pushes:
+        s.execute(insert(WebhookDelivery), pushes)
     relevant = [e for e in events if e.type in WEBHOOK_EVENTS]
     if not relevant:
-        return 0
+        return len(pushes)
     # A webhook hears of the events of its domain and of the user who owns that domain: an
     # event names both, and a domain id alone is no proof of whose the event is.
     hooks: dict[tuple[int, int], list[Webhook]] = defaultdict(list)
@@ -176,12 +195,12 @@ def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int
                     }
                 )
     if not rows:
-        return 0
+        return len(pushes)
     # Under the cursor lock an event is fanned out once; this guards the unique key anyway,
     # so that a stray duplicate could never stop the fan-out for good.
     hook_ids = {r["webhook_id"] for r in rows}
     event_ids = sorted({r["event_id"] for r in rows})
-    existing: set[tuple[int, int]] = set()
+    existing: set[tuple[int | None, int]] = set()
     for start in range(0, len(event_ids), _CHUNK):
         existing.update(
             (hook_id, event_id)
@@ -195,4 +214,24 @@ def _create_deliveries(s: Session, events: list[EventRow], now: datetime) -> int
     rows = [r for r in rows if (r["webhook_id"], r["event_id"]) not in existing]
     if rows:
         s.execute(insert(WebhookDelivery), rows)
-    return len(rows)
+    return len(rows) + len(pushes)
+
+
+def _new_pushes(s: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` but those made before (as ``_create_deliveries`` guards the unique key,
+    which a push, of no webhook, is not held to)."""
+    if not rows:
+        return []
+    event_ids = sorted({r["event_id"] for r in rows})
+    made: set[tuple[int, str]] = set()
+    for start in range(0, len(event_ids), _CHUNK):
+        made.update(
+            (event_id, name)
+            for event_id, name in s.execute(
+                select(WebhookDelivery.event_id, WebhookDelivery.event_name).where(
+                    WebhookDelivery.webhook_id.is_(None),
+                    WebhookDelivery.event_id.in_(event_ids[start : start + _CHUNK]),
+                )
+            )
+        )
+    return [r for r in rows if (r["event_id"], r["event_name"]) not in made]

@@ -378,7 +378,8 @@ def get_webhook_deliveries(
 def delivery_view(row: WebhookDelivery, attempts: list[WebhookAttempt]) -> dict[str, Any]:
     return {
         "DeliveryID": str(row.id),
-        "WebhookID": str(row.webhook_id),
+        # Empty for a push to a message's own URL (Infobip's notifyUrl and trackingUrl).
+        "WebhookID": str(row.webhook_id) if row.webhook_id is not None else "",
         "URL": row.url,
         "EventID": row.event_uid,
         "Event": row.event_name,

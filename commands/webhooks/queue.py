@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from commands.events import writer as events
+from commands.webhooks.infobip import PUSH_FORMAT, push_body, push_sources
 from commands.webhooks.payload import event_body
 from commands.webhooks.postal import POSTAL, PostalSigner, postal_body
 from core.crypto import SecretBox
@@ -29,6 +30,7 @@ from models import (
     Delivery,
     Domain,
     Event,
+    InfobipMessage,
     Message,
     Webhook,
     WebhookAttempt,
@@ -107,7 +109,7 @@ class Claimed:
     event_name: str
     domain_id: int
     user_id: int
-    format: str = "postern"  # the webhook's
+    format: str = "postern"  # the webhook's; "infobip" for a push of no webhook
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Sources:
     keys: dict[tuple[int, int], str]  # (domain id, its user's id): signing key, encrypted
     deliveries: dict[int, Delivery] = field(default_factory=dict)
     messages: dict[str, Message] = field(default_factory=dict)
+    infobip: dict[int, InfobipMessage] = field(default_factory=dict)  # by delivery id
 
 
 def claim_deliveries(
@@ -194,14 +197,13 @@ def claim(
     per_user = per_user or limit
     with db.transaction() as s:
         d = WebhookDelivery
+        # A push (no webhook: commands/webhooks/infobip.py) counts as one of the pushes of
+        # its user: they share -user_id as the key of their "webhook".
+        hook_key = func.coalesce(d.webhook_id, -d.user_id)
         pending = d.status == PENDING
         in_flight = (pending, d.claimed_by.is_not(None), d.due_at > now)
         busy_hooks: Counter[int] = Counter(
-            _pairs(
-                s.execute(
-                    select(d.webhook_id, func.count()).where(*in_flight).group_by(d.webhook_id)
-                )
-            )
+            _pairs(s.execute(select(hook_key, func.count()).where(*in_flight).group_by(hook_key)))
         )
         busy_users: Counter[int] = Counter(
             _pairs(s.execute(select(d.user_id, func.count()).where(*in_flight).group_by(d.user_id)))
@@ -209,12 +211,10 @@ def claim(
         by_hook = (
             select(
                 d.id,
-                d.webhook_id,
+                hook_key.label("webhook_id"),
                 d.user_id,
                 d.due_at,
-                func.row_number()
-                .over(partition_by=d.webhook_id, order_by=(d.due_at, d.id))
-                .label("n"),
+                func.row_number().over(partition_by=hook_key, order_by=(d.due_at, d.id)).label("n"),
             )
             .where(d.due_at <= now, pending)
             .subquery()
@@ -274,11 +274,11 @@ def claim(
                 WebhookDelivery.user_id,
                 Webhook.format,
             )
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .outerjoin(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .where(WebhookDelivery.id.in_(ids))
             .order_by(WebhookDelivery.id)
         )
-        return [Claimed(*row) for row in rows]
+        return [Claimed(*row[:6], format=row[6] or PUSH_FORMAT) for row in rows]
 
 
 def read_sources(db: Database, items: Iterable[Claimed]) -> Sources:
@@ -311,7 +311,14 @@ def read_sources(db: Database, items: Iterable[Claimed]) -> Sources:
                     select(Message).where(Message.id.in_({e.message_id for e in postal}))
                 )
             }
-    return Sources(events, keys, deliveries, messages)
+        pushed = [
+            events[i.event_id] for i in items if i.format == PUSH_FORMAT and i.event_id in events
+        ]
+        infobip: dict[int, InfobipMessage] = {}
+        if pushed:
+            infobip, of_pushes = push_sources(s, pushed)
+            deliveries.update(of_pushes)
+    return Sources(events, keys, deliveries, messages, infobip)
 
 
 def prepare(
@@ -344,7 +351,16 @@ def prepare(
         key = box.decrypt(encrypted)
         doing = "building the body"
         headers = None
-        if item.format == POSTAL:
+        if item.format == PUSH_FORMAT:
+            ib = sources.infobip.get(event.delivery_id or 0)
+            if ib is None or ib.user_id != item.user_id:
+                return Attempt(item.delivery_id, now, None, 0, "The message is gone", True)
+            body, content_type = push_body(
+                event, item.event_name, ib, sources.deliveries.get(ib.delivery_id)
+            )
+            # Unsigned, as Infobip posts them; the Content-Type is the one asked for.
+            headers = {"Content-Type": content_type}
+        elif item.format == POSTAL:
             delivery = sources.deliveries.get(event.delivery_id or 0)
             if delivery is not None and delivery.message_id != event.message_id:
                 delivery = None  # pragma: no cover - an event names its own delivery
@@ -427,7 +443,7 @@ def record_attempt(
         else:
             delay = retry_schedule[delivery.attempts - 1] * random.uniform(0.9, 1.1)  # noqa: S311
             delivery.due_at = now + timedelta(seconds=delay)
-        if not attempt.internal:
+        if not attempt.internal and delivery.webhook_id is not None:
             disabled = _follow_streak(
                 s, delivery.webhook_id, attempt.ok, now, disable_after, except_id=delivery.id
             )

@@ -173,3 +173,69 @@ def test_the_migration_keeps_rows_and_ids_and_starts_above_the_highest_used(tmp_
             assert _exec(conn, "SELECT id FROM domains WHERE name='again.example'").scalar() == 5
     finally:
         engine.dispose()
+
+
+def test_0017_keeps_webhook_deliveries_and_their_counter_on_sqlite(tmp_path):
+    """webhook_deliveries rebuilt (webhook_id nullable, for Infobip's pushes): its rows and
+    ids kept, AUTOINCREMENT kept, and the next id above one deleted before."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        upgrade(engine, "0016")
+        now = "2026-12-01 10:00:00"
+        with engine.begin() as conn:
+            _exec(
+                conn,
+                "INSERT INTO users (id, username, username_key, email, password_hash,"
+                " enabled, is_admin, created_at) VALUES (1, 'u', 'u', '', 'x', 1, 0, :now)",
+                now=now,
+            )
+            _exec(
+                conn,
+                "INSERT INTO domains (id, user_id, name, status, last_check, ownership_token,"
+                " subdomain, link_tracking, open_tracking, unsubscribe_link,"
+                " hosting_provider, signing_key_encrypted, created_at) VALUES"
+                " (1, 1, 'd.example', 'Enabled', '', 't', 'sl', 0, 1, 0, '', 'k', :now)",
+                now=now,
+            )
+            _exec(
+                conn,
+                "INSERT INTO webhooks (id, domain_id, url, events, active, created_at)"
+                " VALUES (7, 1, 'http://127.0.0.1/h', 'open', 1, :now)",
+                now=now,
+            )
+            for wid in (5, 9):
+                _exec(
+                    conn,
+                    "INSERT INTO webhook_deliveries (id, webhook_id, user_id, domain_id,"
+                    " event_id, event_uid, event_name, url, status, attempts, created_at,"
+                    " updated_at) VALUES (:i, 7, 1, 1, :i, :u, 'open', 'http://127.0.0.1/h',"
+                    " 'succeeded', 1, :now, :now)",
+                    i=wid,
+                    u=f"e{wid}",
+                    now=now,
+                )
+            _exec(
+                conn,
+                "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code,"
+                " duration_ms) VALUES (5, :now, 200, 3)",
+                now=now,
+            )
+            _exec(conn, "DELETE FROM webhook_deliveries WHERE id = 9")
+        upgrade(engine)
+        with engine.begin() as conn:
+            sql = {n: s for n, s in _exec(conn, "SELECT name, sql FROM sqlite_master")}
+            assert "AUTOINCREMENT" in sql["webhook_deliveries"]
+            assert list(_exec(conn, "SELECT id, webhook_id FROM webhook_deliveries")) == [(5, 7)]
+            assert list(_exec(conn, "SELECT delivery_id FROM webhook_attempts")) == [(5,)]
+            _exec(
+                conn,
+                "INSERT INTO webhook_deliveries (webhook_id, user_id, domain_id, event_id,"
+                " event_uid, event_name, url, status, attempts, created_at, updated_at)"
+                " VALUES (NULL, 1, 1, 11, 'e11', 'infobip-report', 'http://127.0.0.1/n',"
+                " 'pending', 0, :now, :now)",
+                now=now,
+            )
+            new = _exec(conn, "SELECT id FROM webhook_deliveries WHERE event_id = 11").scalar()
+            assert new == 10
+    finally:
+        engine.dispose()

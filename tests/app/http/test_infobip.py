@@ -541,3 +541,32 @@ def test_a_thousand_recipients_and_a_large_part_in_one_multipart_form(client, do
     )
     assert resp.status_code == 200, resp.get_data(as_text=True)[:500]
     assert len(resp.get_json()["messages"]) == 1000
+
+
+def test_a_part_with_an_unreadable_name_is_ignored(client, domain):
+    """A part whose name's closing quote is escaped (``name="a\\"``) has no name for
+    werkzeug: it is skipped like an unknown field, never a 500."""
+    boundary = "b0undary"
+    parts = [
+        ('name="a\\"', "{}"),
+        ('name="from"', "news@example.com"),
+        ('name="to"', "ann@dest.example"),
+        ('name="subject"', "Hi"),
+        ('name="text"', "Hello"),
+    ]
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Disposition: form-data; {n}\r\n\r\n{v}\r\n".encode()
+            for n, v in parts
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    resp = client.post(
+        V3,
+        data=body,
+        headers={
+            **app_key(domain.key),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
