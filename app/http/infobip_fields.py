@@ -42,6 +42,7 @@ BAD_ADDRESS = "must be a valid email address"
 BAD_BOOLEAN = "must be true or false"
 BAD_JSON_OBJECT = "must be a JSON object"
 NOT_TEXT = "must be valid Unicode text (it has a lone surrogate)"
+NUL_TEXT = "must not contain NUL characters"
 
 # Form fields read, by their name in lower case.
 _FORM_NAMES = {
@@ -139,6 +140,9 @@ def _text(value: Any, name: str, problems: Problems, most: int | None = None) ->
         return None
     if lone_surrogate(value) is not None:
         problems.add(name, NOT_TEXT)
+        return None
+    if "\x00" in value:  # kept in the database, whose text (PostgreSQL's) cannot hold it
+        problems.add(name, NUL_TEXT)
         return None
     return value
 
@@ -336,7 +340,7 @@ def _str_or_none(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
     text = str(value)[:MAX_ID]
-    return text if lone_surrogate(text) is None else None
+    return text if lone_surrogate(text) is None and "\x00" not in text else None
 
 
 def _required(send: dict[str, Any], problems: Problems, names: dict[str, str]) -> None:

@@ -43,7 +43,13 @@ def _one(name: str, problems: _Problems) -> str | None:
     if len(value) > _MAX_VALUE:
         problems.add(name, f"size must be between 0 and {_MAX_VALUE}")
         return None
+    if "\x00" in value:  # no stored value holds one (PostgreSQL text cannot)
+        problems.add(name, _NUL)
+        return None
     return value or None
+
+
+_NUL = "must not contain NUL characters"
 
 
 def _many(name: str, problems: _Problems) -> tuple[str, ...]:
@@ -53,6 +59,9 @@ def _many(name: str, problems: _Problems) -> tuple[str, ...]:
     values = [v.strip() for v in given if v.strip()]
     if len(values) > _MAX_VALUES or any(len(v) > _MAX_VALUE for v in values):
         problems.add(name, f"at most {_MAX_VALUES} values of at most {_MAX_VALUE} characters")
+        return ()
+    if any("\x00" in v for v in values):
+        problems.add(name, _NUL)
         return ()
     return tuple(values)
 

@@ -262,6 +262,8 @@ def subject(d: Draft) -> None:
         raise fail(8, "Missing Subject")
     if "\r" in subject or "\n" in subject or len(subject) > 998:
         raise fail(8, "Subject must be one line of at most 998 characters")
+    if "\x00" in subject:  # no header may hold one (RFC 5322), nor PostgreSQL's text
+        raise fail(8, "Subject must not contain NUL characters")
     at = lone_surrogate(subject)
     if at is not None:
         raise fail(8, not_text("Subject", at))

@@ -570,3 +570,15 @@ def test_a_part_with_an_unreadable_name_is_ignored(client, domain):
         },
     )
     assert resp.status_code == 200, resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["bulkId", "messageId", "callbackData", "subject", "applicationId", "campaignReferenceId"],
+)
+def test_a_nul_in_a_kept_field_is_refused_or_dropped_never_a_500(client, domain, field):
+    """Seen: 500 on PostgreSQL, whose text cannot hold NUL."""
+    data = {"from": "news@example.com", "to": "a@dest.example", "subject": "s", "text": "t"}
+    data[field] = "a\x00b"
+    resp = client.post(V3, headers=app_key(domain.key), data=data)
+    assert resp.status_code in (200, 400), resp.get_data()

@@ -204,6 +204,10 @@ def test_logs_newest_first_and_sent_since(client, domain, send, clock):
         ({"limit": "1001"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"limit": "x" * 300}, "limit"),
+        # Seen: 500 on PostgreSQL (schemathesis), which cannot compare a text holding NUL.
+        ({"applicationId": "a\x00b"}, "applicationId"),
+        ({"messageId": "a\x00b"}, "messageId"),
+        ({"bulkId": "\x00"}, "bulkId"),
     ],
 )
 def test_bad_values_are_400(client, domain, path, query, field):

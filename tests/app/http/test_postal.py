@@ -541,3 +541,10 @@ def test_django_anymail(live, domain, database):
         assert json.loads(message.tags) == ["django"]
     assert status.recipients["john@dest.example"].message_id == ids["john@dest.example"]
     assert status.recipients["mary@dest.example"].message_id == ids["mary@dest.example"]
+
+
+def test_a_nul_in_the_subject_is_a_validation_error(client, domain):
+    """Seen: 500 on PostgreSQL, whose text cannot hold NUL."""
+    answer = post(client, SEND, domain.key, body(subject="a\x00b"))
+    assert answer["status"] == "error" and answer["data"]["code"] == "ValidationError"
+    assert "NUL" in answer["data"]["message"]
