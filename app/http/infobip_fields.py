@@ -44,48 +44,47 @@ BAD_JSON_OBJECT = "must be a JSON object"
 NOT_TEXT = "must be valid Unicode text (it has a lone surrogate)"
 NUL_TEXT = "must not contain NUL characters"
 
-# Form fields read, by their name in lower case.
-_FORM_NAMES = {
-    n.lower(): n
-    for n in (
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "text",
-        "html",
-        "ampHtml",
-        "templateId",
-        "attachment",
-        "inlineImage",
-        "intermediateReport",
-        "notifyUrl",
-        "notifyContentType",
-        "callbackData",
-        "track",
-        "trackClicks",
-        "trackOpens",
-        "trackingPixelPosition",
-        "trackingUrl",
-        "bulkId",
-        "messageId",
-        "campaignReferenceId",
-        "replyTo",
-        "defaultPlaceholders",
-        "preserveRecipients",
-        "sendAt",
-        "headers",
-        "landingPagePlaceholders",
-        "landingPageId",
-        "templateLanguageVersion",
-        "clientPriority",
-        "applicationId",
-        "entityId",
-        "ipPoolId",
-    )
-}
-_REPEATED = {"to", "cc", "bcc", "attachment", "inlineImage"}
+# The form fields read (/email/2/send, /email/3/send; app/http/openapi.py describes them).
+FORM_FIELDS = (
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "text",
+    "html",
+    "ampHtml",
+    "templateId",
+    "attachment",
+    "inlineImage",
+    "intermediateReport",
+    "notifyUrl",
+    "notifyContentType",
+    "callbackData",
+    "track",
+    "trackClicks",
+    "trackOpens",
+    "trackingPixelPosition",
+    "trackingUrl",
+    "bulkId",
+    "messageId",
+    "campaignReferenceId",
+    "replyTo",
+    "defaultPlaceholders",
+    "preserveRecipients",
+    "sendAt",
+    "headers",
+    "landingPagePlaceholders",
+    "landingPageId",
+    "templateLanguageVersion",
+    "clientPriority",
+    "applicationId",
+    "entityId",
+    "ipPoolId",
+)
+# ... by their name in lower case.
+_FORM_NAMES = {n.lower(): n for n in FORM_FIELDS}
+REPEATED = {"to", "cc", "bcc", "attachment", "inlineImage"}
 # Accepted and kept, not acted on.
 _IGNORED = (
     "ampHtml",
@@ -355,7 +354,7 @@ def read_form(request: Request, now: datetime) -> dict[str, Any]:
     """The send of a /email/2 or /email/3 multipart (or urlencoded) request."""
     problems = Problems()
     single: dict[str, Any] = {}
-    lists: dict[str, list[Any]] = {k: [] for k in _REPEATED}
+    lists: dict[str, list[Any]] = {k: [] for k in REPEATED}
     files: dict[str, list[File]] = {"attachment": [], "inlineImage": []}
     try:
         form = list(request.form.items(multi=True))
@@ -369,7 +368,7 @@ def read_form(request: Request, now: datetime) -> dict[str, Any]:
         name = _form_name(raw)
         if name is None or value == "undefined":
             continue
-        if name in _REPEATED:
+        if name in REPEATED:
             if name in files:
                 problems.add(name, "must be a file part")
             else:
@@ -382,7 +381,7 @@ def read_form(request: Request, now: datetime) -> dict[str, Any]:
             files[name].append(
                 _file(upload.read(), upload.filename or "", upload.mimetype, name == "inlineImage")
             )
-        elif name in _REPEATED:
+        elif name in REPEATED:
             lists[name].append(upload.read().decode("utf-8", "replace"))
         elif name is not None and name not in single:
             single[name] = upload.read().decode("utf-8", "replace")

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from app.http.infobip_fields import FORM_FIELDS, REPEATED
 from commands import all_commands
 from commands.idempotency import MAX_KEY_LENGTH
 
@@ -521,38 +522,8 @@ _IB_API_ERROR: Schema = {
     },
 }
 _IB_SECURITY: list[dict[str, list[str]]] = [{"infobipAppKey": []}, {"basicAuth": []}]
-_IB_STRING_FIELDS = [
-    "from",
-    "subject",
-    "text",
-    "html",
-    "ampHtml",
-    "templateId",
-    "intermediateReport",
-    "notifyUrl",
-    "notifyContentType",
-    "callbackData",
-    "track",
-    "trackClicks",
-    "trackOpens",
-    "trackingPixelPosition",
-    "trackingUrl",
-    "bulkId",
-    "messageId",
-    "campaignReferenceId",
-    "replyTo",
-    "defaultPlaceholders",
-    "preserveRecipients",
-    "sendAt",
-    "headers",
-    "landingPagePlaceholders",
-    "landingPageId",
-    "templateLanguageVersion",
-    "clientPriority",
-    "applicationId",
-    "entityId",
-    "ipPoolId",
-]
+# The form fields but the repeated ones (recipients and files), each a string.
+_IB_STRING_FIELDS = [n for n in FORM_FIELDS if n not in REPEATED]
 
 
 def _ib_errors(schema: Schema) -> Schema:
